@@ -1,0 +1,271 @@
+"""The emulated PCM chip: per-cell pulse physics, vectorized over cells with numpy.
+
+State per cell (37 bytes): programmed conductance, programming time, drift exponent,
+pulse-history factor P, device efficiency, device saturation, stuck code, and the
+accumulated 1/f noise with its log-time progress. See ``docs/emulator.md`` for the model.
+
+The emulator is the ground truth: it never uses a fitted noise model.
+"""
+from __future__ import annotations
+
+import math
+import time as _time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from ..chip import Chip, Geometry, PulseKind, SoftLimits
+from .profile import Profile, resolve
+
+F32 = np.float32
+
+STUCK_NONE, STUCK_RESET, STUCK_SET, STUCK_RANDOM = 0, 1, 2, 3
+STUCK_NAMES = {STUCK_RESET: "reset", STUCK_SET: "set", STUCK_RANDOM: "random"}
+
+
+class EmulatedChip(Chip):
+    """A seeded software PCM chip behind the chip interface.
+
+    Parameters
+    ----------
+    geometry: arrays × rows × cols (default 4 × 512 × 512 = 1,048,576 cells).
+    profile: a :class:`Profile`, a preset name or a profile file.
+    seed: chip seed: fixes device parameters and stuck cells, and seeds the noise.
+    limits: soft safety limits.
+    real_time: if True, ``wait`` sleeps and ``now`` follows the wall clock.
+    """
+
+    def __init__(
+        self,
+        geometry: Geometry | None = None,
+        profile: "Profile | str | None" = None,
+        seed: int = 0,
+        limits: SoftLimits | None = None,
+        real_time: bool = False,
+    ) -> None:
+        super().__init__(geometry or Geometry(), limits)
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.profile = resolve(profile)
+        self.seed = int(seed)
+        self.real_time = bool(real_time)
+        self._t = 0.0
+        self._t_wall0 = _time.monotonic()
+        device_ss, noise_ss = np.random.SeedSequence(self.seed).spawn(2)
+        self._rng = np.random.Generator(np.random.SFC64(noise_ss))
+        self._init_state(np.random.Generator(np.random.SFC64(device_ss)))
+
+    # -- state -------------------------------------------------------------------------
+    def _init_state(self, rng: np.random.Generator) -> None:
+        p, n = self.profile, self.geometry.n_cells
+        self.eff = np.exp(rng.standard_normal(n, dtype=F32) * F32(p.efficiency_sigma_ln)).astype(F32)
+        self.g_sat = (p.g_max_us * (1 + p.g_max_spread * rng.standard_normal(n, dtype=F32))).astype(F32)
+        np.clip(self.g_sat, 2 * p.g_floor_us, None, out=self.g_sat)
+        # stuck cells: one uniform draw per cell decides the kind
+        u = rng.random(n, dtype=F32)
+        self.stuck = np.zeros(n, dtype=np.uint8)
+        f1, f2 = p.stuck_reset_fraction, p.stuck_reset_fraction + p.stuck_set_fraction
+        f3 = f2 + p.stuck_random_fraction
+        self.stuck[u < f1] = STUCK_RESET
+        self.stuck[(u >= f1) & (u < f2)] = STUCK_SET
+        self.stuck[(u >= f2) & (u < f3)] = STUCK_RANDOM
+        g_random = rng.uniform(p.g_floor_us, p.g_max_us, n).astype(F32)
+        # a stuck cell's value lives in g_sat: SET cannot move it, RESET restores it
+        self.g_sat[self.stuck == STUCK_RESET] = F32(p.g_floor_us)
+        is_random = self.stuck == STUCK_RANDOM
+        self.g_sat[is_random] = g_random[is_random]
+        # fresh chip: every cell at the RESET floor, programmed at t = 0
+        self.g_prog = np.clip(p.g_floor_us + p.g_floor_sigma_us * rng.standard_normal(n, dtype=F32), 0, None).astype(F32)
+        stuck = self.stuck != STUCK_NONE
+        self.g_prog[stuck] = self.g_sat[stuck]
+        self.t_prog = np.zeros(n, dtype=np.float64)
+        self.z_nu = rng.standard_normal(n, dtype=F32)
+        self.p_hist = np.ones(n, dtype=F32)
+        self.n_rel = np.zeros(n, dtype=F32)
+        self.s_last = np.zeros(n, dtype=F32)
+
+    _STATE = ("g_prog", "t_prog", "z_nu", "p_hist", "eff", "g_sat", "stuck", "n_rel", "s_last")
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of per-cell state held by the emulator."""
+        return sum(getattr(self, a).nbytes for a in self._STATE)
+
+    # -- time --------------------------------------------------------------------------
+    def now(self) -> float:
+        if self.real_time:
+            return self._t + (_time.monotonic() - self._t_wall0)
+        return self._t
+
+    def _wait(self, seconds: float) -> None:
+        if self.real_time:
+            _time.sleep(seconds)
+        else:
+            self._t += seconds
+
+    def _advance(self, seconds: float) -> None:
+        if not self.real_time:
+            self._t += seconds
+
+    # -- physics -----------------------------------------------------------------------
+    @staticmethod
+    def _sel(cells: np.ndarray) -> "slice | np.ndarray":
+        """A slice when the cells are one contiguous ascending run (gathers become views)."""
+        lo, hi = int(cells[0]), int(cells[-1])
+        if hi - lo + 1 == cells.size and (cells.size < 2 or bool(np.all(cells[1:] > cells[:-1]))):
+            return slice(lo, hi + 1)
+        return cells
+
+    def _log_x(self, g_prog: np.ndarray) -> np.ndarray:
+        """ln(G_prog / g_max), the level variable of the drift and 1/f laws."""
+        lx = np.maximum(g_prog * F32(1 / self.profile.g_max_us), F32(1e-6))
+        return np.log(lx, out=lx)
+
+    def _nu(self, lx: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Drift exponent ν = |μ_ν(x) + σ_ν(x)·z| (aihwkit form)."""
+        p = self.profile
+        mu = np.clip(F32(p.nu_mean_slope) * lx + F32(p.nu_mean_intercept), p.nu_mean_min, p.nu_mean_max)
+        sd = np.clip(F32(p.nu_std_slope) * lx + F32(p.nu_std_intercept), p.nu_std_min, p.nu_std_max)
+        sd *= z
+        mu += sd
+        return np.abs(mu, out=mu)
+
+    def _state_at(self, sel: Any, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Noise-free conductance at time t (µS), age since programming (s, float32), ln x."""
+        age = (t - self.t_prog[sel]).astype(F32)
+        gp = self.g_prog[sel]
+        lx = self._log_x(gp)
+        t0 = F32(self.profile.drift_t0_s)
+        if age.size == 0 or float(age.max()) <= t0:  # nobody has drifted yet: exact shortcut
+            return gp.copy(), age, lx
+        nu = self._nu(lx, self.z_nu[sel])
+        f = np.maximum(age, t0)
+        f *= F32(1 / t0)
+        np.log(f, out=f)
+        f *= nu
+        np.negative(f, out=f)
+        np.exp(f, out=f)
+        f *= gp
+        f[self.stuck[sel] != STUCK_NONE] = gp[self.stuck[sel] != STUCK_NONE]  # stuck cells do not drift
+        return f, age, lx
+
+    def _drive(self, amplitude_v: np.ndarray, width_s: np.ndarray) -> np.ndarray:
+        """Pulse drive relative to the reference SET pulse (0 below threshold), float32."""
+        p = self.profile
+        d = np.clip((amplitude_v - p.v_set_threshold) * (1 / (p.v_set_ref - p.v_set_threshold)), 0, None)
+        d *= (width_s * (1 / p.w_set_ref_s)) ** p.width_exponent
+        return np.minimum(d, p.drive_max).astype(F32)
+
+    def _pulse(self, cells: np.ndarray, kind: PulseKind, amplitude_v: np.ndarray, width_s: np.ndarray) -> None:
+        t = self.now()
+        if kind is PulseKind.RESET:
+            melt = amplitude_v >= self.profile.v_melt
+            if melt.size == 1 or np.all(melt == melt[0]):
+                if melt[0]:
+                    self._reset(cells, t)
+                else:
+                    self._set(cells, amplitude_v, width_s, t)
+            else:  # a RESET below the melt threshold only heats: it acts as a partial SET
+                self._reset(cells[melt], t)
+                keep = ~melt
+                self._set(cells[keep], amplitude_v[keep], width_s[keep], t)
+        else:
+            self._set(cells, amplitude_v, width_s, t)
+        self._advance(float(np.max(width_s)) + self.profile.pulse_overhead_s)
+
+    def _reset(self, cells: np.ndarray, t: float) -> None:
+        """Melt-quench: G to the floor with spread; a new amorphous region, so a new drift deviate."""
+        if cells.size == 0:
+            return
+        p, sel = self.profile, self._sel(cells)
+        g = F32(p.g_floor_us) + F32(p.g_floor_sigma_us) * self._rng.standard_normal(cells.size, dtype=F32)
+        np.maximum(g, F32(0.1 * p.g_floor_us), out=g)
+        stuck = self.stuck[sel] != STUCK_NONE
+        g[stuck] = self.g_sat[sel][stuck]
+        self.z_nu[sel] = self._rng.standard_normal(cells.size, dtype=F32)
+        self.p_hist[sel] = 1
+        self._programmed(sel, g, t)
+
+    def _set(self, cells: np.ndarray, amplitude_v: np.ndarray, width_s: np.ndarray, t: float) -> None:
+        """Partial SET: a noisy upward step that shrinks as the cell fills (Nandakumar 2018)."""
+        d = self._drive(amplitude_v, width_s)
+        if d.size > 1 and not np.all(d > 0):  # cells below threshold are not touched at all
+            moved = d > 0
+            cells, d = cells[moved], d[moved]
+        if cells.size == 0 or not np.any(d > 0):
+            return
+        p, sel = self.profile, self._sel(cells)
+        g, _, _ = self._state_at(sel, t)
+        scale = F32(p.g_max_us / p.step_window_us)
+        gs = g * F32(1 / scale)
+        ph = self.p_hist[sel]
+        mu = F32(p.step_m1) * gs + F32(p.step_c1_us)
+        mu += F32(p.step_a1_us) * ph
+        mu *= self.eff[sel]
+        mu *= d
+        sd = F32(p.step_m2) * gs + F32(p.step_c2_us)
+        sd += F32(p.step_a2_us) * ph
+        sd *= d
+        sd *= self._rng.standard_normal(cells.size, dtype=F32)
+        mu += sd
+        np.maximum(mu, 0, out=mu)  # G only decreases through RESET
+        mu *= scale
+        g += mu
+        np.minimum(g, self.g_sat[sel], out=g)  # per-device saturation; holds stuck cells in place
+        ph *= F32(math.exp(-1.0 / p.step_p_decay_pulses))
+        self.p_hist[sel] = ph
+        self._programmed(sel, g, t)
+
+    def _programmed(self, sel: Any, g: np.ndarray, t: float) -> None:
+        """Store a freshly programmed state: restart the drift clock and the 1/f noise."""
+        self.g_prog[sel] = g
+        self.t_prog[sel] = t
+        self.n_rel[sel] = 0
+        self.s_last[sel] = 0
+
+    def _read(self, cells: np.ndarray, n_avg: int) -> np.ndarray:
+        p, sel = self.profile, self._sel(cells)
+        g, age, lx = self._state_at(sel, self.now())
+        # accumulated 1/f noise: its variance grows as ln((age + t_r)/(2 t_r)) since programming
+        s_now = np.maximum((age + F32(p.t_read_s)) * F32(0.5 / p.t_read_s), F32(1))
+        np.log(s_now, out=s_now)
+        s_old = self.s_last[sel]
+        inc = s_now - s_old
+        np.maximum(inc, 0, out=inc)
+        np.sqrt(inc, out=inc)
+        qs = lx * F32(-p.q_s_exp)  # Q_s = min(coeff / x^exp, max)
+        np.exp(qs, out=qs)
+        qs *= F32(p.q_s_coeff)
+        np.minimum(qs, F32(p.q_s_max), out=qs)
+        inc *= qs
+        inc *= self._rng.standard_normal(cells.size, dtype=F32)
+        n_rel = self.n_rel[sel] + inc  # a new array: the state must not see the "+1" below
+        self.n_rel[sel] = n_rel
+        np.maximum(s_now, s_old, out=s_now)
+        self.s_last[sel] = s_now
+        # white per-read noise, averaged over n_avg reads
+        k = F32(1 / math.sqrt(n_avg))
+        sigma = F32(p.read_noise_rel) * k * g
+        sigma += F32(p.read_noise_abs_us) * k
+        sigma *= self._rng.standard_normal(cells.size, dtype=F32)
+        n_rel += 1
+        g *= n_rel
+        g += sigma
+        self._advance(n_avg * p.read_time_s)
+        return g
+
+    # -- ground truth (emulator only: what calibration tries to recover) -----------------
+    def true_conductance(self, cells: Any = None) -> np.ndarray:
+        """Noise-free drifted conductance (µS) now; emulator-only, for tests and reports."""
+        return self._state_at(self.cells(cells), self.now())[0]
+
+    def stuck_kind(self, cells: Any = None) -> np.ndarray:
+        """Stuck code per cell (0 none, 1 at RESET, 2 at SET, 3 at a random value); emulator-only."""
+        return self.stuck[self.cells(cells)]
+
+    def identity(self) -> dict[str, Any]:
+        info = super().identity()
+        info.update(profile=self.profile.name, seed=self.seed, real_time=self.real_time,
+                    profile_parameters=asdict(self.profile))
+        return info

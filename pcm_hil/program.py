@@ -1,0 +1,180 @@
+"""Program-and-verify over many cells at once, on any :class:`~pcm_hil.chip.Chip`.
+
+PCM can only raise G with SET pulses and lower it with a RESET, so the loop per cell is:
+RESET, then SET pulses whose amplitude grows with the remaining error, each followed by an
+averaged verify read; on overshoot RESET and start again. Every loop is bounded by a
+pulse cap, a RESET-restart cap and a wall-time limit. All cells still in play advance
+together: one batched RESET, one batched SET and one batched read per iteration.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .chip import Chip, PulseKind
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Settings of the program-and-verify loop (defaults suit the ``pcm`` profile)."""
+
+    tolerance_us: float = 0.5
+    max_pulses: int = 20
+    max_resets: int = 3
+    n_avg: int = 8
+    reset_amplitude_v: float = 2.2
+    reset_width_s: float = 50e-9
+    set_width_s: float = 100e-9
+    set_threshold_v: float = 0.5
+    set_ref_v: float = 1.0
+    step_ref_us: float = 1.8
+    saturation_us: float = 23.0
+    reset_boost: float = 3.0
+    boost_decay_pulses: float = 2.6
+    aim: float = 0.35
+    drive_min: float = 0.03
+    drive_max: float = 1.5
+    max_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "tolerance_us": (self.tolerance_us, 0.0, 100.0), "max_pulses": (self.max_pulses, 1, 10_000),
+            "max_resets": (self.max_resets, 0, 100), "n_avg": (self.n_avg, 1, 1024),
+            "reset_amplitude_v": (self.reset_amplitude_v, 0.0, 100.0), "reset_width_s": (self.reset_width_s, 0.0, 1.0),
+            "set_width_s": (self.set_width_s, 0.0, 1.0), "step_ref_us": (self.step_ref_us, 0.0, 1e3),
+            "saturation_us": (self.saturation_us, 0.0, 1e6),
+            "boost_decay_pulses": (self.boost_decay_pulses, 0.0, 1e3), "aim": (self.aim, 0.0, 1.0),
+            "drive_min": (self.drive_min, 0.0, 100.0), "drive_max": (self.drive_max, 0.0, 100.0),
+            "max_seconds": (self.max_seconds, 0.0, 1e7),
+        }
+        for name, (v, lo, hi) in checks.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo < v <= hi:
+                raise ValueError(f"{name} must be in ({lo}, {hi}], got {v!r}")
+        if not 0 <= self.reset_boost <= 100:
+            raise ValueError(f"reset_boost must be in [0, 100], got {self.reset_boost!r}")
+        if not 0 <= self.set_threshold_v < self.set_ref_v:
+            raise ValueError("need 0 <= set_threshold_v < set_ref_v")
+        if self.drive_min > self.drive_max:
+            raise ValueError("need drive_min <= drive_max")
+
+
+@dataclass
+class VerifyResult:
+    """Per-cell outcome of a program-and-verify run (arrays in the order of ``cells``)."""
+
+    cells: np.ndarray
+    targets_us: np.ndarray
+    final_us: np.ndarray
+    pulses: np.ndarray
+    resets: np.ndarray
+    converged: np.ndarray
+    seconds: float
+    stop_reason: str = "done"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error_us(self) -> np.ndarray:
+        return self.final_us - self.targets_us
+
+    def summary(self) -> dict[str, Any]:
+        """Yield, pulse statistics and error percentiles (µS)."""
+        err = self.error_us
+        return {
+            "cells": int(self.cells.size),
+            "yield": float(np.mean(self.converged)) if self.cells.size else float("nan"),
+            "pulses_total": int(self.pulses.sum()),
+            "pulses_mean": float(self.pulses.mean()) if self.cells.size else float("nan"),
+            "pulses_p95": float(np.percentile(self.pulses, 95)) if self.cells.size else float("nan"),
+            "resets_total": int(self.resets.sum()),
+            "error_sigma_us": float(np.std(err[self.converged])) if self.converged.any() else float("nan"),
+            "error_p99_abs_us": float(np.percentile(np.abs(err), 99)) if self.cells.size else float("nan"),
+            "seconds": self.seconds,
+            "stop_reason": self.stop_reason,
+        }
+
+
+def program_verify(
+    chip: Chip,
+    cells: Any,
+    targets_us: Any,
+    config: VerifyConfig | None = None,
+    tolerance_us: Any = None,
+    max_pulses: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyResult:
+    """Program ``cells`` to ``targets_us`` (µS) with per-cell tolerance and pulse cap.
+
+    ``tolerance_us`` and ``max_pulses`` override the config per cell (scalar or array).
+    ``progress(done, total)`` is called after every iteration.
+    """
+    cfg = config or VerifyConfig()
+    idx = chip.cells(cells)
+    n = idx.size
+    tgt = np.asarray(targets_us, dtype=np.float64)
+    if tgt.shape != (n,):
+        raise ValueError(f"targets_us must have one value per cell ({n}), got shape {tgt.shape}")
+    if not np.all(np.isfinite(tgt)) or (n and (tgt.min() < 0)):
+        raise ValueError("targets_us must be finite and >= 0 µS")
+    tol = np.broadcast_to(np.asarray(cfg.tolerance_us if tolerance_us is None else tolerance_us, dtype=np.float64), (n,))
+    cap = np.broadcast_to(np.asarray(cfg.max_pulses if max_pulses is None else max_pulses), (n,)).astype(np.int64)
+    if n and (not np.all(np.isfinite(tol)) or tol.min() <= 0):
+        raise ValueError("tolerance_us must be finite and > 0 µS")
+    if n and cap.min() < 1:
+        raise ValueError("max_pulses must be >= 1")
+    chip._unique(idx)
+    # check both pulse shapes against the soft limits before anything is sent
+    chip.limits.check_pulse(np.array([cfg.reset_amplitude_v]), np.array([cfg.reset_width_s]))
+    v_top = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * cfg.drive_max
+    chip.limits.check_pulse(np.array([v_top]), np.array([cfg.set_width_s]))
+
+    t_start = time.monotonic()
+    final = np.zeros(n, dtype=np.float32)
+    pulses = np.zeros(n, dtype=np.int64)
+    resets = np.zeros(n, dtype=np.int64)
+    since_reset = np.zeros(n, dtype=np.int64)
+    converged = np.zeros(n, dtype=bool)
+    active = np.arange(n)
+    need_reset = np.ones(n, dtype=bool)
+    stop = "done"
+    while active.size:
+        if time.monotonic() - t_start > cfg.max_seconds:
+            stop = "wall-time limit"
+            break
+        r = active[need_reset[active]]
+        if r.size:
+            chip.pulse(idx[r], PulseKind.RESET, cfg.reset_amplitude_v, cfg.reset_width_s)
+            need_reset[r] = False
+            since_reset[r] = 0
+        g = chip.read(idx[active], n_avg=cfg.n_avg)
+        final[active] = g
+        err = tgt[active] - g
+        ok = np.abs(err) <= tol[active]
+        converged[active[ok]] = True
+        over = err < -tol[active]
+        out_of_pulses = pulses[active] >= cap[active]
+        out_of_resets = over & (resets[active] >= cfg.max_resets)
+        keep = ~ok & ~out_of_pulses & ~out_of_resets
+        # overshoot: RESET and try again (counted), the SET happens on the next round
+        restart = keep & over
+        resets[active[restart]] += 1
+        need_reset[active[restart]] = True
+        go = keep & ~over
+        s = active[go]
+        if s.size:
+            # programming curve: the step of the reference pulse shrinks as the cell fills
+            # and is larger for the first pulses after a RESET; aim short of the target
+            step = cfg.step_ref_us * np.maximum(1.0 - g[go] / cfg.saturation_us, 0.15)
+            step *= 1.0 + cfg.reset_boost * np.exp(-since_reset[s] / cfg.boost_decay_pulses)
+            drive = np.clip(cfg.aim * err[go] / step, cfg.drive_min, cfg.drive_max)
+            amp = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * drive
+            chip.pulse(idx[s], PulseKind.SET, amp, cfg.set_width_s)
+            pulses[s] += 1
+            since_reset[s] += 1
+        active = active[keep]
+        if progress is not None:
+            progress(n - active.size, n)
+    return VerifyResult(idx, tgt, final, pulses, resets, converged, time.monotonic() - t_start, stop, asdict(cfg))
