@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Run every benchmark; write bench/results/<name>.json.
+set -euo pipefail
+cd "$(dirname "$0")"
+mkdir -p results
+for b in emulator; do
+  pcm-hil bench "$b" --json | tee "results/$b.json"
+done

@@ -1,0 +1,1 @@
+"""Calibration: measurement DataFrames in, fitted cell noise model out (imports nothing of pcm_hil)."""

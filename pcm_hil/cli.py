@@ -1,0 +1,185 @@
+"""The ``pcm-hil`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .chip import Chip, Geometry
+from .table import format_table
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+    print(json.dumps(result, default=_json_default) if args.json else text)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _add_chip_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--emulated", action="store_true", default=True, help="use the in-process emulated chip (default)")
+    g.add_argument("--bench", metavar="FILE", help="use the instrument bench described by a bench TOML file")
+    p.add_argument("--profile", default="pcm", help="emulator device profile: preset name or .toml/.json file")
+    p.add_argument("--seed", type=int, default=0, help="chip seed (emulator)")
+
+
+def open_chip(args: argparse.Namespace, geometry: Geometry | None = None) -> Chip:
+    """The chip named by ``--emulated``/``--bench`` options."""
+    if getattr(args, "bench", None):
+        from .bench_chip import BenchChip
+
+        return BenchChip.from_file(args.bench)
+    from .emulator import EmulatedChip
+
+    return EmulatedChip(geometry, profile=args.profile, seed=args.seed)
+
+
+# -- demo -----------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .program import VerifyConfig, program_verify
+
+    if not 1 <= args.levels <= 64:
+        raise ValueError(f"--levels must be in [1, 64], got {args.levels}")
+    with open_chip(args) as chip:
+        n = min(args.cells, chip.geometry.n_cells)
+        if n < args.levels:
+            raise ValueError(f"--cells must be at least --levels ({args.levels}), got {args.cells}")
+        g_hi = 0.85 * getattr(getattr(chip, "profile", None), "g_max_us", 25.0)
+        levels = np.linspace(1.0, g_hi, args.levels)
+        cells = np.arange(n, dtype=np.int64)
+        targets = levels[np.arange(n) % args.levels]
+        cfg = VerifyConfig(tolerance_us=args.tolerance)
+        with tqdm(total=n, desc="program-and-verify", unit="cell", disable=args.json or not sys.stderr.isatty()) as bar:
+            res = program_verify(chip, cells, targets, cfg, progress=lambda d, t: bar.update(d - bar.n))
+        t_end = chip.now()
+        reads: dict[float, np.ndarray] = {}
+        for age in sorted(args.read_after):
+            chip.wait(max(0.0, t_end + age - chip.now()))
+            reads[age] = chip.read(cells, n_avg=cfg.n_avg)
+        rows, per_level = [], []
+        for lv in levels:
+            m = targets == lv
+            row = {"target_us": float(lv), "yield": float(res.converged[m].mean()),
+                   "pulses_mean": float(res.pulses[m].mean())}
+            for age, g in reads.items():
+                ok = m & res.converged
+                row[f"mean_us@{age:g}s"] = float(g[ok].mean()) if ok.any() else float("nan")
+                row[f"sigma_us@{age:g}s"] = float(g[ok].std()) if ok.any() else float("nan")
+            per_level.append(row)
+            rows.append(list(row.values()))
+        result = {"job": "demo", "chip": chip.identity() if not args.json else {k: v for k, v in chip.identity().items() if k != "profile_parameters"},
+                  "cells": n, "levels": args.levels, "verify": asdict(cfg), "summary": res.summary(),
+                  "per_level": per_level, "version": __version__}
+        s = res.summary()
+        text = "\n".join([
+            f"pcm-hil {__version__}: programmed {n} cells to {args.levels} levels on {type(chip).__name__}"
+            f" (tolerance ±{args.tolerance} µS, seed {args.seed})",
+            f"yield {s['yield']:.1%}, {s['pulses_total']} SET pulses (mean {s['pulses_mean']:.2f}, p95 "
+            f"{s['pulses_p95']:.0f}), {s['resets_total']} RESET restarts, {s['seconds']:.2f} s",
+            "",
+            format_table(list(per_level[0].keys()), rows, title="per level (converged cells, reads averaged ×%d)" % cfg.n_avg),
+        ])
+        _emit(args, result, text)
+    return 0
+
+
+# -- bench ----------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "emulator":
+        from .bench import emulator
+
+        r = emulator.run(cells=args.cells or 1_000_000, repeats=args.repeats, seed=args.seed)
+        text = format_table(["figure", "value"], [
+            ["cell-iterations/s (SET+read, ascending batch)", r["cell_iterations_per_s"]],
+            ["cell-iterations/s (shuffled batch)", r["cell_iterations_per_s_shuffled"]],
+            ["bytes per cell", r["bytes_per_cell"]],
+            ["one normal draw per cell (s)", r["normal_draw_seconds"]],
+            ["iteration / normal draw", r["iteration_over_normal_ratio"]],
+        ], title=f"emulator benchmark, {r['cells']} cells, median of {r['repeats']}")
+    elif args.what == "wire":
+        from .bench import wire
+
+        r = wire.run(cells=args.cells or 100_000, repeats=args.repeats, seed=args.seed)
+        text = format_table(["figure", "value"], [
+            ["cell ops/s, batched blocks", r["cell_ops_per_s_block"]],
+            ["cell ops/s, one cell per transaction", r["cell_ops_per_s_single"]],
+            ["ratio", r["ratio"]],
+        ], title=f"wire benchmark over loopback, median of {r['repeats']}")
+    else:  # pragma: no cover - argparse restricts choices
+        raise ValueError(args.what)
+    _emit(args, r, text)
+    return 0
+
+
+# -- profile --------------------------------------------------------------------------
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .emulator import preset_names, resolve
+
+    if args.action == "list":
+        names = preset_names()
+        _emit(args, {"presets": names}, "\n".join(names))
+        return 0
+    prof = resolve(args.name)
+    rows = [[name, value, unit, source] for name, value, unit, source in prof.describe()]
+    _emit(args, prof.to_dict(), format_table(["field", "value", "unit", "source"], rows, title=f"profile {prof.name}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pcm-hil", description=__doc__)
+    p.add_argument("--version", action="version", version=f"pcm-hil {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="program and read back an emulated array; print a summary")
+    _add_chip_args(d)
+    d.add_argument("--cells", type=int, default=20_000, help="cells to program (default 20000)")
+    d.add_argument("--levels", type=int, default=8, help="target levels across the window (default 8)")
+    d.add_argument("--tolerance", type=float, default=0.5, help="verify tolerance in µS (default 0.5)")
+    d.add_argument("--read-after", type=float, nargs="+", default=[20.0, 3600.0, 86400.0], metavar="S",
+                   help="read back this many seconds after programming (default 20 3600 86400)")
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)")
+    b.add_argument("what", choices=["emulator", "wire"])
+    b.add_argument("--cells", type=int, default=None, help="batch size (default: 1e6 emulator, 1e5 wire)")
+    b.add_argument("--repeats", type=int, default=7)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench)
+
+    pr = sub.add_parser("profile", help="list or show emulator device profiles")
+    pr.add_argument("action", choices=["list", "show"])
+    pr.add_argument("name", nargs="?", default="pcm")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_profile)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"pcm-hil: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pcm-hil: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

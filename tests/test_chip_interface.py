@@ -1,0 +1,107 @@
+"""The chip interface contract, run against every backend the ``chip`` fixture offers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pcm_hil.chip import Geometry, PulseKind, SoftLimits
+from pcm_hil.emulator import EmulatedChip
+
+from .conftest import SMALL
+
+
+@pytest.fixture(params=["emulated"])
+def chip(request: pytest.FixtureRequest):
+    c = EmulatedChip(SMALL, seed=11)
+    yield c
+    c.close()
+
+
+
+def test_geometry_index_round_trip() -> None:
+    g = Geometry(3, 5, 7)
+    a, r, c = np.meshgrid(range(3), range(5), range(7), indexing="ij")
+    idx = g.index(a.ravel(), r.ravel(), c.ravel())
+    assert np.array_equal(idx, np.arange(g.n_cells))
+    back = g.coords(idx)
+    assert np.array_equal(back[0], a.ravel()) and np.array_equal(back[2], c.ravel())
+    with pytest.raises(ValueError, match="row coordinates"):
+        g.index(0, 5, 0)
+    with pytest.raises(ValueError, match="geometry.rows"):
+        Geometry(1, 0, 4)
+
+
+def test_pulse_and_read_change_conductance(chip) -> None:
+    cells = np.arange(0, 200)
+    chip.pulse(cells, "RESET", 2.2, 50e-9)
+    low = chip.read(cells, n_avg=8)
+    for _ in range(6):
+        chip.pulse(cells, PulseKind.SET, 1.0, 100e-9)
+    high = chip.read(cells, n_avg=8)
+    assert low.shape == high.shape == (200,)
+    assert np.median(low) < 1.0 < 5.0 < np.median(high)
+
+
+def test_time_advances_and_wait(chip) -> None:
+    t0 = chip.now()
+    chip.wait(3600.0)
+    assert chip.now() - t0 >= 3600.0
+    with pytest.raises(ValueError, match="seconds"):
+        chip.wait(-1)
+    with pytest.raises(ValueError, match="seconds"):
+        chip.wait(float("nan"))
+
+
+BAD_PULSES = [
+    (dict(cells=[0, 1], amplitude_v=[1.0, float("nan")], width_s=1e-7), "finite"),
+    (dict(cells=[0, 1], amplitude_v=1.0, width_s=float("inf")), "finite"),
+    (dict(cells=[0, 1], amplitude_v=1.0, width_s=-1e-7), "width_s must be > 0"),
+    (dict(cells=[0, SMALL.n_cells], amplitude_v=1.0, width_s=1e-7), r"accepted \[0, 4095\]"),
+    (dict(cells=[-1, 2], amplitude_v=1.0, width_s=1e-7), "out of range"),
+    (dict(cells=[0, 1, 2], amplitude_v=[1.0, 1.0], width_s=1e-7), "one value per cell"),
+    (dict(cells=[3, 3], amplitude_v=1.0, width_s=1e-7), "must not repeat"),
+    (dict(cells=[0.5, 1.0], amplitude_v=1.0, width_s=1e-7), "integer"),
+    (dict(cells=[[0, 1]], amplitude_v=1.0, width_s=1e-7), "1-D"),
+    (dict(cells=[0, 1], amplitude_v=-1.0, width_s=1e-7), "amplitude_v must be >= 0"),
+    (dict(cells=[0, 1], amplitude_v=5.0, width_s=1e-7), "max_amplitude_v"),
+    (dict(cells=[0, 1], amplitude_v=1.0, width_s=1e-3), "max_width_s"),
+    (dict(cells=[0, 1], amplitude_v=2.9, width_s=9e-6), "max_energy_j"),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", BAD_PULSES)
+def test_bad_pulse_is_refused_and_changes_nothing(chip, kwargs, match) -> None:
+    cells = np.arange(16)
+    chip.pulse(cells, "RESET", 2.2, 50e-9)
+    before = chip.true_conductance(cells)
+    t0 = chip.now()
+    with pytest.raises(ValueError, match=match):
+        chip.pulse(kwargs["cells"], "SET", kwargs["amplitude_v"], kwargs["width_s"])
+    assert chip.now() == t0
+    assert np.array_equal(chip.true_conductance(cells), before)
+
+
+def test_unknown_pulse_kind(chip) -> None:
+    with pytest.raises(ValueError, match="'SET' or 'RESET'"):
+        chip.pulse([0], "ERASE", 1.0, 1e-7)
+
+
+def test_bad_read_is_refused(chip) -> None:
+    with pytest.raises(ValueError, match="n_avg"):
+        chip.read([0], n_avg=0)
+    with pytest.raises(ValueError, match="out of range"):
+        chip.read([SMALL.n_cells])
+
+
+def test_soft_limits_validate_themselves() -> None:
+    with pytest.raises(ValueError, match="max_amplitude_v"):
+        SoftLimits(max_amplitude_v=float("inf"))
+    with pytest.raises(ValueError, match="max_width_s"):
+        SoftLimits(max_width_s=0)
+
+
+def test_empty_batches_are_no_ops(chip) -> None:
+    t0 = chip.now()
+    chip.pulse(np.array([], dtype=np.int64), "SET", 1.0, 1e-7)
+    assert chip.read(np.array([], dtype=np.int64)).size == 0
+    assert chip.now() == t0

@@ -1,0 +1,44 @@
+"""The pcm-hil command, end to end, as a subprocess."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pcm_hil.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_demo_json() -> None:
+    r = run("demo", "--cells", "2000", "--levels", "4", "--json", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["cells"] == 2000 and len(out["per_level"]) == 4
+    assert out["summary"]["yield"] > 0.8
+    # drift: one day later every level reads lower than 20 s after programming
+    for lv in out["per_level"]:
+        assert lv["mean_us@86400s"] < lv["mean_us@20s"]
+
+
+def test_demo_table_and_bad_input() -> None:
+    r = run("demo", "--cells", "500", "--levels", "4")
+    assert r.returncode == 0 and "per level" in r.stdout and "target_us" in r.stdout
+    r = run("demo", "--levels", "0")
+    assert r.returncode == 2 and "--levels must be in [1, 64]" in r.stderr
+
+
+def test_bench_emulator_json() -> None:
+    r = run("bench", "emulator", "--cells", "20000", "--repeats", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("cell_iterations_per_s", "bytes_per_cell", "normal_draw_seconds", "iteration_over_normal_ratio"):
+        assert out[key] > 0
+    assert out["bytes_per_cell"] <= 64
+
+
+def test_profile_show() -> None:
+    r = run("profile", "show", "hermes-14nm", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["g_max_us"] == 10.35
+    r = run("profile", "show", "nope")
+    assert r.returncode == 2 and "must be a preset (hermes-14nm, nandakumar-2018, pcm)" in r.stderr
