@@ -157,8 +157,9 @@ class Chip(ABC):
                 raise ValueError("cells must not repeat within one pulse batch")
 
     # -- operations ---------------------------------------------------------------
-    def pulse(self, cells: Any, kind: PulseKind | str, amplitude_v: Any, width_s: Any) -> None:
-        """Apply one pulse of ``kind`` to each cell (amplitude in V, width in s, per cell or scalar)."""
+    def validate_pulse(self, cells: Any, kind: PulseKind | str, amplitude_v: Any, width_s: Any
+                       ) -> tuple[np.ndarray, PulseKind, np.ndarray, np.ndarray]:
+        """Check a pulse request against addresses, values and soft limits; return it normalised."""
         kind = PulseKind.parse(kind)
         idx = self.cells(cells)
         amp = _as_float_array("amplitude_v", amplitude_v, idx.size)
@@ -169,6 +170,11 @@ class Chip(ABC):
             raise ValueError(f"width_s must be > 0 s, got {np.min(width):.4g}")
         self.limits.check_pulse(amp, width)
         self._unique(idx)
+        return idx, kind, amp, width
+
+    def pulse(self, cells: Any, kind: PulseKind | str, amplitude_v: Any, width_s: Any) -> None:
+        """Apply one pulse of ``kind`` to each cell (amplitude in V, width in s, per cell or scalar)."""
+        idx, kind, amp, width = self.validate_pulse(cells, kind, amplitude_v, width_s)
         if idx.size:
             self._pulse(idx, kind, amp, width)
 

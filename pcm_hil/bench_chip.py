@@ -1,0 +1,197 @@
+"""The chip interface over the instrument bench: board, SMU and pulse generator.
+
+Pulses and reads go through the board in batches (one transaction per chunk of cells).
+``read_smu`` reads cell by cell through the SMU for precision; ``pulse_external`` fires
+pulses shaped by the pulse generator. Soft limits are checked (in :class:`Chip`) before
+anything is sent; the SMU's compliance is set before its output turns on; ``close``
+leaves every output off and is idempotent, also after an error or Ctrl-C.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivers.keithley2600 import Keithley2600
+from drivers.keysight33500b import Keysight33500B
+from drivers.pcm_board import PCMBoard
+
+from .bench_config import BenchConfig
+from .chip import Chip, PulseKind
+
+
+class BenchChip(Chip):
+    """A chip on the bench, driven through its controller board (and optional SMU and PG)."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        super().__init__(config.geometry, config.limits)
+        self.config = config
+        self.board: PCMBoard | None = None
+        self.smu: Keithley2600 | None = None
+        self.pg: Keysight33500B | None = None
+        self._closed = False
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "BenchChip":
+        return cls(BenchConfig.load(path))
+
+    def _open(self) -> None:
+        cfg = self.config
+        self.board = PCMBoard(cfg.board.resource, timeout_s=cfg.board.timeout_s)
+        self.board_idn = self.board.idn
+        self.virtual_clock = "-EMU" in self.board_idn.split(",")[1] if "," in self.board_idn else False
+        arrays, rows, cols = self.board.geometry
+        if cfg.chip.rows > rows or cfg.chip.cols > cols or max(cfg.wiring_arrays) >= arrays:
+            raise ValueError(f"bench file geometry/wiring does not fit the board's chip ({arrays}×{rows}×{cols})")
+        self._board_shape = (arrays, rows, cols)
+        self._wiring = np.asarray(cfg.wiring_arrays, dtype=np.int64)
+        self.board.reset()
+        self.board.compliance_a = cfg.chip.pulse_compliance_a
+        self.board.read_bias_v = cfg.chip.read_bias_v
+        self.board.check_errors()
+        self.board.output_enabled = True  # compliance is set first
+        if cfg.smu:
+            self.smu = Keithley2600(cfg.smu.resource, timeout_s=cfg.smu.timeout_s)
+            ch = self._smu_channel
+            ch.output_enabled = False
+            ch.source_function = "voltage"
+            ch.compliance_current_a = cfg.smu.compliance_a
+            ch.source_voltage_v = cfg.chip.read_bias_v
+            ch.nplc = cfg.smu.nplc
+            self.smu.check_errors()
+        if cfg.pulse_generator:
+            self.pg = Keysight33500B(cfg.pulse_generator.resource, timeout_s=cfg.pulse_generator.timeout_s)
+            self._pg_channel.output_enabled = False
+            self._pg_settings: tuple[float, float, float] | None = None
+            self.pg.check_errors()
+
+    @property
+    def _smu_channel(self) -> Any:
+        return getattr(self.smu, f"smu{self.config.smu.channel}")  # type: ignore[union-attr]
+
+    @property
+    def _pg_channel(self) -> Any:
+        return getattr(self.pg, f"ch{self.config.pulse_generator.channel}")  # type: ignore[union-attr]
+
+    # -- addressing -----------------------------------------------------------------
+    def board_index(self, cells: np.ndarray) -> np.ndarray:
+        """Board flat indices of chip cells, through the wiring."""
+        a, r, c = self.geometry.coords(cells)
+        return np.ravel_multi_index((self._wiring[a], r, c), self._board_shape).astype(np.int64)
+
+    def _chunks(self, n: int) -> range:
+        return range(0, n, self.config.board.max_batch)
+
+    # -- chip interface -------------------------------------------------------------
+    def _pulse(self, cells: np.ndarray, kind: PulseKind, amplitude_v: np.ndarray, width_s: np.ndarray) -> None:
+        board_cells = self.board_index(cells)
+        step = self.config.board.max_batch
+        for i in self._chunks(cells.size):
+            sl = slice(i, i + step)
+            self.board.bulk_pulse(kind.value, board_cells[sl],  # type: ignore[union-attr]
+                                  float(amplitude_v[0]) if amplitude_v.size == 1 else amplitude_v[sl],
+                                  float(width_s[0]) if width_s.size == 1 else width_s[sl])
+
+    def _read(self, cells: np.ndarray, n_avg: int) -> np.ndarray:
+        board_cells = self.board_index(cells)
+        step = self.config.board.max_batch
+        out = np.empty(cells.size, dtype=np.float32)
+        for i in self._chunks(cells.size):
+            out[i:i + step] = self.board.bulk_measure_g(board_cells[i:i + step], n_avg)  # type: ignore[union-attr]
+        return out
+
+    def now(self) -> float:
+        return self.board.clock_s  # type: ignore[union-attr]
+
+    def _wait(self, seconds: float) -> None:
+        if self.virtual_clock:
+            self.board.emu_wait(seconds)  # type: ignore[union-attr]
+            return
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))  # short naps keep Ctrl-C responsive
+
+    # -- precise and external paths ---------------------------------------------------
+    def _select(self, cell: int) -> None:
+        a, r, c = self.geometry.coords(np.array([cell]))
+        self.board.select(int(self._wiring[a[0]]), int(r[0]), int(c[0]))  # type: ignore[union-attr]
+
+    def read_smu(self, cells: Any) -> np.ndarray:
+        """Conductance (µS) of each cell measured by the SMU at the read bias, cell by cell."""
+        if self.smu is None:
+            raise ValueError("this bench has no [smu] section: precise reads need an SMU")
+        idx = self.cells(cells)
+        ch, bias = self._smu_channel, self.config.chip.read_bias_v
+        out = np.empty(idx.size, dtype=np.float64)
+        ch.compliance_current_a = self.config.smu.compliance_a  # type: ignore[union-attr]
+        ch.source_voltage_v = bias
+        try:
+            ch.output_enabled = True
+            for k, cell in enumerate(idx):
+                self._select(int(cell))
+                self.board.route = "SMU"  # type: ignore[union-attr]
+                out[k] = ch.measure_current() / bias * 1e6
+                if ch.in_compliance:
+                    raise ValueError(f"cell {int(cell)}: SMU in compliance at {self.config.smu.compliance_a} A; "
+                                     "raise smu.compliance_a or lower the read bias")
+        finally:
+            ch.output_enabled = False
+            self.board.route = "NONE"  # type: ignore[union-attr]
+        return out
+
+    def pulse_external(self, cells: Any, kind: PulseKind | str, amplitude_v: Any, width_s: Any) -> None:
+        """Pulses shaped by the pulse generator, one cell at a time (soft limits checked first)."""
+        if self.pg is None:
+            raise ValueError("this bench has no [pulse_generator] section")
+        idx, kind, amp, width = self.validate_pulse(cells, kind, amplitude_v, width_s)
+        pgc, cfg = self._pg_channel, self.config.pulse_generator
+        trailing = cfg.reset_trailing_edge_s if kind is PulseKind.RESET else cfg.set_trailing_edge_s  # type: ignore[union-attr]
+        try:
+            for k, cell in enumerate(idx):
+                a, w = float(amp[min(k, amp.size - 1)]), float(width[min(k, width.size - 1)])
+                if self._pg_settings != (a, w, trailing):
+                    pgc.configure_single_pulse(a, w, cfg.leading_edge_s, trailing,  # type: ignore[union-attr]
+                                               limit_v=self.limits.max_amplitude_v)
+                    self._pg_settings = (a, w, trailing)
+                self._select(int(cell))
+                self.board.route = "PG"  # type: ignore[union-attr]
+                pgc.output_enabled = True
+                self.pg.trigger()
+                self.pg.wait_complete()
+        finally:
+            pgc.output_enabled = False
+            self.board.route = "NONE"  # type: ignore[union-attr]
+        self.pg.check_errors()
+
+    # -- bookkeeping ----------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        info = super().identity()
+        info.update(board=self.board_idn, bench=self.config.to_dict(), virtual_clock=self.virtual_clock)
+        if self.smu:
+            info["smu"] = self.smu.idn
+        if self.pg:
+            info["pulse_generator"] = self.pg.idn
+        return info
+
+    def close(self) -> None:
+        """Every output off, every connection closed; idempotent; tries all even if one fails."""
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for inst in (self.pg, self.smu, self.board):
+            if inst is None:
+                continue
+            try:
+                inst.shutdown()
+            except Exception as exc:  # keep shutting the others down, then report
+                errors.append(f"{inst.name}: {exc}")
+        if errors:
+            raise RuntimeError("shutdown incomplete: " + "; ".join(errors))

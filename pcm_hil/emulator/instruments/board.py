@@ -1,0 +1,227 @@
+"""The emulated controller board: payload in, payload out (framing lives in the server)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from drivers import board_protocol as bp
+from drivers.errors import ProtocolError
+from drivers.pcm_board import AMPLITUDE_RANGE_V, COMPLIANCE_RANGE_A, N_AVG_RANGE, READ_BIAS_RANGE_V, WIDTH_RANGE_S
+
+from ... import __version__
+from .bench_model import BenchModel, ErrorQueue
+
+KINDS = {"SET": "SET", "RES": "RESET", "RESET": "RESET"}
+
+
+class BoardCommandError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _num(arg: str | bytes, what: str) -> float:
+    if isinstance(arg, bytes):
+        raise BoardCommandError(-104, f"Data type error;{what} must be a number")
+    try:
+        v = float(arg)
+    except ValueError:
+        raise BoardCommandError(-104, f"Data type error;{what} must be a number") from None
+    if not np.isfinite(v):
+        raise BoardCommandError(-222, f"Data out of range;{what} must be finite")
+    return v
+
+
+def _in(v: float, bounds: tuple[float, float], what: str) -> float:
+    if not bounds[0] <= v <= bounds[1]:
+        raise BoardCommandError(-222, f"Data out of range;{what} accepted [{bounds[0]:g}, {bounds[1]:g}]")
+    return v
+
+
+def _int(arg: str | bytes, bounds: tuple[int, int], what: str) -> int:
+    v = _num(arg, what)
+    if v != int(v):
+        raise BoardCommandError(-104, f"Data type error;{what} must be an integer")
+    return int(_in(v, bounds, what))
+
+
+class BoardEmulator:
+    """Executes one board command payload and returns the reply payload (never raises)."""
+
+    IDN = f"PCMHIL,PCM-BOARD-EMU,EMU0001,{__version__}"
+
+    def __init__(self, model: BenchModel) -> None:
+        self.model = model
+        self.errors = ErrorQueue()
+        self._reset_settings()
+        self._table: dict[str, Callable[[list], bytes]] = {
+            "*IDN?": lambda a: self.IDN.encode(),
+            "*RST": self._rst, "*CLS": self._cls,
+            "SYST:ERR?": self._err, "SYST:CLK?": lambda a: b"%.17g" % self.model.chip.now(),
+            "CHIP:GEOM?": lambda a: ("%d,%d,%d" % self.model.chip.geometry.shape).encode(),
+            "OUTP": self._outp, "OUTP?": lambda a: b"%d" % self.output,
+            "SOUR:COMP": self._comp, "SOUR:COMP?": lambda a: b"%.6g" % self.compliance_a,
+            "READ:BIAS": self._bias, "READ:BIAS?": lambda a: b"%.6g" % self.read_bias_v,
+            "CELL": self._cell, "CELL?": self._cell_q,
+            "ROUT:EXT": self._route, "ROUT:EXT?": lambda a: self.model.route.encode(),
+            "PULS": self._pulse, "MEAS:G?": self._meas,
+            "BULK:PULS": self._bulk_pulse, "BULK:MEAS:G?": self._bulk_meas,
+            "EMU:WAIT": self._emu_wait,
+        }
+
+    def _reset_settings(self) -> None:
+        self.output = False
+        self.compliance_a = 1e-3
+        self.read_bias_v = 0.2
+        self.model.selected = None
+        self.model.route = "NONE"
+
+    # -- entry point ----------------------------------------------------------------
+    def handle(self, payload: bytes) -> bytes:
+        try:
+            header, args = bp.split_payload(payload)
+        except ProtocolError as exc:
+            return self._error(-102, f"Syntax error;{exc}")
+        fn = self._table.get(header.upper())
+        if fn is None:
+            return self._error(-113, f"Undefined header;{header[:40]}")
+        try:
+            with self.model.lock:
+                return fn(args)
+        except BoardCommandError as exc:
+            return self._error(exc.code, exc.message)
+        except ValueError as exc:  # the chip refused the request: nothing was applied
+            return self._error(-224, f"Illegal parameter value;{exc}")
+
+    def _error(self, code: int, message: str) -> bytes:
+        return b'ERR %d,"%s"' % (code, message.replace('"', "'").encode("ascii", "replace"))
+
+    @staticmethod
+    def _nargs(args: list, n: int) -> None:
+        if len(args) < n:
+            raise BoardCommandError(-109, f"Missing parameter;expected {n}")
+        if len(args) > n:
+            raise BoardCommandError(-108, f"Parameter not allowed;expected {n}")
+
+    # -- commands -------------------------------------------------------------------
+    def _rst(self, args: list) -> bytes:
+        self._nargs(args, 0)
+        self._reset_settings()
+        self.errors.clear()
+        return b"OK"
+
+    def _cls(self, args: list) -> bytes:
+        self._nargs(args, 0)
+        self.errors.clear()
+        return b"OK"
+
+    def _err(self, args: list) -> bytes:
+        self._nargs(args, 0)
+        e = self.errors.pop()
+        return b'0,"No error"' if e is None else b'%d,"%s"' % (e[0], e[1].encode("ascii", "replace"))
+
+    def _outp(self, args: list) -> bytes:
+        self._nargs(args, 1)
+        self.output = bool(_int(args[0], (0, 1), "output state"))
+        return b"OK"
+
+    def _comp(self, args: list) -> bytes:
+        self._nargs(args, 1)
+        self.compliance_a = _in(_num(args[0], "compliance"), COMPLIANCE_RANGE_A, "compliance")
+        return b"OK"
+
+    def _bias(self, args: list) -> bytes:
+        self._nargs(args, 1)
+        self.read_bias_v = _in(_num(args[0], "read bias"), READ_BIAS_RANGE_V, "read bias")
+        return b"OK"
+
+    def _cell(self, args: list) -> bytes:
+        self._nargs(args, 3)
+        shape = self.model.chip.geometry.shape
+        self.model.selected = tuple(_int(a, (0, s - 1), n) for a, s, n in zip(args, shape, ("array", "row", "col")))
+        return b"OK"
+
+    def _cell_q(self, args: list) -> bytes:
+        self._nargs(args, 0)
+        return b"NONE" if self.model.selected is None else ("%d,%d,%d" % self.model.selected).encode()
+
+    def _route(self, args: list) -> bytes:
+        self._nargs(args, 1)
+        port = args[0].upper() if isinstance(args[0], str) else ""
+        if port not in ("NONE", "SMU", "PG"):
+            raise BoardCommandError(-224, "Illegal parameter value;route must be NONE, SMU or PG")
+        if port != "NONE" and self.model.selected is None:
+            raise BoardCommandError(202, "No cell selected")
+        self.model.route = port
+        return b"OK"
+
+    def _selected_index(self) -> np.ndarray:
+        if self.model.selected is None:
+            raise BoardCommandError(202, "No cell selected")
+        return np.array([self.model.chip.geometry.index(*self.model.selected)])
+
+    def _kind(self, arg: str | bytes) -> str:
+        kind = KINDS.get(arg.upper()) if isinstance(arg, str) else None
+        if kind is None:
+            raise BoardCommandError(-224, "Illegal parameter value;pulse kind must be SET or RES")
+        return kind
+
+    def _check_output(self) -> None:
+        if not self.output:
+            raise BoardCommandError(201, "Output disabled;send OUTP 1 first")
+
+    def _pulse(self, args: list) -> bytes:
+        self._nargs(args, 3)
+        kind = self._kind(args[0])
+        amp = _in(_num(args[1], "amplitude"), AMPLITUDE_RANGE_V, "amplitude")
+        width = _in(_num(args[2], "width"), WIDTH_RANGE_S, "width")
+        cell = self._selected_index()
+        self._check_output()
+        self.model.chip.pulse(cell, kind, amp, width)
+        return b"OK"
+
+    def _meas(self, args: list) -> bytes:
+        self._nargs(args, 1)
+        n_avg = _int(args[0], N_AVG_RANGE, "n_avg")
+        cell = self._selected_index()
+        return b"%.9g" % self.model.chip.read(cell, n_avg=n_avg)[0]
+
+    def _bulk_pulse(self, args: list) -> bytes:
+        self._nargs(args, 2)
+        kind = self._kind(args[0])
+        try:
+            rec = bp.array_from_block(args[1], bp.PULSE_RECORD, "pulse records")
+        except ProtocolError as exc:
+            raise BoardCommandError(-160, f"Block data error;{exc}") from None
+        cells = rec["cell"].astype(np.int64)
+        amp, width = rec["amplitude_v"].astype(np.float64), rec["width_s"].astype(np.float64)
+        if cells.size:
+            if cells.max() >= self.model.chip.geometry.n_cells:
+                raise BoardCommandError(-222, f"Data out of range;cell accepted [0, {self.model.chip.geometry.n_cells - 1}]")
+            for v, bounds, what in ((amp, AMPLITUDE_RANGE_V, "amplitude"), (width, WIDTH_RANGE_S, "width")):
+                if not np.all(np.isfinite(v)) or v.min() < bounds[0] or v.max() > bounds[1]:
+                    raise BoardCommandError(-222, f"Data out of range;{what} accepted [{bounds[0]:g}, {bounds[1]:g}]")
+        self._check_output()
+        if np.all(amp == amp[:1]) and np.all(width == width[:1]) and cells.size:
+            amp, width = amp[:1], width[:1]  # uniform batch: scalar pulse parameters
+        self.model.chip.pulse(cells, kind, amp if amp.size != 1 else float(amp[0]),
+                              width if width.size != 1 else float(width[0]))
+        return b"OK"
+
+    def _bulk_meas(self, args: list) -> bytes:
+        self._nargs(args, 2)
+        n_avg = _int(args[0], N_AVG_RANGE, "n_avg")
+        try:
+            cells = bp.array_from_block(args[1], bp.CELL_DTYPE, "cells").astype(np.int64)
+        except ProtocolError as exc:
+            raise BoardCommandError(-160, f"Block data error;{exc}") from None
+        if cells.size and cells.max() >= self.model.chip.geometry.n_cells:
+            raise BoardCommandError(-222, f"Data out of range;cell accepted [0, {self.model.chip.geometry.n_cells - 1}]")
+        g = self.model.chip.read(cells, n_avg=n_avg) if cells.size else np.empty(0, np.float32)
+        return bp.encode_block(np.ascontiguousarray(g, dtype=bp.VALUE_DTYPE))
+
+    def _emu_wait(self, args: list) -> bytes:
+        self._nargs(args, 1)
+        self.model.chip.wait(_in(_num(args[0], "seconds"), (0.0, 1e10), "seconds"))
+        return b"OK"

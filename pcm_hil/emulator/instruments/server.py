@@ -1,0 +1,169 @@
+"""TCP servers on loopback for the emulated instruments (one thread per connection).
+
+Instrument state lives in the emulator object, not in the connection: reconnecting
+finds the instrument as it was, like a real one. A malformed message never stops the
+server; a truncated board frame is discarded after ``frame_timeout_s``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import socketserver
+import threading
+
+
+from drivers import board_protocol as bp
+from drivers.errors import ProtocolError
+
+MAX_LINE = 1 << 20
+
+
+def check_loopback(host: str) -> str:
+    """Refuse anything but a loopback address: the virtual bench is never exposed."""
+    try:
+        ok = ipaddress.ip_address(socket.gethostbyname(host) if host == "localhost" else host).is_loopback
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"the virtual bench binds to loopback only (127.0.0.0/8 or ::1), got {host!r}")
+    return host
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(self, host: str, port: int, handler: type, emulator: object) -> None:
+        self.emulator = emulator
+        self.connections: set[socket.socket] = set()
+        self.conn_lock = threading.Lock()
+        super().__init__((host, port), handler)
+
+    def close_connections(self) -> None:
+        with self.conn_lock:
+            for s in list(self.connections):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def setup(self) -> None:
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.conn_lock:
+            self.server.connections.add(self.request)
+
+    def finish(self) -> None:
+        with self.server.conn_lock:
+            self.server.connections.discard(self.request)
+
+
+class LineHandler(_Handler):
+    """LF-terminated text messages (SCPI, TSP); CR before LF is ignored."""
+
+    def handle(self) -> None:
+        f = self.request.makefile("rb")
+        while True:
+            try:
+                raw = f.readline(MAX_LINE)
+            except OSError:
+                return
+            if not raw:
+                return
+            if not raw.endswith(b"\n") and len(raw) >= MAX_LINE:
+                self.server.emulator.errors.push(-223, "Too much data")
+                continue
+            reply = self.server.emulator.handle(raw.decode("latin-1").rstrip("\r\n"))
+            if reply is not None:
+                try:
+                    self.request.sendall(reply.encode("latin-1", "replace") + b"\n")
+                except OSError:
+                    return
+
+
+class FrameHandler(_Handler):
+    """Board frames: header, payload and CRC; garbage and truncation are answered with ERR."""
+
+    frame_timeout_s = 2.0
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        chunks, got = [], 0
+        while got < n:
+            chunk = self.request.recv(min(n - got, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _reply(self, payload: bytes) -> None:
+        self.request.sendall(bp.encode_frame(payload))
+
+    def _discard_pending(self) -> None:
+        self.request.settimeout(0.05)
+        try:
+            while self.request.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    def handle(self) -> None:
+        emu = self.server.emulator
+        while True:
+            try:
+                self.request.settimeout(None)
+                head = self._recv_exact(1)
+                if head is None:
+                    return
+                self.request.settimeout(self.frame_timeout_s)
+                rest = self._recv_exact(bp.HEADER_LEN - 1)
+                if rest is None:
+                    return
+                try:
+                    n = bp.payload_length(head + rest)
+                except ProtocolError as exc:
+                    self._discard_pending()
+                    emu.errors.push(101, f"Framing error;{exc}")
+                    self._reply(b'ERR 101,"Framing error"')
+                    continue
+                body = self._recv_exact(n + bp.TRAILER_LEN)
+                if body is None:
+                    return
+                try:
+                    payload = bp.check_frame(body)
+                except ProtocolError as exc:
+                    emu.errors.push(102, f"Frame rejected;{exc}")
+                    self._reply(b'ERR 102,"Frame rejected;%s"' % str(exc).encode())
+                    continue
+                self._reply(emu.handle(payload))
+            except socket.timeout:
+                emu.errors.push(103, "Frame truncated;discarded after timeout")
+                try:
+                    self._reply(b'ERR 103,"Frame truncated"')
+                except OSError:
+                    return
+            except OSError:
+                return
+
+
+class ServerThread:
+    """One emulated instrument served on ``host:port`` in a background thread."""
+
+    def __init__(self, emulator: object, handler: type, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.server = _Server(check_loopback(host), port, handler, emulator)
+        self.host, self.port = self.server.server_address[:2]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"emulated-{type(emulator).__name__}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.close_connections()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
