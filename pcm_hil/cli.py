@@ -138,6 +138,36 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- emulate --------------------------------------------------------------------------
+def cmd_emulate(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .emulator.instruments import VirtualBench
+
+    if not 0 <= args.port <= 65533:
+        raise ValueError(f"--port must be in [0, 65533], got {args.port}")
+    ports = (0, 0, 0) if args.port == 0 else (args.port, args.port + 1, args.port + 2)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    geometry = Geometry(*args.geometry)
+    with VirtualBench(geometry, profile=args.profile, seed=args.seed, host=args.host, ports=ports) as vb:
+        if args.bench_file:
+            vb.bench_config().save(args.bench_file)
+        if args.ready_file:
+            vb.write_ready_file(args.ready_file)
+        if args.json:
+            print(json.dumps(vb.addresses), flush=True)
+        else:
+            print(format_table(["instrument", "resource"], list(vb.addresses.items()),
+                               title=f"virtual bench ({geometry.arrays}×{geometry.rows}×{geometry.cols} cells, "
+                                     f"profile {vb.chip.profile.name}, seed {args.seed}); Ctrl-C to stop"), flush=True)
+        stop.wait()
+    print("virtual bench stopped", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pcm-hil", description=__doc__)
     p.add_argument("--version", action="version", version=f"pcm-hil {__version__}")
@@ -161,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
 
+    e = sub.add_parser("emulate", help="serve the emulated board, SMU and pulse generator on loopback")
+    e.add_argument("--port", type=int, default=0, help="board port P (SMU P+1, PG P+2); 0 picks free ports")
+    e.add_argument("--host", default="127.0.0.1", help="loopback address to bind (never another)")
+    e.add_argument("--ready-file", metavar="F", help="write the resource strings as JSON here once serving")
+    e.add_argument("--bench-file", metavar="F", help="write a bench TOML file for these servers here")
+    e.add_argument("--geometry", type=int, nargs=3, default=[4, 512, 512], metavar=("ARRAYS", "ROWS", "COLS"))
+    e.add_argument("--profile", default="pcm", help="device profile: preset name or .toml/.json file")
+    e.add_argument("--seed", type=int, default=0, help="chip seed")
+    e.add_argument("--json", action="store_true", help="print the resource strings as one JSON object")
+    e.set_defaults(func=cmd_emulate)
+
     pr = sub.add_parser("profile", help="list or show emulator device profiles")
     pr.add_argument("action", choices=["list", "show"])
     pr.add_argument("name", nargs="?", default="pcm")
@@ -176,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"pcm-hil: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return 0
     except KeyboardInterrupt:
         print("pcm-hil: interrupted", file=sys.stderr)
         return 130

@@ -5,16 +5,29 @@ import numpy as np
 import pytest
 
 from pcm_hil.chip import Geometry, PulseKind, SoftLimits
+from pcm_hil.bench_chip import BenchChip
 from pcm_hil.emulator import EmulatedChip
+from pcm_hil.emulator.instruments import VirtualBench
 
 from .conftest import SMALL
 
 
-@pytest.fixture(params=["emulated"])
-def chip(request: pytest.FixtureRequest):
-    c = EmulatedChip(SMALL, seed=11)
-    yield c
-    c.close()
+@pytest.fixture(params=["emulated", "bench"])
+def backend(request: pytest.FixtureRequest):
+    """(chip, truth): the chip under test and the emulated chip that is the ground truth."""
+    if request.param == "emulated":
+        c = EmulatedChip(SMALL, seed=11)
+        yield c, c
+        c.close()
+        return
+    with VirtualBench(SMALL, seed=11) as vb:
+        with BenchChip(vb.bench_config()) as c:
+            yield c, vb.chip
+
+
+@pytest.fixture
+def chip(backend):
+    return backend[0]
 
 
 
@@ -70,15 +83,16 @@ BAD_PULSES = [
 
 
 @pytest.mark.parametrize("kwargs,match", BAD_PULSES)
-def test_bad_pulse_is_refused_and_changes_nothing(chip, kwargs, match) -> None:
+def test_bad_pulse_is_refused_and_changes_nothing(backend, kwargs, match) -> None:
+    chip, truth = backend
     cells = np.arange(16)
     chip.pulse(cells, "RESET", 2.2, 50e-9)
-    before = chip.true_conductance(cells)
-    t0 = chip.now()
+    before = truth.true_conductance(cells)
+    t0 = truth.now()
     with pytest.raises(ValueError, match=match):
         chip.pulse(kwargs["cells"], "SET", kwargs["amplitude_v"], kwargs["width_s"])
-    assert chip.now() == t0
-    assert np.array_equal(chip.true_conductance(cells), before)
+    assert truth.now() == t0
+    assert np.array_equal(truth.true_conductance(cells), before)
 
 
 def test_unknown_pulse_kind(chip) -> None:
@@ -100,8 +114,35 @@ def test_soft_limits_validate_themselves() -> None:
         SoftLimits(max_width_s=0)
 
 
-def test_empty_batches_are_no_ops(chip) -> None:
-    t0 = chip.now()
+def test_empty_batches_are_no_ops(backend) -> None:
+    chip, truth = backend
+    t0 = truth.now()
     chip.pulse(np.array([], dtype=np.int64), "SET", 1.0, 1e-7)
     assert chip.read(np.array([], dtype=np.int64)).size == 0
-    assert chip.now() == t0
+    assert truth.now() == t0
+
+
+def test_reads_follow_the_truth(backend) -> None:
+    chip, truth = backend
+    cells = np.arange(100, 400)
+    chip.pulse(cells, "RESET", 2.2, 50e-9)
+    chip.pulse(cells, "SET", np.linspace(0.6, 1.4, cells.size), 100e-9)
+    g_true = truth.true_conductance(cells)
+    g = chip.read(cells, n_avg=64)
+    # white noise averaged over 64 reads, plus the 1/f term a few µs after programming
+    # (relative σ = Q_s(x)·sqrt(ln(age/2t_read)), ln term < 3 here)
+    p = truth.profile
+    q = np.minimum(p.q_s_coeff / np.maximum((g_true / p.g_max_us) ** p.q_s_exp, 1e-3), p.q_s_max)
+    sigma = np.hypot(p.read_sigma(g_true) / 8, q * np.sqrt(3.0) * g_true)
+    assert np.all(np.abs(g - g_true) < 5 * sigma)
+
+
+def test_program_verify_runs_unchanged(backend) -> None:
+    from pcm_hil.program import program_verify
+
+    chip, truth = backend
+    cells = np.arange(512)
+    res = program_verify(chip, cells, np.full(512, 10.0), tolerance_us=0.5)
+    assert res.converged.mean() > 0.9
+    ok = res.converged
+    assert np.all(np.abs(truth.true_conductance(cells[ok]) - 10.0) < 0.5 + 5 * 0.43 / np.sqrt(8))

@@ -42,3 +42,42 @@ def test_profile_show() -> None:
     assert r.returncode == 0 and json.loads(r.stdout)["g_max_us"] == 10.35
     r = run("profile", "show", "nope")
     assert r.returncode == 2 and "must be a preset (hermes-14nm, nandakumar-2018, pcm)" in r.stderr
+
+
+def test_emulate_serves_until_sigterm(tmp_path) -> None:
+    import signal
+    import time
+
+    from pcm_hil.bench_chip import BenchChip
+
+    ready, bench = tmp_path / "ready.json", tmp_path / "bench.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "pcm_hil.cli", "emulate", "--port", "0", "--geometry", "1", "8", "8",
+                             "--ready-file", str(ready), "--bench-file", str(bench)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "emulate never became ready"
+            time.sleep(0.05)
+        addresses = json.loads(ready.read_text())
+        assert addresses["board"].startswith("socket://127.0.0.1:")
+        assert addresses["smu"].startswith("TCPIP::127.0.0.1::") and addresses["smu"].endswith("::SOCKET")
+        with BenchChip.from_file(bench) as chip:
+            assert chip.geometry.n_cells == 64
+        r = run("demo", "--bench", str(bench), "--cells", "64", "--levels", "4", "--read-after", "20", "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["chip"]["backend"] == "BenchChip"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "stopped" in err
+    assert "board" in out and "pulse_generator" in out
+
+
+def test_bench_wire_json() -> None:
+    r = run("bench", "wire", "--cells", "2000", "--repeats", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["cell_ops_per_s_block"] > out["cell_ops_per_s_single"] > 0
+    assert out["ratio"] == out["cell_ops_per_s_block"] / out["cell_ops_per_s_single"]

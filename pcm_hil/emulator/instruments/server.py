@@ -34,8 +34,9 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, host: str, port: int, handler: type, emulator: object) -> None:
+    def __init__(self, host: str, port: int, handler: type, emulator: object, frame_timeout_s: float) -> None:
         self.emulator = emulator
+        self.frame_timeout_s = frame_timeout_s
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
         super().__init__((host, port), handler)
@@ -88,8 +89,6 @@ class LineHandler(_Handler):
 class FrameHandler(_Handler):
     """Board frames: header, payload and CRC; garbage and truncation are answered with ERR."""
 
-    frame_timeout_s = 2.0
-
     def _recv_exact(self, n: int) -> bytes | None:
         chunks, got = [], 0
         while got < n:
@@ -119,7 +118,7 @@ class FrameHandler(_Handler):
                 head = self._recv_exact(1)
                 if head is None:
                     return
-                self.request.settimeout(self.frame_timeout_s)
+                self.request.settimeout(self.server.frame_timeout_s)
                 rest = self._recv_exact(bp.HEADER_LEN - 1)
                 if rest is None:
                     return
@@ -153,8 +152,9 @@ class FrameHandler(_Handler):
 class ServerThread:
     """One emulated instrument served on ``host:port`` in a background thread."""
 
-    def __init__(self, emulator: object, handler: type, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = _Server(check_loopback(host), port, handler, emulator)
+    def __init__(self, emulator: object, handler: type, host: str = "127.0.0.1", port: int = 0,
+                 frame_timeout_s: float = 2.0) -> None:
+        self.server = _Server(check_loopback(host), port, handler, emulator, frame_timeout_s)
         self.host, self.port = self.server.server_address[:2]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"emulated-{type(emulator).__name__}", daemon=True)

@@ -18,12 +18,14 @@ from .server import FrameHandler, LineHandler, ServerThread
 class VirtualBench:
     """Serve the emulated instruments on 127.0.0.1.
 
-    ``ports``: (board, smu, pulse generator); 0 picks a free port. Use as a context
+    ``ports``: (board, smu, pulse generator); 0 picks a free port. A board frame that
+    stops arriving midway is discarded after ``frame_timeout_s``. Use as a context
     manager, or call :meth:`close`.
     """
 
     def __init__(self, geometry: Geometry | None = None, profile: Any = None, seed: int = 0,
-                 host: str = "127.0.0.1", ports: tuple[int, int, int] = (0, 0, 0)) -> None:
+                 host: str = "127.0.0.1", ports: tuple[int, int, int] = (0, 0, 0),
+                 frame_timeout_s: float = 2.0) -> None:
         self.model = BenchModel.create(geometry, profile=profile, seed=seed)
         self.board = BoardEmulator(self.model)
         self.smu = Keithley2600Emulator(self.model, seed=seed)
@@ -32,7 +34,7 @@ class VirtualBench:
         try:
             for emu, handler, port in ((self.board, FrameHandler, ports[0]), (self.smu, LineHandler, ports[1]),
                                        (self.pg, LineHandler, ports[2])):
-                self._servers.append(ServerThread(emu, handler, host, port))
+                self._servers.append(ServerThread(emu, handler, host, port, frame_timeout_s))
         except BaseException:
             self.close()
             raise
