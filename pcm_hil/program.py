@@ -105,11 +105,15 @@ def program_verify(
     tolerance_us: Any = None,
     max_pulses: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    record: Callable[[str, int, np.ndarray, np.ndarray], None] | None = None,
 ) -> VerifyResult:
     """Program ``cells`` to ``targets_us`` (µS) with per-cell tolerance and pulse cap.
 
     ``tolerance_us`` and ``max_pulses`` override the config per cell (scalar or array).
     ``progress(done, total)`` is called after every iteration.
+    ``record(event, iteration, positions, values)`` receives every step: ``"reset"`` and
+    ``"set"`` with the amplitudes sent (V), ``"read"`` with the verify reads (µS);
+    ``positions`` index into ``cells``.
     """
     cfg = config or VerifyConfig()
     idx = chip.cells(cells)
@@ -140,6 +144,7 @@ def program_verify(
     active = np.arange(n)
     need_reset = np.ones(n, dtype=bool)
     stop = "done"
+    iteration = 0
     while active.size:
         if time.monotonic() - t_start > cfg.max_seconds:
             stop = "wall-time limit"
@@ -147,9 +152,13 @@ def program_verify(
         r = active[need_reset[active]]
         if r.size:
             chip.pulse(idx[r], PulseKind.RESET, cfg.reset_amplitude_v, cfg.reset_width_s)
+            if record:
+                record("reset", iteration, r, np.full(r.size, cfg.reset_amplitude_v))
             need_reset[r] = False
             since_reset[r] = 0
         g = chip.read(idx[active], n_avg=cfg.n_avg)
+        if record:
+            record("read", iteration, active, g)
         final[active] = g
         err = tgt[active] - g
         ok = np.abs(err) <= tol[active]
@@ -172,9 +181,12 @@ def program_verify(
             drive = np.clip(cfg.aim * err[go] / step, cfg.drive_min, cfg.drive_max)
             amp = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * drive
             chip.pulse(idx[s], PulseKind.SET, amp, cfg.set_width_s)
+            if record:
+                record("set", iteration, s, amp)
             pulses[s] += 1
             since_reset[s] += 1
         active = active[keep]
+        iteration += 1
         if progress is not None:
             progress(n - active.size, n)
     return VerifyResult(idx, tgt, final, pulses, resets, converged, time.monotonic() - t_start, stop, asdict(cfg))

@@ -1,0 +1,313 @@
+"""Calibration procedures: measure a chip through the chip interface, fit its NoiseModel.
+
+Runs unchanged on the emulated chip and on the bench. Every measurement is written to
+the run store as it is produced (tidy tables: ``window``, ``trace``, ``programming``,
+``read_noise``, ``retention``, ``faults``), with a settings snapshot.
+
+A program-and-verify run at pulse cap C contains the runs at every cap c ≤ C: the
+loop's decisions do not depend on the cap until it stops. So each tolerance is measured
+once at the largest cap, and every smaller cap is derived from the per-cell pulse
+counts (the model keeps the whole distribution).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from calibration import NoiseModel
+from calibration.stats import cell_slopes, ks_two_sample
+
+from . import __version__
+from .chip import Chip, PulseKind
+from .program import VerifyConfig, program_verify
+from .store import RunStore
+
+Progress = Callable[[str, float, float], None]
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What a calibration run measures (defaults: 20,000 cells, 8 levels × 3 tolerances)."""
+
+    cells: int = 20_000
+    first_cell: int = 0
+    levels: int = 8
+    level_min_us: float = 1.0
+    level_max_fraction: float = 0.8
+    tolerances_us: tuple[float, ...] = (0.25, 0.5, 1.0)
+    max_pulses: int = 40
+    n_avg: int = 8
+    t0_s: float = 20.0
+    retention_s: tuple[float, ...] = (20.0, 60.0, 200.0, 600.0, 2000.0, 6000.0, 20000.0, 86400.0)
+    retention_tolerance_us: float = 0.5
+    noise_cells_per_level: int = 40
+    noise_reads: int = 64
+    noise_avg_reads: int = 16
+    window_cells: int = 256
+    window_pulses: int = 40
+    hammer_pulses: int = 20
+    seed: int = 0
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    def __post_init__(self) -> None:
+        ints = {"cells": (64, 10_000_000), "first_cell": (0, 1 << 40), "levels": (2, 64), "max_pulses": (1, 1000),
+                "n_avg": (1, 1024), "noise_cells_per_level": (2, 100_000), "noise_reads": (3, 10_000),
+                "noise_avg_reads": (3, 10_000), "window_cells": (8, 1_000_000), "window_pulses": (1, 1000),
+                "hammer_pulses": (1, 1000), "seed": (0, 1 << 63)}
+        for name, (lo, hi) in ints.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if self.cells < self.levels * len(self.tolerances_us) * 8:
+            raise ValueError(f"cells must be at least 8 per (level, tolerance) group: "
+                             f">= {self.levels * len(self.tolerances_us) * 8}, got {self.cells}")
+        if not self.tolerances_us or any(not (math.isfinite(t) and 0 < t <= 10) for t in self.tolerances_us):
+            raise ValueError(f"tolerances_us must be in (0, 10] µS, got {self.tolerances_us}")
+        if self.retention_tolerance_us not in self.tolerances_us:
+            raise ValueError("retention_tolerance_us must be one of tolerances_us")
+        if len(self.retention_s) < 3 or any(b <= a for a, b in zip(self.retention_s, self.retention_s[1:])):
+            raise ValueError("retention_s needs at least 3 increasing times")
+        if self.retention_s[0] != self.t0_s:
+            raise ValueError("retention_s must start at t0_s")
+        if not 0 < self.level_max_fraction <= 1 or not self.level_min_us > 0:
+            raise ValueError("need level_min_us > 0 and 0 < level_max_fraction <= 1")
+
+
+def _max_drive_amplitude(v: VerifyConfig) -> float:
+    return v.set_threshold_v + (v.set_ref_v - v.set_threshold_v) * v.drive_max
+
+
+class _Reader:
+    """Reads groups of cells each at its own delay after its programming ended."""
+
+    def __init__(self, chip: Chip, n_avg: int) -> None:
+        self.chip, self.n_avg = chip, n_avg
+
+    def at(self, cells: np.ndarray, t_end: np.ndarray, delay_s: float) -> tuple[np.ndarray, np.ndarray]:
+        g, age = np.empty(cells.size, np.float32), np.empty(cells.size)
+        order = np.argsort(t_end, kind="stable")
+        ends, starts = np.unique(t_end[order], return_index=True)
+        bounds = list(starts) + [cells.size]
+        for end, a, b in zip(ends, bounds[:-1], bounds[1:]):
+            pos = order[a:b]
+            wait = end + delay_s - self.chip.now()
+            if wait > 0:
+                self.chip.wait(wait)
+            g[pos] = self.chip.read(cells[pos], n_avg=self.n_avg)
+            age[pos] = self.chip.now() - end
+        return g, age
+
+
+def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | None = None,
+                    progress: Progress | None = None) -> tuple[str, NoiseModel]:
+    """Measure the chip, store every table, fit and return (run_id, model)."""
+    cfg = config or CalibrationConfig()
+    n = chip.geometry.n_cells
+    if cfg.first_cell + cfg.cells > n:
+        raise ValueError(f"cells [{cfg.first_cell}, {cfg.first_cell + cfg.cells}) do not fit the chip's {n} cells")
+    cells = np.arange(cfg.first_cell, cfg.first_cell + cfg.cells, dtype=np.int64)
+    vcfg = replace(cfg.verify, max_pulses=cfg.max_pulses, n_avg=cfg.n_avg)
+    chip.limits.check_pulse(np.array([_max_drive_amplitude(vcfg)]), np.array([vcfg.set_width_s]))
+    chip.limits.check_pulse(np.array([vcfg.reset_amplitude_v]), np.array([vcfg.reset_width_s]))
+    report = progress or (lambda stage, done, total: None)
+    settings = {"procedure": "calibration", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
+                "config": asdict(cfg)}
+    run_id = store.create_run("calibration", settings)
+    try:
+        data = _measure(chip, store, run_id, cells, cfg, vcfg, report)
+        model = NoiseModel().fit(data, provenance={
+            "run_id": run_id, "software": f"pcm-hil {__version__}", "chip_id": chip_id(chip),
+            "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)})
+    except BaseException as exc:
+        store.finish(run_id, status=f"failed: {type(exc).__name__}: {exc}"[:500])
+        raise
+    store.finish(run_id, result=model.summary())
+    return run_id, model
+
+
+def chip_id(chip: Chip) -> str:
+    """A stable identity of the physical (or emulated) chip, for model provenance."""
+    info = chip.identity()
+    if "seed" in info:
+        return f"emulated:{info.get('profile')}:seed={info['seed']}:{info['geometry']}"
+    return f"bench:{info.get('board', '?')}:{info['geometry']}"
+
+
+def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: CalibrationConfig,
+             vcfg: VerifyConfig, report: Progress) -> dict[str, pd.DataFrame]:
+    data: dict[str, pd.DataFrame] = {}
+
+    def put(name: str, df: pd.DataFrame) -> None:
+        store.append(run_id, name, df)
+        data[name] = pd.concat([data[name], df], ignore_index=True) if name in data else df
+
+    reader = _Reader(chip, cfg.n_avg)
+    # 1. window: floor after RESET, saturation after many strong SET pulses
+    report("window", 0, 1)
+    w = cells[:: max(1, cells.size // cfg.window_cells)][: cfg.window_cells]
+    chip.pulse(w, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
+    g_floor = chip.read(w, n_avg=cfg.n_avg)
+    for _ in range(cfg.window_pulses):
+        chip.pulse(w, PulseKind.SET, _max_drive_amplitude(vcfg), vcfg.set_width_s)
+    g_sat = chip.read(w, n_avg=cfg.n_avg)
+    put("window", pd.DataFrame({"cell": w, "g_floor_us": g_floor, "g_sat_us": g_sat}))
+    report("window", 1, 1)
+    g_sat_med = float(np.median(g_sat))
+    if g_sat_med < 2 * cfg.level_min_us:
+        raise ValueError(f"the cells saturate at {g_sat_med:.3g} µS: too low for levels from {cfg.level_min_us} µS")
+
+    # 2. level sweep with program-and-verify, every step recorded
+    levels = np.linspace(cfg.level_min_us, cfg.level_max_fraction * g_sat_med, cfg.levels)
+    tols = np.asarray(cfg.tolerances_us, float)
+    group = np.random.default_rng(cfg.seed).permutation(cells.size) % (levels.size * tols.size)
+    target, tol = levels[group % levels.size], tols[group // levels.size]
+    t_last = np.zeros(cells.size)
+
+    def record(event: str, iteration: int, pos: np.ndarray, values: np.ndarray) -> None:
+        if event == "read":
+            t_last[pos] = chip.now()
+        put("trace", pd.DataFrame({"cell": cells[pos], "iteration": np.full(pos.size, iteration), "event": event,
+                                   "value": np.asarray(values, np.float64)}))
+
+    res = program_verify(chip, cells, target, vcfg, tolerance_us=tol, record=record,
+                         progress=lambda d, t: report("program-and-verify", d, t))
+    g_t0, age_t0 = reader.at(cells, t_last, cfg.t0_s)
+    put("programming", pd.DataFrame({
+        "cell": cells, "level_us": target, "tolerance_us": tol, "pulses": res.pulses, "resets": res.resets,
+        "converged": res.converged.astype(np.int64), "g_t0_us": g_t0, "age_s": age_t0,
+        "n_avg": np.full(cells.size, cfg.n_avg)}))
+
+    # 3. read noise: back-to-back reads, single and averaged, at every level
+    pick = []
+    for lv in levels:
+        ok = np.flatnonzero((target == lv) & (tol == tols.min()) & res.converged)
+        pick.append(ok[: cfg.noise_cells_per_level])
+    pick = np.concatenate(pick)
+    for n_avg, reps in ((1, cfg.noise_reads), (cfg.n_avg, cfg.noise_avg_reads)):
+        rows = [chip.read(cells[pick], n_avg=n_avg) for _ in range(reps)]
+        put("read_noise", pd.DataFrame({
+            "cell": np.tile(cells[pick], reps), "level_us": np.tile(target[pick], reps),
+            "n_avg": n_avg, "rep": np.repeat(np.arange(reps), pick.size), "g_us": np.concatenate(rows)}))
+        report("read noise", n_avg, cfg.n_avg)
+
+    # 4. retention: the same cells at log-spaced ages (the virtual clock makes a day instant)
+    keep = np.flatnonzero((tol == cfg.retention_tolerance_us) & res.converged)
+    ret_g, ret_age = [g_t0[keep]], [age_t0[keep]]
+    for k, delay in enumerate(cfg.retention_s[1:], start=1):
+        report("retention", delay, cfg.retention_s[-1])
+        g, age = reader.at(cells[keep], t_last[keep], delay)
+        ret_g.append(g)
+        ret_age.append(age)
+        put("retention", pd.DataFrame({"cell": cells[keep], "level_us": target[keep], "read_idx": k, "age_s": age,
+                                       "g_us": g, "n_avg": cfg.n_avg}))
+    put("retention", pd.DataFrame({"cell": cells[keep], "level_us": target[keep], "read_idx": 0, "age_s": age_t0[keep],
+                                   "g_us": g_t0[keep], "n_avg": cfg.n_avg}))
+
+    # 5. faults: cells that do not move under strong SET pulses or RESETs
+    report("faults", 0, 1)
+    chip.pulse(cells, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
+    g_reset = chip.read(cells, n_avg=cfg.n_avg)
+    for _ in range(cfg.hammer_pulses):
+        chip.pulse(cells, PulseKind.SET, _max_drive_amplitude(vcfg), vcfg.set_width_s)
+    g_set = chip.read(cells, n_avg=cfg.n_avg)
+    chip.pulse(cells, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
+    g_reset2 = chip.read(cells, n_avg=cfg.n_avg)
+    put("faults", pd.DataFrame({"cell": cells, "g_reset_us": g_reset, "g_set_us": g_set, "g_reset2_us": g_reset2,
+                                "kind": classify_faults(g_reset, g_set, g_reset2, g_sat_med)}))
+    report("faults", 1, 1)
+    return data
+
+
+def classify_faults(g_reset: np.ndarray, g_set: np.ndarray, g_reset2: np.ndarray, g_sat_us: float) -> np.ndarray:
+    """'reset' (stays at the floor), 'set' (stays near saturation), 'random' (does not move), 'none'."""
+    low, high = 0.1 * g_sat_us, 0.75 * g_sat_us
+    moves = (g_set - g_reset > 0.1 * g_sat_us) & (g_set - g_reset2 > 0.1 * g_sat_us)
+    kind = np.full(g_reset.size, "none", dtype=object)
+    kind[(g_set < low) & ~moves] = "reset"
+    kind[(g_reset > high) & (g_reset2 > high) & ~moves] = "set"
+    kind[~moves & (kind == "none")] = "random"
+    return kind.astype(str)
+
+
+# ------------------------------------------------------------------ validation --------
+def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10_000, tolerance_us: float = 0.5,
+             max_pulses: int = 20, seed: int = 1, check_chip: bool = True,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Program fresh cells and compare what they do with what the model predicts."""
+    report = progress or (lambda stage, done, total: None)
+    if check_chip and model.provenance.get("chip_id") not in (None, chip_id(chip)):
+        raise ValueError(f"the noise model was fitted on {model.provenance['chip_id']!r}, "
+                         f"not on this chip ({chip_id(chip)!r})")
+    model.sigma(model.levels_us_[0], tolerance_us)  # refuses an uncalibrated tolerance before any pulse
+    model.expected_pulses(model.levels_us_[0], tolerance_us, max_pulses)
+    if cells is None:
+        used = model.provenance.get("cells", [0, 0])
+        start = int(used[1])
+        if start + n_cells > chip.geometry.n_cells:
+            raise ValueError(f"not enough fresh cells after the calibrated ones ({start}): "
+                             f"need {n_cells}, the chip has {chip.geometry.n_cells}")
+        cells = np.arange(start, start + n_cells, dtype=np.int64)
+    cells = chip.cells(cells)
+    levels = np.asarray(model.levels_us_)
+    target = levels[np.random.default_rng(seed).permutation(cells.size) % levels.size]
+    vcfg = replace(VerifyConfig(**{k: v for k, v in model.provenance.get("config", {}).get("verify", {}).items()})
+                   if model.provenance.get("config") else VerifyConfig(), max_pulses=max_pulses, n_avg=model.n_avg_)
+    t_last = np.zeros(cells.size)
+
+    def record(event: str, iteration: int, pos: np.ndarray, values: np.ndarray) -> None:
+        if event == "read":
+            t_last[pos] = chip.now()
+
+    res = program_verify(chip, cells, target, vcfg, tolerance_us=tolerance_us, record=record,
+                         progress=lambda d, t: report("program-and-verify", d, t))
+    reader = _Reader(chip, model.n_avg_)
+    t0 = model.t0_s_
+    ages = [t0, 10 * t0, 100 * t0, 1000 * t0, 4320 * t0]
+    reads = []
+    for a in ages:
+        report("retention", a, ages[-1])
+        reads.append(reader.at(cells, t_last, a))
+    g_t0 = reads[0][0]
+    err = g_t0 - target
+    rows = []
+    rng = np.random.default_rng(seed + 1)
+    for lv in levels:
+        m = target == lv
+        ok = m & res.converged
+        s_meas = float(np.std(err[ok], ddof=1))
+        s_pred = float(model.sigma(lv, tolerance_us))
+        p_meas = float(np.mean(res.pulses[m] + res.resets[m] + 1))
+        p_pred = float(model.expected_pulses(lv, tolerance_us, max_pulses))
+        drawn = model.sample(np.full(20_000, lv), tolerance_us, max_pulses, seed=rng) - lv
+        conv = ok & np.all(np.array([r[0] for r in reads])[:, m | True] > 0, axis=0)
+        lt = np.log(np.array([r[1][conv] for r in reads]).T / t0)
+        lg = np.log(np.array([r[0][conv] for r in reads]).T)
+        nu = -cell_slopes(lt, lg)[0]
+        rows.append({
+            "level_us": float(lv), "cells": int(m.sum()), "yield": float(res.converged[m].mean()),
+            "yield_predicted": float(model.p_converged(lv, tolerance_us, max_pulses)),
+            "sigma_us": s_meas, "sigma_predicted_us": s_pred, "sigma_rel_error": abs(s_meas - s_pred) / s_pred,
+            "pulses": p_meas, "pulses_predicted": p_pred, "pulses_rel_error": abs(p_meas - p_pred) / p_pred,
+            "ks": ks_two_sample(err[m], drawn),
+            "nu_mean": float(nu.mean()), "nu_predicted": float(model.nu_mean(lv)),
+            "nu_rel_error": abs(float(nu.mean()) - float(model.nu_mean(lv))) / float(model.nu_mean(lv)),
+        })
+    per = pd.DataFrame(rows)
+    nu_all = np.average(per["nu_mean"], weights=per["cells"])
+    nu_pred = np.average(per["nu_predicted"], weights=per["cells"])
+    pulses_all = float((res.pulses + res.resets + 1).mean())
+    pulses_pred = float(np.average(per["pulses_predicted"], weights=per["cells"]))
+    return {
+        "cells": int(cells.size), "first_cell": int(cells[0]), "tolerance_us": tolerance_us, "max_pulses": max_pulses,
+        "sigma_rel_error_max": float(per["sigma_rel_error"].max()),
+        "pulses_rel_error": float(per["pulses_rel_error"].max()),
+        "pulses_rel_error_total": abs(pulses_all - pulses_pred) / pulses_pred,
+        "drift_nu_rel_error": abs(nu_all - nu_pred) / nu_pred,
+        "drift_nu_rel_error_max": float(per["nu_rel_error"].max()),
+        "ks_max": float(per["ks"].max()),
+        "per_level": per.to_dict(orient="records"),
+    }
