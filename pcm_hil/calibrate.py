@@ -132,9 +132,10 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
 def chip_id(chip: Chip) -> str:
     """A stable identity of the physical (or emulated) chip, for model provenance."""
     info = chip.identity()
+    shape = "x".join(str(v) for v in info["geometry"].values())
     if "seed" in info:
-        return f"emulated:{info.get('profile')}:seed={info['seed']}:{info['geometry']}"
-    return f"bench:{info.get('board', '?')}:{info['geometry']}"
+        return f"emulated:{info.get('profile')}:seed={info['seed']}:{shape}"
+    return f"bench:{info.get('board', '?')}:{shape}"
 
 
 def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: CalibrationConfig,

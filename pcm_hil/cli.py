@@ -26,7 +26,7 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _add_chip_args(p: argparse.ArgumentParser) -> None:
+def add_chip_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--emulated", action="store_true", default=True, help="use the in-process emulated chip (default)")
     g.add_argument("--bench", metavar="FILE", help="use the instrument bench described by a bench TOML file")
@@ -43,6 +43,45 @@ def open_chip(args: argparse.Namespace, geometry: Geometry | None = None) -> Chi
     from .emulator import EmulatedChip
 
     return EmulatedChip(geometry, profile=args.profile, seed=args.seed)
+
+
+class StageProgress:
+    """One tqdm bar per stage of a procedure (``progress(stage, done, total)``); silent for --json."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar, self.stage = enabled, None, None
+
+    def __call__(self, stage: str, done: float, total: float) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=stage, leave=False, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> "StageProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _store(args: argparse.Namespace):  # noqa: ANN202
+    from pathlib import Path
+
+    from .store import RunStore
+
+    return RunStore(Path(args.run_dir) / "pcm-hil.sqlite")
 
 
 # -- demo -----------------------------------------------------------------------------
@@ -138,6 +177,80 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- calibrate ------------------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from calibration import NoiseModel
+
+    from .calibrate import CalibrationConfig, run_calibration, validate
+
+    if args.action == "run":
+        cfg = CalibrationConfig(cells=args.cells, first_cell=args.first_cell, seed=args.seed)
+        with open_chip(args) as chip, _store(args) as store, StageProgress(not args.json and sys.stderr.isatty()) as bar:
+            run_id, model = run_calibration(chip, store, cfg, progress=bar)
+            model.save(args.out)
+            report = None
+            if args.report != "none":
+                from calibration.report import write_report
+
+                data = {t: store.read(run_id, t) for t in ("programming", "retention", "trace")}
+                report = str(write_report(model, data, args.report or str(args.out).removesuffix(".json") + ".png"))
+        summary = {"run_id": run_id, "model": str(args.out), "report": report, "store": str(store.path),
+                   **model.summary()}
+        p = model.programming_
+        rows = []
+        for ti, tol in enumerate(model.tolerances_us_):
+            for li, lv in enumerate(model.levels_us_):
+                rows.append([tol, lv, int(p["n"][ti][li]), p["converged_cdf"][ti][li][-1], p["sigma_us"][ti][li],
+                             p["offset_us"][ti][li],
+                             float(model.expected_pulses(lv, tol, model.max_pulses_)),
+                             model.drift_["nu_mean"][li] if li < len(model.drift_["nu_mean"]) else float("nan")])
+        rn, f = model.read_noise_, model.faults_
+        text = "\n".join([
+            f"calibration {run_id}: {args.cells} cells, model written to {args.out}" + (f", report {report}" if report else ""),
+            f"window: floor {model.window_['g_floor_us']:.3g} µS, saturation {model.window_['g_sat_us']:.3g} µS "
+            f"(device spread {model.window_['g_sat_spread']:.1%})",
+            f"read noise per read: σ = {rn['a']:.4f}·G + {rn['b_us']:.3f} µS (±{rn['a_se']:.4f}, ±{rn['b_us_se']:.3f}); "
+            f"averaging exponent {rn['averaging_exponent']:.3f} ± {rn['averaging_exponent_se']:.3f}",
+            f"faults: at RESET {f['reset']:.3%}, at SET {f['set']:.3%}, random {f['random']:.3%} of {f['cells']} cells",
+            "",
+            format_table(["tol_us", "level_us", "cells", "yield", "sigma_us", "offset_us", "pulses", "nu"], rows,
+                         title=f"programming (cap {model.max_pulses_}, error {model.t0_s_:g} s after P&V) and drift"),
+        ])
+        _emit(args, summary, text)
+        return 0
+    model = NoiseModel.load(args.model)
+    with open_chip(args) as chip, StageProgress(not args.json and sys.stderr.isatty()) as bar:
+        result = validate(chip, model, n_cells=args.cells, tolerance_us=args.tolerance,
+                          max_pulses=args.max_pulses, progress=bar)
+    rows = [[r["level_us"], r["cells"], r["sigma_us"], r["sigma_predicted_us"], r["pulses"], r["pulses_predicted"],
+             r["nu_mean"], r["nu_predicted"], r["ks"]] for r in result["per_level"]]
+    text = "\n".join([
+        f"validation of {args.model} on {result['cells']} fresh cells (from {result['first_cell']}), "
+        f"±{args.tolerance} µS, cap {args.max_pulses}",
+        f"worst level: σ error {result['sigma_rel_error_max']:.1%}, pulses error {result['pulses_rel_error']:.1%}, "
+        f"KS {result['ks_max']:.3f}; drift ν error {result['drift_nu_rel_error']:.1%}",
+        "",
+        format_table(["level_us", "cells", "sigma", "sigma_pred", "pulses", "pulses_pred", "nu", "nu_pred", "ks"], rows),
+    ])
+    _emit(args, result, text)
+    return 0
+
+
+# -- runs -----------------------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.action == "list":
+            runs = store.runs()
+            _emit(args, {"runs": runs.to_dict(orient="records")},
+                  format_table(list(runs.columns), runs.values.tolist()) if len(runs) else "no runs")
+            return 0
+        if not args.run:
+            raise ValueError("runs export needs a RUN id (see 'pcm-hil runs list')")
+        written = store.export(args.run, args.out or f"{args.run}-{args.format}", args.format)
+        _emit(args, {"files": [str(p) for p in written]}, "\n".join(str(p) for p in written))
+    return 0
+
+
 # -- emulate --------------------------------------------------------------------------
 def cmd_emulate(args: argparse.Namespace) -> int:
     import signal
@@ -174,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="program and read back an emulated array; print a summary")
-    _add_chip_args(d)
+    add_chip_args(d)
     d.add_argument("--cells", type=int, default=20_000, help="cells to program (default 20000)")
     d.add_argument("--levels", type=int, default=8, help="target levels across the window (default 8)")
     d.add_argument("--tolerance", type=float, default=0.5, help="verify tolerance in µS (default 0.5)")
@@ -201,6 +314,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="chip seed")
     e.add_argument("--json", action="store_true", help="print the resource strings as one JSON object")
     e.set_defaults(func=cmd_emulate)
+
+    c = sub.add_parser("calibrate", help="measure the chip and fit its noise model, or validate a model")
+    csub = c.add_subparsers(dest="action", required=True)
+    cr = csub.add_parser("run", help="calibrate: measure and fit")
+    add_chip_args(cr)
+    cr.add_argument("--cells", type=int, default=20_000, help="cells to use (default 20000)")
+    cr.add_argument("--first-cell", type=int, default=0, help="first cell index used (default 0)")
+    cr.add_argument("--out", default="noise-model.json", help="model file to write (JSON)")
+    cr.add_argument("--report", default=None, help="PNG report path (default next to --out; 'none' to skip)")
+    cr.add_argument("--run-dir", default="runs", help="run store directory (default ./runs)")
+    cr.add_argument("--json", action="store_true", help="print one JSON object")
+    cr.set_defaults(func=cmd_calibrate)
+    cv = csub.add_parser("validate", help="program fresh cells and compare with the model's predictions")
+    cv.add_argument("model", help="noise model JSON file")
+    add_chip_args(cv)
+    cv.add_argument("--cells", type=int, default=10_000, help="fresh cells to program (default 10000)")
+    cv.add_argument("--tolerance", type=float, default=0.5, help="calibrated tolerance to validate (µS)")
+    cv.add_argument("--max-pulses", type=int, default=20, help="pulse cap to validate")
+    cv.add_argument("--json", action="store_true", help="print one JSON object")
+    cv.set_defaults(func=cmd_calibrate)
+
+    r = sub.add_parser("runs", help="list runs in the store or export one to Parquet/CSV")
+    r.add_argument("action", choices=["list", "export"])
+    r.add_argument("run", nargs="?", help="run id (for export)")
+    r.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    r.add_argument("--out", help="export directory (default RUN-FORMAT)")
+    r.add_argument("--run-dir", default="runs", help="run store directory (default ./runs)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_runs)
 
     pr = sub.add_parser("profile", help="list or show emulator device profiles")
     pr.add_argument("action", choices=["list", "show"])

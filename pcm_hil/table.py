@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
+
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
     return str(v)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -81,3 +82,20 @@ def test_bench_wire_json() -> None:
     out = json.loads(r.stdout)
     assert out["cell_ops_per_s_block"] > out["cell_ops_per_s_single"] > 0
     assert out["ratio"] == out["cell_ops_per_s_block"] / out["cell_ops_per_s_single"]
+
+
+def test_calibrate_run_validate_and_export(tmp_path) -> None:
+    model, runs = tmp_path / "m.json", tmp_path / "runs"
+    r = run("calibrate", "run", "--cells", "3000", "--out", str(model), "--run-dir", str(runs), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert Path(out["report"]).stat().st_size > 10_000 and model.exists()
+    r = run("calibrate", "validate", str(model), "--cells", "2000", "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    for key in ("sigma_rel_error_max", "pulses_rel_error", "drift_nu_rel_error", "ks_max"):
+        assert 0 <= v[key] < 1
+    r = run("calibrate", "validate", str(model), "--seed", "5", "--json")
+    assert r.returncode == 2 and "not on this chip" in r.stderr
+    r = run("runs", "export", out["run_id"], "--run-dir", str(runs), "--format", "csv", "--out", str(tmp_path / "x"))
+    assert r.returncode == 0 and (tmp_path / "x" / "programming.csv").exists()

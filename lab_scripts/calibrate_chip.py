@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Calibrate a chip and check the model on fresh cells, in one go.
+
+Measures (level sweep with program-and-verify, read noise, retention, faults), fits the
+noise model, writes it with its PNG report, then programs fresh cells and prints how
+well the model predicts them. Everything measured goes to the run store.
+
+    python lab_scripts/calibrate_chip.py --cells 20000 --out chip7.json
+    python lab_scripts/calibrate_chip.py --bench bench.toml --cells 4000 --validate-cells 2000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from calibration.report import write_report
+from pcm_hil.calibrate import CalibrationConfig, run_calibration, validate
+from pcm_hil.cli import StageProgress, add_chip_args, open_chip
+from pcm_hil.store import RunStore
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_chip_args(p)
+    p.add_argument("--cells", type=int, default=20_000, help="cells to calibrate on")
+    p.add_argument("--validate-cells", type=int, default=10_000, help="fresh cells for the check (0: skip)")
+    p.add_argument("--out", default="noise-model.json", help="model file")
+    p.add_argument("--run-dir", default="runs", help="run store directory")
+    args = p.parse_args(argv)
+    with open_chip(args) as chip, RunStore(Path(args.run_dir) / "pcm-hil.sqlite") as store, \
+            StageProgress(sys.stderr.isatty()) as bar:
+        run_id, model = run_calibration(chip, store, CalibrationConfig(cells=args.cells, seed=args.seed), bar)
+        model.save(args.out)
+        data = {t: store.read(run_id, t) for t in ("programming", "retention", "trace")}
+        png = write_report(model, data, Path(args.out).with_suffix(".png"))
+        out = {"run_id": run_id, "model": args.out, "report": str(png), **model.summary()}
+        if args.validate_cells:
+            check = validate(chip, model, n_cells=args.validate_cells, progress=bar)
+            out["validation"] = {k: v for k, v in check.items() if k != "per_level"}
+    print(json.dumps(out, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
