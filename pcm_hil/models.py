@@ -1,0 +1,165 @@
+"""Reference models and their registry (architectures, datasets, shipped checkpoints).
+
+Checkpoints are plain state dicts, loaded with ``torch.load(..., weights_only=True)``;
+``pcm_hil/checkpoints/manifest.json`` records each one's training command, accuracy and
+SHA-256, checked on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun 1998) with ReLU and max pooling, for 1×28×28 inputs: 61,706 parameters."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.flatten(1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 (He et al. 2016, CIFAR variant) for 32×32 inputs: 0.27 M parameters."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(3):
+                layers.append(_Block(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(F.relu(self.bn(self.conv(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class MLP(nn.Module):
+    """A small MLP for 8×8 digits (fast tests)."""
+
+    def __init__(self, inputs: int = 64, hidden: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[[], nn.Module]
+    dataset: str
+    epochs: int
+    lr: float = 1e-3
+
+
+REGISTRY = {s.name: s for s in [
+    ModelSpec("lenet5-fmnist", LeNet5, "fmnist", 10),
+    ModelSpec("lenet5-mnist5k", LeNet5, "mnist5k", 30),
+    ModelSpec("resnet20-fmnist32", ResNet20, "fmnist32", 4),
+    ModelSpec("mlp-digits", MLP, "digits", 60),
+]}
+
+
+def spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; shipped: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest() -> dict:
+    path = CHECKPOINTS / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file, safely (weights only); a clear error for anything else."""
+    path = Path(path)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"model file {path} does not exist") from None
+    except Exception as exc:  # torch raises many types for foreign or corrupt files
+        raise ValueError(f"{path} is not a loadable weights-only checkpoint: {type(exc).__name__}: {exc}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return sd
+
+
+def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
+    """A registry model with its shipped checkpoint (checksum verified) or ``checkpoint``."""
+    s = spec(name)
+    model = s.build()
+    if checkpoint is None:
+        path = CHECKPOINTS / f"{name}.pt"
+        entry = manifest().get(name)
+        if entry is None or not path.exists():
+            raise ValueError(f"no shipped checkpoint for {name}: train it with "
+                             f"'python scripts/train_models.py {name}'")
+        if sha256(path) != entry["sha256"]:
+            raise ValueError(f"checkpoint {path} does not match its SHA-256 in the manifest")
+        checkpoint = path
+    sd = load_state_dict(checkpoint)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise ValueError(f"{checkpoint} does not fit {name}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x, y, batch: int = 2000) -> float:
+    """Top-1 accuracy on numpy arrays."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), batch):
+        out = model(torch.from_numpy(x[i:i + batch]))
+        correct += int((out.argmax(1).numpy() == y[i:i + batch]).sum())
+    return correct / len(y)
