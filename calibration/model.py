@@ -302,6 +302,26 @@ class NoiseModel:
             return s.reshape(shape), np.sqrt(np.einsum("ij,jk,ik->i", X, np.asarray(fit["cov"]), X)).reshape(shape)
         return s.reshape(shape)
 
+    def expected_sq_error(self, targets_us: Any, tolerance_us: float, max_pulses: int) -> np.ndarray:
+        """E[error²] (µS²) at t0 over all cells, converged (offset² + σ²) or stopped by the cap."""
+        self._check_fitted()
+        ti, cap = self._tol_index(tolerance_us), self._check_cap(max_pulses)
+        p = self.p_converged(targets_us, tolerance_us, cap)
+        conv = self.offset(targets_us, tolerance_us) ** 2 + self.sigma(targets_us, tolerance_us) ** 2
+        q = np.asarray(self.programming_["failed_error_quantiles_us"])[ti, :, cap]
+        finite = np.isfinite(q).all(axis=1)
+        fail = np.where(finite, np.mean(np.where(np.isfinite(q), q, 0.0) ** 2, axis=1), np.asarray(self.levels_us_) ** 2)
+        return p * conv + (1 - p) * self._per_level(fail, targets_us)
+
+    def sq_error_after(self, targets_us: Any, tolerance_us: float, max_pulses: int, elapsed_s: float) -> np.ndarray:
+        """E[error²] (µS², in units of the programmed level) ``elapsed_s`` after programming:
+        the t0 error plus the spread that drift and 1/f noise add (a global drift factor is
+        assumed compensated)."""
+        t = np.asarray(targets_us, float)
+        ell = math.log(max(elapsed_s, self.t0_s_) / self.t0_s_)
+        gam = np.interp(t, self.drift_["levels_us"], self.drift_["growth_per_ln_t"])
+        return self.expected_sq_error(t, tolerance_us, max_pulses) + t ** 2 * (self.nu_std(t) ** 2 * ell ** 2 + gam * ell)
+
     def read_sigma(self, g_us: Any) -> np.ndarray:
         """Per-read white-noise σ (µS) at conductance G (µS)."""
         self._check_fitted()

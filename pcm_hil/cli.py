@@ -236,6 +236,93 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- store / load ---------------------------------------------------------------------
+def _noise_model(args: argparse.Namespace, chip: Chip, store, bar):  # noqa: ANN001, ANN202
+    """The noise model from --noise-model, or calibrated now on the chip's last cells."""
+    from calibration import NoiseModel
+
+    from .calibrate import CalibrationConfig, chip_id, run_calibration
+
+    if args.noise_model:
+        model = NoiseModel.load(args.noise_model)
+        if model.provenance.get("chip_id") not in (None, chip_id(chip)):
+            raise ValueError(f"noise model {args.noise_model} was fitted on {model.provenance['chip_id']!r}, "
+                             f"not on this chip ({chip_id(chip)!r})")
+        return model
+    n = chip.geometry.n_cells
+    cells = min(20_000, n // 4)
+    _, model = run_calibration(chip, store, CalibrationConfig(cells=cells, first_cell=n - cells, seed=args.seed),
+                               progress=bar)
+    return model
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from .coding import CodeConfig
+    from .pipeline import StoreConfig, run_store_job
+
+    cfg = StoreConfig(model=args.model, checkpoint=args.checkpoint, data_dir=args.data_dir,
+                      code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity,
+                      importance=args.importance, allocation=args.allocation, pulse_budget=args.pulse_budget,
+                      replicas_per_weight=args.replicas, retention_s=args.retention, seed=args.seed)
+    with open_chip(args) as chip, _store(args) as store, StageProgress(not args.json and sys.stderr.isatty()) as bar:
+        noise = _noise_model(args, chip, store, bar)
+        r = run_store_job(chip, noise, store, cfg, args.run_dir, progress=bar)
+    decoded = r.pop("_decoded", None)
+    if args.report != "none":
+        from .store_report import write_store_report
+
+        r["report"] = str(write_store_report(r, decoded, args.report or f"{args.run_dir}/{r['run_id']}.png"))
+    r.pop("_cells", None)
+    mr = r["memory_reduction"]
+    rows = [
+        ["accuracy: reference (float)", f"{r['accuracy_reference']:.2%}"],
+        ["accuracy: compressed, stored digitally", f"{r['accuracy_compressed']:.2%}"],
+        [f"accuracy: stored, read after {r['retention_s']:g} s", f"{r['accuracy_stored']:.2%}"],
+        ["weights / cells / digital cells", f"{r['weights']} / {r['cells']} / {r['digital_cells']:.0f}"],
+        ["cells per weight (all costs)", f"{r['cells_per_weight']:.3f}"],
+        ["pulses (SET + RESET), yield", f"{r['pulses']} , {r['yield']:.2%}"],
+        ["reduction vs fp32 on SLC + ECC", f"{mr['fp32_slc_ecc']:.1f}×"],
+        ["reduction vs compressed on SLC + ECC", f"{mr['compressed_slc_ecc']:.1f}×"],
+        ["reduction vs best digital on MLC + ECC",
+         "n/a" if mr["best_digital_mlc_ecc"] is None else f"{mr['best_digital_mlc_ecc']:.2f}×"
+         + (f" ({r['best_digital']['bits']} bits, {r['best_digital']['sparsity']:.0%} pruned)" if r["best_digital"] else "")],
+        ["seconds", f"{r['seconds']:.1f}"],
+    ]
+    text = format_table(["", ""], rows, title=f"stored {r['model']} as run {r['run_id']} ({args.code} code, "
+                                              f"{args.allocation} allocation)")
+    _emit(args, r, text)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .emulator import EmulatedChip
+    from .pipeline import load_run
+
+    with _store(args) as store:
+        info = store.run(args.run)
+        state = Path(args.run_dir) / f"{args.run}-chip.npz"
+        if args.bench:
+            chip = open_chip(args)
+        elif state.exists():
+            chip = EmulatedChip.load_state(state)
+        else:
+            raise ValueError(f"run {args.run} was not stored on an emulated chip saved in {args.run_dir}; "
+                             "give --bench FILE to read a real chip")
+        with chip:
+            if args.wait:
+                chip.wait(args.wait)
+            r = load_run(chip, store, args.run, args.run_dir)
+    del info
+    text = format_table(["", ""], [["accuracy read back now", f"{r['accuracy_loaded']:.2%}"],
+                                   ["accuracy at store time", f"{r['accuracy_stored_at_store_time']:.2%}"],
+                                   ["reference accuracy", f"{r['accuracy_reference']:.2%}"],
+                                   ["cells read", r["cells"]]], title=f"loaded {r['model']} from run {args.run}")
+    _emit(args, r, text)
+    return 0
+
+
 # -- runs -----------------------------------------------------------------------------
 def cmd_runs(args: argparse.Namespace) -> int:
     with _store(args) as store:
@@ -334,6 +421,33 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--max-pulses", type=int, default=20, help="pulse cap to validate")
     cv.add_argument("--json", action="store_true", help="print one JSON object")
     cv.set_defaults(func=cmd_calibrate)
+
+    st = sub.add_parser("store", help="the main job: store a model in the chip and read it back")
+    add_chip_args(st)
+    st.add_argument("--model", default="lenet5-fmnist", help="registry model (default lenet5-fmnist)")
+    st.add_argument("--checkpoint", help="your own state-dict checkpoint for that architecture")
+    st.add_argument("--data-dir", help="evaluation data: a cifar-10-batches-py directory or x_test.npy/y_test.npy")
+    st.add_argument("--noise-model", help="calibrated noise model (default: calibrate now on the chip's last cells)")
+    st.add_argument("--code", default="sign", choices=["sign", "pair", "offset", "split", "multilevel"])
+    st.add_argument("--percentile", type=float, default=99.5, help="clip |w| at this percentile per tensor")
+    st.add_argument("--sparsity", type=float, default=0.75, help="magnitude pruning before storage (default 0.75)")
+    st.add_argument("--replicas", type=float, default=2.0, help="mean replicas per kept weight, placed by importance")
+    st.add_argument("--importance", default="fisher", choices=["fisher", "hessian", "magnitude"])
+    st.add_argument("--allocation", default="importance", choices=["importance", "uniform"])
+    st.add_argument("--pulse-budget", type=float, default=None, help="total pulses (default: uniform ±0.5 µS, cap 20)")
+    st.add_argument("--retention", type=float, default=86400.0, help="seconds between programming and read-back")
+    st.add_argument("--run-dir", default="runs", help="run store directory (default ./runs)")
+    st.add_argument("--report", default=None, help="PNG report path (default RUN_DIR/RUN.png; 'none' to skip)")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(func=cmd_store)
+
+    ld = sub.add_parser("load", help="read a stored model back from the chip and evaluate it")
+    ld.add_argument("run", help="run id of a store run")
+    add_chip_args(ld)
+    ld.add_argument("--wait", type=float, default=0.0, help="let this many more seconds pass first (emulator)")
+    ld.add_argument("--run-dir", default="runs")
+    ld.add_argument("--json", action="store_true")
+    ld.set_defaults(func=cmd_load)
 
     r = sub.add_parser("runs", help="list runs in the store or export one to Parquet/CSV")
     r.add_argument("action", choices=["list", "export"])

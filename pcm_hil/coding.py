@@ -1,24 +1,24 @@
 """Codes between weights and conductances.
 
 A code maps the weights of one tensor to target conductances of cells (µS) and back.
-Per-tensor adaptive mapping: ``scale = clip / g_hi`` (weight per µS), with ``clip`` the
-``percentile`` of |w| (values beyond are clipped). Codes:
+Per-tensor adaptive mapping: ``scale = clip / span`` (weight per µS), with ``clip`` the
+``percentile`` of |w| (values beyond are clipped) and ``span`` the usable window.
 
 =============  =====================================================  ===========================
-code           cells per weight                                        digital side information
+code           cells per weight (× replicas r_i)                      digital side information
 =============  =====================================================  ===========================
-``sign``       r cells hold |w|/scale (averaged on decode)             1 sign bit per weight
-``pair``       r pairs: G+ = max(w,0)/scale, G− = max(−w,0)/scale       none
-``offset``     r cells hold w/scale + g_hi/2 (zero at mid-window)      none
-``split``      coarse a (levels) and fine K·(|w| − a), w = a + b/K     1 sign bit per weight
-``multilevel`` |w| quantised to ``levels`` equally spaced levels,     1 sign bit per weight
-               decoded to the nearest level
+``sign``       |w|/scale; replicas averaged on decode                 1 sign bit per kept weight
+``pair``       G+ = max(w,0)/scale, G− = max(−w,0)/scale              none
+``offset``     w/scale + g_hi/2 (zero at mid-window)                  none
+``split``      coarse a (levels) and fine K·(|w| − a), w = a + b/K    1 sign bit per kept weight
+``multilevel`` |w| quantised to ``levels`` levels, nearest on decode  1 sign bit per kept weight
 =============  =====================================================  ===========================
 
-Every code also reports each cell's gain |∂w/∂G| (weight per µS), which the allocator
-uses to weigh the cell's error by the weight's importance. Pruned weights (mask 0) take
-no cells; the mask costs one bit per weight. Side information is counted in bits here and
-converted to cells by the cost accounting.
+Replicas (redundancy) may differ per weight: ``encode(..., replicas=r)`` with an array r
+(the allocator gives important weights more). Cells are flat arrays: ``owner`` says
+which kept weight each cell serves, ``role`` which part (0 magnitude or G+, 1 G−,
+2 coarse, 3 fine). Every cell has a gain |∂w/∂G| (weight per µS) for the allocator.
+Pruned weights (mask 0) take no cells; the mask costs one bit per weight.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 CODES = ("sign", "pair", "offset", "split", "multilevel")
+MAGNITUDE, MINUS, COARSE, FINE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class CodeConfig:
     """How weights become conductances."""
 
     code: str = "sign"
-    redundancy: int = 1
-    percentile: float = 100.0
+    redundancy: int = 1      # replicas per weight when not allocated per weight
+    percentile: float = 99.5
     levels: int = 8          # multilevel: levels of |w| including 0
     coarse_levels: int = 4   # split: levels of the coarse part
 
@@ -53,8 +54,12 @@ class CodeConfig:
             raise ValueError(f"code {self.code!r} does not take redundancy")
 
     @property
-    def cells_per_weight(self) -> int:
-        return {"sign": 1, "pair": 2, "offset": 1, "split": 2, "multilevel": 1}[self.code] * self.redundancy
+    def cells_per_replica(self) -> int:
+        return {"sign": 1, "pair": 2, "offset": 1, "split": 2, "multilevel": 1}[self.code]
+
+    @property
+    def replicable(self) -> bool:
+        return self.code in ("sign", "pair", "offset")
 
     @property
     def sign_bits(self) -> bool:
@@ -63,16 +68,19 @@ class CodeConfig:
 
 @dataclass
 class EncodedTensor:
-    """One tensor's cells: targets (µS), gains (weight per µS), and what decodes them."""
+    """One tensor's cells and what decodes them."""
 
     name: str
     shape: tuple[int, ...]
     scale: float              # weight per µS
     g_hi: float               # top of the window used (µS)
-    mask: np.ndarray | None   # bool, kept weights (None: nothing pruned)
-    signs: np.ndarray | None  # bool, negative weights among the kept ones (codes with digital signs)
-    targets_us: np.ndarray    # (kept, cells_per_weight)
-    gains: np.ndarray         # (kept, cells_per_weight)
+    mask: np.ndarray | None   # bool keep-mask shaped like the tensor (None: nothing pruned)
+    signs: np.ndarray | None  # bool per kept weight: negative (codes with digital signs)
+    replicas: np.ndarray      # int per kept weight
+    targets_us: np.ndarray    # per cell
+    owner: np.ndarray         # per cell: kept-weight index
+    role: np.ndarray          # per cell: MAGNITUDE, MINUS, COARSE or FINE
+    gains: np.ndarray         # per cell: weight per µS
 
     @property
     def weights(self) -> int:
@@ -80,69 +88,101 @@ class EncodedTensor:
 
     @property
     def kept(self) -> int:
-        return self.targets_us.shape[0]
+        return int(self.replicas.size)
+
+    @property
+    def cells(self) -> int:
+        return int(self.targets_us.size)
 
 
-def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndarray | None = None) -> EncodedTensor:
+def kept_values(w: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    flat = np.asarray(w, dtype=np.float64).ravel()
+    return flat if mask is None else flat[np.asarray(mask, bool).ravel()]
+
+
+def scale_of(v: np.ndarray, cfg: CodeConfig, g_hi: float) -> float:
+    """Weight per µS: the clip percentile of |w| over the usable span."""
+    clip = float(np.percentile(np.abs(v), cfg.percentile)) if v.size else 0.0
+    clip = clip if clip > 0 else 1.0
+    return clip / (g_hi / 2 if cfg.code == "offset" else g_hi)
+
+
+def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndarray | None = None,
+           replicas: np.ndarray | int | None = None) -> EncodedTensor:
     """Cells for one tensor. ``g_hi``: top of the usable window (µS)."""
     w = np.asarray(w, dtype=np.float64)
     if not np.all(np.isfinite(w)):
         raise ValueError(f"tensor {name} holds NaN or infinite weights")
     if not (np.isfinite(g_hi) and g_hi > 0):
         raise ValueError(f"g_hi must be a positive number of µS, got {g_hi!r}")
-    flat = w.ravel()
-    keep = np.ones(flat.size, bool) if mask is None else np.asarray(mask, bool).ravel()
-    if keep.size != flat.size:
-        raise ValueError(f"mask of {name} has {keep.size} entries for {flat.size} weights")
-    v = flat[keep]
-    clip = float(np.percentile(np.abs(v), cfg.percentile)) if v.size else 0.0
-    clip = clip if clip > 0 else 1.0
+    if mask is not None and np.asarray(mask).size != w.size:
+        raise ValueError(f"mask of {name} has {np.asarray(mask).size} entries for {w.size} weights")
+    v = kept_values(w, mask)
+    scale = scale_of(v, cfg, g_hi)
     span = g_hi / 2 if cfg.code == "offset" else g_hi
-    scale = clip / span
-    a = np.clip(v, -clip, clip) / scale  # µS, signed
-    r = cfg.redundancy
-    signs = (v < 0) if cfg.sign_bits else None
-    if cfg.code == "sign":
-        t, gain = np.repeat(np.abs(a)[:, None], r, 1), np.full((v.size, r), scale / r)
+    a = np.clip(v / scale, -span, span)  # µS, signed
+    r = np.broadcast_to(np.asarray(cfg.redundancy if replicas is None else replicas), (v.size,)).astype(np.int64)
+    if r.size and (r.min() < 1 or r.max() > 64):
+        raise ValueError("replicas per weight must be in [1, 64]")
+    if not cfg.replicable and r.size and r.max() > 1:
+        raise ValueError(f"code {cfg.code!r} does not take replicas")
+    idx = np.arange(v.size)
+    if cfg.code in ("sign", "offset"):
+        owner = np.repeat(idx, r)
+        base = np.abs(a) if cfg.code == "sign" else a + span
+        t, role, gain = base[owner], np.full(owner.size, MAGNITUDE), scale / r[owner]
     elif cfg.code == "pair":
-        t = np.concatenate([np.repeat(np.maximum(a, 0)[:, None], r, 1), np.repeat(np.maximum(-a, 0)[:, None], r, 1)], 1)
-        gain = np.full((v.size, 2 * r), scale / r)
-    elif cfg.code == "offset":
-        t, gain = np.repeat((a + span)[:, None], r, 1), np.full((v.size, r), scale / r)
+        one = np.repeat(idx, r)
+        owner = np.concatenate([one, one])
+        role = np.repeat([MAGNITUDE, MINUS], one.size)
+        t = np.concatenate([np.maximum(a, 0)[one], np.maximum(-a, 0)[one]])
+        gain = scale / r[owner]
     elif cfg.code == "split":
         step = g_hi / (cfg.coarse_levels - 1)
         coarse = np.minimum(np.floor(np.abs(a) / step), cfg.coarse_levels - 1) * step
         k = g_hi / step  # the fine cell spans one coarse step over the whole window
-        t = np.stack([coarse, (np.abs(a) - coarse) * k], 1)
-        gain = np.stack([np.full(v.size, scale), np.full(v.size, scale / k)], 1)
+        owner = np.concatenate([idx, idx])
+        role = np.repeat([COARSE, FINE], v.size)
+        t = np.concatenate([coarse, (np.abs(a) - coarse) * k])
+        gain = np.concatenate([np.full(v.size, scale), np.full(v.size, scale / k)])
     else:  # multilevel
         step = g_hi / (cfg.levels - 1)
-        t = (np.round(np.abs(a) / step) * step)[:, None]
-        gain = np.full((v.size, 1), scale)
-    return EncodedTensor(name, tuple(w.shape), scale, g_hi, None if mask is None else keep.reshape(w.shape),
-                         signs, t.astype(np.float64), gain)
+        owner, role = idx, np.full(v.size, MAGNITUDE)
+        t, gain = np.round(np.abs(a) / step) * step, np.full(v.size, scale)
+    return EncodedTensor(name, tuple(w.shape), scale, g_hi,
+                         None if mask is None else np.asarray(mask, bool).reshape(w.shape),
+                         (v < 0) if cfg.sign_bits else None, r.copy(), t.astype(np.float64),
+                         owner.astype(np.int64), role.astype(np.int8), np.asarray(gain, np.float64))
+
+
+def _mean(enc: EncodedTensor, g: np.ndarray, role: int) -> np.ndarray:
+    sel = enc.role == role
+    total = np.bincount(enc.owner[sel], weights=g[sel], minlength=enc.kept)
+    count = np.bincount(enc.owner[sel], minlength=enc.kept)
+    return total / np.maximum(count, 1)
 
 
 def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig) -> np.ndarray:
-    """Weights from the cells' read conductances (shape ``enc.targets_us.shape``)."""
-    g = np.asarray(reads_us, dtype=np.float64).reshape(enc.targets_us.shape)
-    r, s = cfg.redundancy, enc.scale
+    """Weights from the cells' read conductances (one per cell, in ``enc`` order)."""
+    g = np.asarray(reads_us, dtype=np.float64).ravel()
+    if g.size != enc.cells:
+        raise ValueError(f"{enc.name}: {g.size} reads for {enc.cells} cells")
+    s = enc.scale
     if cfg.code == "sign":
-        mag = (np.median(g, 1) if r >= 3 else g.mean(1)) * s
-        v = np.where(enc.signs, -mag, mag)
+        v = _mean(enc, g, MAGNITUDE) * s
     elif cfg.code == "pair":
-        v = (g[:, :r].mean(1) - g[:, r:].mean(1)) * s
+        v = (_mean(enc, g, MAGNITUDE) - _mean(enc, g, MINUS)) * s
     elif cfg.code == "offset":
-        v = (g.mean(1) - enc.g_hi / 2) * s
+        v = (_mean(enc, g, MAGNITUDE) - enc.g_hi / 2) * s
     elif cfg.code == "split":
         step = enc.g_hi / (cfg.coarse_levels - 1)
-        coarse = np.clip(np.round(g[:, 0] / step), 0, cfg.coarse_levels - 1) * step  # coarse cell: nearest level
-        mag = (coarse + g[:, 1] / (enc.g_hi / step)) * s
-        v = np.where(enc.signs, -mag, mag)
+        coarse = np.clip(np.round(_mean(enc, g, COARSE) / step), 0, cfg.coarse_levels - 1) * step
+        v = (coarse + _mean(enc, g, FINE) / (enc.g_hi / step)) * s
     else:
         step = enc.g_hi / (cfg.levels - 1)
-        mag = np.clip(np.round(g[:, 0] / step), 0, cfg.levels - 1) * step * s
-        v = np.where(enc.signs, -mag, mag)
+        v = np.clip(np.round(_mean(enc, g, MAGNITUDE) / step), 0, cfg.levels - 1) * step * s
+    if enc.signs is not None:
+        v = np.where(enc.signs, -v, v)
     out = np.zeros(enc.weights)
     if enc.mask is None:
         out[:] = v
@@ -161,4 +201,4 @@ def side_bits(enc: EncodedTensor, cfg: CodeConfig) -> dict[str, int]:
 
 
 def describe(cfg: CodeConfig) -> dict[str, Any]:
-    return {**asdict(cfg), "cells_per_weight": cfg.cells_per_weight, "digital_sign": cfg.sign_bits}
+    return {**asdict(cfg), "cells_per_replica": cfg.cells_per_replica, "digital_sign": cfg.sign_bits}

@@ -89,7 +89,7 @@ class RunStore:
             return
         cols = ["run_id", *map(str, df.columns)]
         if table not in self.tables():
-            decl = ", ".join(f"{c} {_SQL_TYPES.get(df[c].dtype.kind, 'TEXT')}" for c in df.columns)
+            decl = ", ".join(f'"{c}" {_SQL_TYPES.get(df[c].dtype.kind, "TEXT")}' for c in df.columns)
             self._db.execute(f"CREATE TABLE {table} (run_id TEXT NOT NULL, {decl})")
             self._db.execute(f"CREATE INDEX {table}_run ON {table}(run_id)")
         else:

@@ -8,9 +8,11 @@ The emulator is the ground truth: it never uses a fitted noise model.
 """
 from __future__ import annotations
 
+import json
 import math
 import time as _time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,6 +256,38 @@ class EmulatedChip(Chip):
         g += sigma
         self._advance(n_avg * p.read_time_s)
         return g
+
+    # -- persistence (emulator only: a chip "stays on the bench" between processes) -------
+    def save_state(self, path: "str | Path") -> None:
+        """Write the whole chip (state, clock, noise stream) to an .npz file, atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        meta = {"geometry": asdict(self.geometry), "profile": asdict(self.profile), "seed": self.seed,
+                "limits": asdict(self.limits), "t": self.now(), "rng": self._rng.bit_generator.state}
+        np.savez(tmp, meta=np.array(json.dumps(meta, default=lambda o: o.tolist())),
+                 **{a: getattr(self, a) for a in self._STATE})
+        tmp.replace(path)
+
+    @classmethod
+    def load_state(cls, path: "str | Path") -> "EmulatedChip":
+        """The chip saved by :meth:`save_state`, its clock where it was."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                meta = json.loads(str(f["meta"]))
+                arrays = {a: f[a] for a in cls._STATE}
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{path} is not a saved emulated chip: {exc}") from None
+        chip = cls(Geometry(**meta["geometry"]), profile=Profile.from_dict(meta["profile"]), seed=meta["seed"],
+                   limits=SoftLimits(**meta["limits"]))
+        for a, v in arrays.items():
+            if v.shape != getattr(chip, a).shape or v.dtype != getattr(chip, a).dtype:
+                raise ValueError(f"{path}: state array {a} does not match the chip")
+            setattr(chip, a, v.copy())
+        chip._t = float(meta["t"])
+        rng = meta["rng"]
+        rng["state"] = {k: np.asarray(v, dtype=np.uint64) for k, v in rng["state"].items()}
+        chip._rng.bit_generator.state = rng
+        return chip
 
     # -- ground truth (emulator only: what calibration tries to recover) -----------------
     def true_conductance(self, cells: Any = None) -> np.ndarray:

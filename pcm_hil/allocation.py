@@ -1,0 +1,150 @@
+"""Program-and-verify effort per cell, from importance and the calibrated noise model.
+
+Each option is a (tolerance, pulse cap) the noise model was calibrated for. For cell i
+with importance weight F_i·gain_i² (gain = weight per µS) and option o, the expected
+cost is F_i·gain_i²·E[e²](G_i, o) and the expected pulses P(G_i, o). ``allocate``
+minimises Σ cost under Σ pulses ≤ budget: a separable convex resource allocation,
+solved with a Lagrange multiplier λ on the budget (each cell takes
+argmin_o cost + λ·pulses; λ by bisection). ``uniform`` gives every cell the same option,
+the best one that fits the budget. Cells whose target lies within the tolerance of the
+RESET floor need only the RESET (one pulse).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration import NoiseModel
+
+DEFAULT_CAPS = (12, 16, 20, 24, 32, 40)
+
+
+@dataclass
+class Plan:
+    """Per-cell settings and the model's expectations for them."""
+
+    tolerance_us: np.ndarray
+    max_pulses: np.ndarray
+    expected_pulses: np.ndarray
+    expected_sq_error: np.ndarray  # µS²
+    options: list[tuple[float, int]]
+    choice: np.ndarray
+    lagrange: float = 0.0
+
+    @property
+    def pulses(self) -> float:
+        return float(self.expected_pulses.sum())
+
+
+def options(model: NoiseModel, caps: tuple[int, ...] = DEFAULT_CAPS) -> list[tuple[float, int]]:
+    caps = tuple(c for c in caps if c <= model.max_pulses_) or (model.max_pulses_,)
+    return [(t, c) for t in model.tolerances_us_ for c in caps]
+
+
+def tables(model: NoiseModel, targets_us: np.ndarray, opts: list[tuple[float, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(E[e²], expected pulses), each of shape (cells, options)."""
+    t = np.asarray(targets_us, float)
+    err2 = np.empty((t.size, len(opts)))
+    pulses = np.empty((t.size, len(opts)))
+    floor = model.window_["g_floor_us"]
+    read_var = (model.read_sigma(floor) * model.n_avg_ ** -model.read_noise_["averaging_exponent"]) ** 2
+    for k, (tol, cap) in enumerate(opts):
+        err2[:, k] = model.expected_sq_error(t, tol, cap)
+        pulses[:, k] = model.expected_pulses(t, tol, cap)
+        reset_only = t <= floor + 0.5 * tol
+        err2[reset_only, k] = (floor - t[reset_only]) ** 2 + read_var
+        pulses[reset_only, k] = 1.0
+    return err2, pulses
+
+
+def _plan(opts: list[tuple[float, int]], choice: np.ndarray, err2: np.ndarray, pulses: np.ndarray,
+          lam: float = 0.0) -> Plan:
+    rows = np.arange(choice.size)
+    tol = np.array([opts[c][0] for c in range(len(opts))])[choice]
+    cap = np.array([opts[c][1] for c in range(len(opts))])[choice]
+    return Plan(tol, cap, pulses[rows, choice], err2[rows, choice], opts, choice, lam)
+
+
+def minimum_pulses(pulses: np.ndarray) -> float:
+    return float(pulses.min(axis=1).sum())
+
+
+def allocate(weight: np.ndarray, err2: np.ndarray, pulses: np.ndarray, opts: list[tuple[float, int]],
+             budget: float) -> Plan:
+    """Importance-based allocation: minimise Σ weight·E[e²] subject to Σ pulses ≤ budget."""
+    weight = np.asarray(weight, float)
+    if not np.all(np.isfinite(weight)) or (weight.size and weight.min() < 0):
+        raise ValueError("importance weights must be finite and >= 0")
+    _check_budget(pulses, budget)
+    cost = weight[:, None] * err2
+
+    def pick(lam: float) -> np.ndarray:
+        return np.argmin(cost + lam * pulses, axis=1)
+
+    rows = np.arange(weight.size)
+    best = pick(0.0)
+    if pulses[rows, best].sum() <= budget:
+        return _plan(opts, best, err2, pulses)
+    hi = 1.0
+    while pulses[rows, pick(hi)].sum() > budget and hi < 1e300:
+        hi *= 4.0
+    lo = 0.0
+    for _ in range(60):  # bisection on λ: the smallest multiplier whose choice fits the budget
+        mid = 0.5 * (lo + hi)
+        if pulses[rows, pick(mid)].sum() > budget:
+            lo = mid
+        else:
+            hi = mid
+    return _plan(opts, pick(hi), err2, pulses, hi)
+
+
+def uniform(weight: np.ndarray, err2: np.ndarray, pulses: np.ndarray, opts: list[tuple[float, int]],
+            budget: float) -> Plan:
+    """The same option for every cell: the lowest importance-weighted error that fits the budget."""
+    _check_budget(pulses, budget)
+    total = pulses.sum(axis=0)
+    fits = np.flatnonzero(total <= budget)
+    if fits.size == 0:
+        k = int(np.argmin(total))
+    else:
+        k = int(fits[np.argmin((np.asarray(weight, float)[:, None] * err2).sum(axis=0)[fits])])
+    return _plan(opts, np.full(weight.size, k), err2, pulses)
+
+
+def replicas(weight: np.ndarray, variance: np.ndarray, cells_per_replica: int, budget_cells: float,
+             r_max: int = 8) -> np.ndarray:
+    """Replicas per weight minimising Σ weight_i·variance_i/r_i subject to Σ cells ≤ budget.
+
+    The continuous optimum is r_i ∝ sqrt(weight_i·variance_i) (r ∝ σ·√F); each weight takes
+    the integer r in [1, r_max] minimising weight·variance/r + μ·cells·r, with μ by bisection.
+    """
+    weight, variance = np.asarray(weight, float), np.asarray(variance, float)
+    n = weight.size
+    if budget_cells < n * cells_per_replica:
+        raise ValueError(f"cell budget {budget_cells:.0f} is below one replica per weight ({n * cells_per_replica})")
+    r = np.arange(1, r_max + 1)
+    cost = (weight * variance)[:, None] / r[None, :]
+
+    def pick(mu: float) -> np.ndarray:
+        return r[np.argmin(cost + mu * cells_per_replica * r[None, :], axis=1)]
+
+    if pick(0.0).sum() * cells_per_replica <= budget_cells:
+        return pick(0.0)
+    lo, hi = 0.0, 1.0
+    while pick(hi).sum() * cells_per_replica > budget_cells:
+        hi *= 4.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if pick(mid).sum() * cells_per_replica > budget_cells:
+            lo = mid
+        else:
+            hi = mid
+    return pick(hi)
+
+
+def _check_budget(pulses: np.ndarray, budget: float) -> None:
+    need = minimum_pulses(pulses)
+    if not np.isfinite(budget) or budget < need:
+        raise ValueError(f"pulse budget {budget:.0f} is too small: programming every cell once needs at "
+                         f"least {need:.0f} pulses")

@@ -1,0 +1,88 @@
+"""Compression before storage: global magnitude pruning with fine-tuning, uniform quantization."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def analog_parameters(model: nn.Module) -> list[str]:
+    """The weights stored in cells: conv and linear weight tensors (biases and norms go digital)."""
+    names = []
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            names.append(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+def magnitude_masks(model: nn.Module, names: list[str], sparsity: float) -> dict[str, np.ndarray]:
+    """Keep-masks removing the ``sparsity`` fraction of smallest |w| across all named tensors."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    params = dict(model.named_parameters())
+    allw = np.concatenate([params[n].detach().abs().numpy().ravel() for n in names])
+    thr = np.quantile(allw, sparsity) if sparsity > 0 else -1.0
+    return {n: params[n].detach().abs().numpy() > thr for n in names}
+
+
+def prune_and_finetune(model: nn.Module, names: list[str], sparsity: float, x: np.ndarray, y: np.ndarray,
+                       epochs: int = 1, lr: float = 3e-4, batch: int = 128, seed: int = 0, noise: float = 0.0
+                       ) -> tuple[nn.Module, dict[str, np.ndarray]]:
+    """A pruned copy of ``model`` fine-tuned with the masks held fixed, and the masks.
+
+    ``noise`` > 0 makes the fine-tuning hardware-aware: each step sees the analog weights
+    perturbed by Gaussian noise of ``noise`` × the tensor's max |w| (kept weights only),
+    so the result tolerates the analog read-back error.
+    """
+    pruned = copy.deepcopy(model)
+    masks = magnitude_masks(pruned, names, sparsity)
+    params = dict(pruned.named_parameters())
+    tmasks = {n: torch.from_numpy(m.astype(np.float32)) for n, m in masks.items()}
+
+    def apply() -> None:
+        with torch.no_grad():
+            for n, m in tmasks.items():
+                params[n].mul_(m)
+
+    apply()
+    gen = torch.Generator().manual_seed(seed)
+    if (sparsity > 0 or noise > 0) and epochs > 0:
+        opt = torch.optim.Adam(pruned.parameters(), lr=lr)
+        rng = np.random.default_rng(seed)
+        xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+        for _ in range(epochs):
+            pruned.train()
+            for idx in np.array_split(rng.permutation(len(y)), max(1, len(y) // batch)):
+                idx = torch.from_numpy(idx)
+                opt.zero_grad()
+                clean = {}
+                if noise > 0:
+                    with torch.no_grad():
+                        for n, m in tmasks.items():
+                            clean[n] = params[n].detach().clone()
+                            params[n].add_(torch.randn(params[n].shape, generator=gen) * noise
+                                           * params[n].abs().max() * m)
+                F.cross_entropy(pruned(xs[idx]), ys[idx]).backward()
+                if clean:
+                    with torch.no_grad():
+                        for n, w in clean.items():
+                            params[n].copy_(w)
+                opt.step()
+                apply()
+        pruned.eval()
+    return pruned, masks
+
+
+def quantize(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
+    """Symmetric uniform quantization to ``bits`` bits (sign included), per output channel."""
+    if not 2 <= bits <= 16:
+        raise ValueError(f"bits must be in [2, 16], got {bits}")
+    w = np.asarray(w, np.float64)
+    axes = tuple(range(1, w.ndim)) if per_channel and w.ndim > 1 else None
+    amax = np.max(np.abs(w), axis=axes, keepdims=axes is not None)
+    qmax = 2 ** (bits - 1) - 1
+    step = np.where(amax > 0, amax / qmax, 1.0)
+    return np.round(w / step).clip(-qmax, qmax) * step

@@ -1,0 +1,45 @@
+"""PNG report of a store run: error versus importance, accuracy versus cells per weight."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def write_store_report(result: dict[str, Any], decoded: Any, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = result["_cells"]
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.8))
+    imp, err, tol = cells["importance"], np.abs(cells["error_weight"]), cells["tolerance_us"]
+    a = ax[0]
+    for t in np.unique(tol):
+        m = (tol == t) & (imp > 0) & (err > 0)
+        a.loglog(imp[m], err[m], ".", ms=1.5, alpha=0.4, label=f"±{t:g} µS")
+    a.set(xlabel="importance of the cell (F·gain², per weight²)", ylabel="|weight error| after retention",
+          title="error versus importance (each dot a cell)")
+    a.legend(markerscale=8, title="verify tolerance")
+    b = ax[1]
+    curve = result.get("accuracy_curve") or []
+    if curve:
+        b.plot([c["cells_per_weight"] for c in curve], [100 * c["accuracy_predicted"] for c in curve], "o-",
+               label="predicted by the noise model")
+    b.plot([result["cells_per_weight"]], [100 * result["accuracy_stored"]], "r*", ms=14, label="measured on the chip")
+    b.axhline(100 * result["accuracy_reference"], color="k", lw=1, label="float reference")
+    b.axhline(100 * result["accuracy_reference"] - 0.5, color="k", lw=1, ls="--", label="reference − 0.5 pp")
+    best = result.get("best_digital")
+    if best:
+        b.axvline(best["cells"] / result["weights"], color="g", lw=1,
+                  label=f"best digital ({best['bits']} bit, {best['sparsity']:.0%} pruned, MLC+ECC)")
+    b.set(xlabel="cells per weight (analog cells + digital side information)", ylabel="accuracy (%)",
+          title=f"{result['model']}: accuracy after {result['retention_s']:g} s")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
