@@ -1,0 +1,214 @@
+"""The model-storage job: codes, allocation, cost accounting, bad input, end to end."""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pcm_hil import allocation, cost
+from pcm_hil.calibrate import CalibrationConfig, run_calibration
+from pcm_hil.chip import Geometry
+from pcm_hil.coding import CODES, CodeConfig, decode, encode
+from pcm_hil.datasets import cifar10
+from pcm_hil.emulator import EmulatedChip
+from pcm_hil.models import load_model, load_state_dict
+from pcm_hil.pipeline import StoreConfig, load_run, run_store_job
+from pcm_hil.store import RunStore
+
+GEOM = Geometry(1, 128, 128)
+
+
+@pytest.mark.parametrize("code", CODES)
+@pytest.mark.parametrize("pruned", [False, True])
+def test_codes_round_trip_without_noise(code: str, pruned: bool) -> None:
+    rng = np.random.default_rng(1)
+    w = rng.laplace(0, 0.05, (40, 30))
+    mask = np.abs(w) > 0.02 if pruned else None
+    cfg = CodeConfig(code, percentile=100.0, levels=64)
+    replicas = rng.integers(1, 4, int(mask.sum()) if pruned else w.size) if cfg.replicable else None
+    enc = encode("w", w, cfg, 20.0, mask, replicas)
+    back = decode(enc, enc.targets_us, cfg)
+    kept = w if mask is None else w * mask
+    tol = 0.5 * (enc.scale * 20.0 / 63) if code == "multilevel" else 1e-12
+    assert np.max(np.abs(back - kept)) <= tol + 1e-12
+    assert enc.targets_us.min() >= 0 and enc.targets_us.max() <= 20.0 + 1e-9
+    if cfg.replicable:
+        assert enc.cells == replicas.sum() * cfg.cells_per_replica
+
+
+def test_unknown_code_and_bad_weights_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown code 'nope'"):
+        CodeConfig("nope")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        encode("w", np.array([1.0, np.nan]), CodeConfig(), 20.0)
+
+
+def test_replicas_follow_importance_and_respect_the_cell_budget() -> None:
+    rng = np.random.default_rng(0)
+    weight = rng.lognormal(0, 2, 5000)
+    var = np.full(5000, 1.0)
+    r = allocation.replicas(weight, var, 1, 1.5 * 5000, r_max=8)
+    assert r.sum() <= 7500 and r.min() >= 1
+    top, bottom = weight > np.quantile(weight, 0.9), weight < np.quantile(weight, 0.1)
+    assert r[top].mean() > 2 * r[bottom].mean()
+    with pytest.raises(ValueError, match="below one replica per weight"):
+        allocation.replicas(weight, var, 2, 5000)
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory):
+    chip = EmulatedChip(GEOM, seed=2)
+    with RunStore(tmp_path_factory.mktemp("n") / "s.sqlite") as store:
+        _, model = run_calibration(chip, store, CalibrationConfig(cells=8000, first_cell=8384, seed=2))
+    return model
+
+
+def test_allocation_respects_the_budget_and_favours_important_cells(noise) -> None:
+    rng = np.random.default_rng(3)
+    targets = rng.uniform(1, 18, 4000)
+    weight = rng.lognormal(0, 2, 4000)
+    opts = allocation.options(noise)
+    err2, pulses = allocation.tables(noise, targets, opts)
+    need = allocation.minimum_pulses(pulses)
+    budget = 1.3 * need
+    plan = allocation.allocate(weight, err2, pulses, opts, budget)
+    assert plan.pulses <= budget
+    top, bottom = weight > np.quantile(weight, 0.9), weight < np.quantile(weight, 0.1)
+    assert plan.tolerance_us[top].mean() < plan.tolerance_us[bottom].mean()
+    assert plan.expected_sq_error[top].mean() < plan.expected_sq_error[bottom].mean()
+    uni = allocation.uniform(weight, err2, pulses, opts, budget)
+    assert len(set(uni.choice)) == 1 and uni.pulses <= budget
+    assert (weight * plan.expected_sq_error).sum() <= (weight * uni.expected_sq_error).sum()
+    with pytest.raises(ValueError, match="too small"):
+        allocation.allocate(weight, err2, pulses, opts, 0.5 * need)
+
+
+def test_cost_accounting_by_hand() -> None:
+    # 1000 weights, 10 digital parameters; 75 % pruned; 400 analog cells; mask 1000 bits, 250 signs,
+    # 2 tensors × 64 bits of scales, 10 × 32 bits of biases
+    side = 1000 + 250 + 128 + 320
+    best = cost.DigitalOption(bits=5, sparsity=0.75, accuracy=0.9, cells=cost.mlc_cells(1000 + 250 * 5 + 64 + 320))
+    s = cost.summarize(400, side, 1000, 10, cost.digital_bits(1000, 250, 32, 10, True, 2), best)
+    total = 400 + side * 72 / 64 / 2
+    assert s["total_cells"] == pytest.approx(total)
+    assert s["memory_reduction"]["fp32_slc_ecc"] == pytest.approx(32 * 1010 * 72 / 64 / total)
+    assert s["memory_reduction"]["compressed_slc_ecc"] == pytest.approx((1000 + 250 * 32 + 64 + 320) * 72 / 64 / total)
+    assert s["memory_reduction"]["best_digital_mlc_ecc"] == pytest.approx((1000 + 1250 + 64 + 320) * 72 / 128 / total)
+
+
+def test_best_digital_picks_the_cheapest_option_that_reaches_the_accuracy() -> None:
+    acc = {(b, s): 0.80 + 0.02 * b - 0.05 * s for b in range(2, 9) for s in (0.0, 0.5, 0.75)}
+    best, tried = cost.best_digital(lambda b, s: acc[(b, s)], 1000, 0, 1, 0.9)
+    assert best.accuracy >= 0.9
+    assert all(o.cells >= best.cells for o in tried if o.accuracy >= 0.9)
+
+
+def _store(tmp_path, noise, **kw):
+    chip = EmulatedChip(GEOM, seed=2)
+    store = RunStore(tmp_path / "s.sqlite")
+    cfg = StoreConfig(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, **kw)
+    return chip, store, cfg
+
+
+def test_store_and_load_end_to_end(tmp_path, noise) -> None:
+    chip, store, cfg = _store(tmp_path, noise)
+    r = run_store_job(chip, noise, store, cfg, tmp_path)
+    for key in ("model", "weights", "cells", "digital_cells", "accuracy_reference", "accuracy_compressed",
+                "accuracy_stored", "retention_s", "pulses", "seconds", "memory_reduction"):
+        assert key in r
+    assert r["weights"] == 64 * 32 + 32 * 10
+    assert r["accuracy_stored"] > r["accuracy_reference"] - 0.03
+    comp = r["drift_compensation"]  # a day of drift: reads came back low, the gains restore them
+    assert all(1.2 < a < 2.5 for a in comp["alpha"])
+    assert abs(r["error_us"]["p50_abs"]) < 1.0
+    assert r["memory_reduction"]["fp32_slc_ecc"] > 10
+    assert r["yield"] > 0.9
+    # the layout in the run store reads the model back from the saved chip, in a new session
+    chip.save_state(tmp_path / "chip.npz")
+    again = EmulatedChip.load_state(tmp_path / "chip.npz")
+    loaded = load_run(again, store, r["run_id"], tmp_path)
+    assert abs(loaded["accuracy_loaded"] - r["accuracy_stored"]) < 0.03
+    store.close()
+
+
+def test_a_budget_too_small_fails_before_any_pulse(tmp_path, noise) -> None:
+    chip, store, cfg = _store(tmp_path, noise)
+    before, t0 = chip.true_conductance(), chip.now()
+    with pytest.raises(ValueError, match="pulse budget 10 is too small"):
+        run_store_job(chip, noise, store, StoreConfig(**{**cfg.__dict__, "pulse_budget": 10.0}), tmp_path)
+    assert np.array_equal(chip.true_conductance(), before) and chip.now() == t0
+    store.close()
+
+
+def test_model_larger_than_the_chip_is_refused(tmp_path, noise) -> None:
+    chip = EmulatedChip(Geometry(1, 16, 16), seed=2)
+    before = chip.true_conductance()
+    with RunStore(tmp_path / "s.sqlite") as store, pytest.raises(ValueError, match="needs .* cells"):
+        run_store_job(chip, noise, store, StoreConfig(model="mlp-digits", importance_samples=100), tmp_path)
+    assert np.array_equal(chip.true_conductance(), before)
+
+
+def test_nan_weights_are_refused(tmp_path, noise) -> None:
+    sd = load_model("mlp-digits").state_dict()
+    sd["fc1.weight"][0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    chip, store, cfg = _store(tmp_path, noise)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        run_store_job(chip, noise, store, StoreConfig(model="mlp-digits", checkpoint=str(tmp_path / "nan.pt")), tmp_path)
+    store.close()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_model_files_load_safely(tmp_path) -> None:
+    torch.save([torch.zeros(2)], tmp_path / "notdict.pt")
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        load_state_dict(tmp_path / "notdict.pt")
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump(_Evil(), f)
+    with pytest.raises(ValueError, match="not a loadable weights-only checkpoint"):
+        load_state_dict(tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_state_dict(tmp_path / "missing.pt")
+    torch.save(load_model("mlp-digits").state_dict(), tmp_path / "ok.pt")
+    with pytest.raises(ValueError, match="does not fit lenet5-fmnist"):
+        load_model("lenet5-fmnist", tmp_path / "ok.pt")
+
+
+def test_cifar_loader_reads_the_standard_layout_and_refuses_code(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 10))}
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f)
+    train, test = cifar10(tmp_path)
+    assert train.x.shape == (50, 3, 32, 32) and test.y.shape == (10,)
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump(_Evil(), f)
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        cifar10(tmp_path)
+
+
+def test_cli_store_json(tmp_path) -> None:
+    r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--json",
+                        "--run-dir", str(tmp_path), "--report", str(tmp_path / "r.png")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out["memory_reduction"]) == {"fp32_slc_ecc", "compressed_slc_ecc", "best_digital_mlc_ecc"}
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+    r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "load", out["run_id"], "--run-dir", str(tmp_path),
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["cells"] == out["cells"]
+    bad = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--code", "sign",
+                          "--pulse-budget", "5", "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "too small" in bad.stderr
