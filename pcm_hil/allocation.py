@@ -99,6 +99,29 @@ def allocate(weight: np.ndarray, err2: np.ndarray, pulses: np.ndarray, opts: lis
     return _plan(opts, pick(hi), err2, pulses, hi)
 
 
+def allocate_for_loss(weight: np.ndarray, err2: np.ndarray, pulses: np.ndarray, opts: list[tuple[float, int]],
+                      max_loss: float) -> Plan:
+    """The fewest expected pulses whose predicted loss increase ½·Σ weight·E[e²] stays ≤ ``max_loss``."""
+    weight = np.asarray(weight, float)
+    if not (np.isfinite(max_loss) and max_loss > 0):
+        raise ValueError(f"target loss increase must be a positive number, got {max_loss!r}")
+    loss = lambda plan: 0.5 * float((weight * plan.expected_sq_error).sum())  # noqa: E731
+    hi = float(pulses.max(axis=1).sum())
+    best = allocate(weight, err2, pulses, opts, hi)
+    if loss(best) > max_loss:
+        raise ValueError(f"target loss increase {max_loss:.3g} is out of reach: the tightest settings give "
+                         f"{loss(best):.3g}")
+    lo = minimum_pulses(pulses)
+    for _ in range(40):  # the predicted loss falls as the budget grows
+        mid = 0.5 * (lo + hi)
+        plan = allocate(weight, err2, pulses, opts, mid)
+        if loss(plan) <= max_loss:
+            hi, best = mid, plan
+        else:
+            lo = mid
+    return best
+
+
 def uniform(weight: np.ndarray, err2: np.ndarray, pulses: np.ndarray, opts: list[tuple[float, int]],
             budget: float) -> Plan:
     """The same option for every cell: the lowest importance-weighted error that fits the budget."""

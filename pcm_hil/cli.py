@@ -157,6 +157,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ["cell ops/s, one cell per transaction", r["cell_ops_per_s_single"]],
             ["ratio", r["ratio"]],
         ], title=f"wire benchmark over loopback, median of {r['repeats']}")
+    elif args.what == "budgets":
+        from .bench import budgets
+
+        with StageProgress(not args.json and sys.stderr.isatty()) as bar:
+            r = budgets.run(seed=args.seed, progress=bar)
+        rows = [[name, r[f"pulses_{name}"]] for name in ("importance", "uniform", "naive")]
+        rows.append(["uniform / importance", r["pulse_ratio"]])
+        text = format_table(["strategy", "pulses to stay within 0.5 pp"], rows,
+                            title=f"budgets, {r['model']}, {r['cells']} cells, target {r['accuracy_target']:.2%}")
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(args.what)
     _emit(args, r, text)
@@ -263,7 +272,8 @@ def cmd_store(args: argparse.Namespace) -> int:
     cfg = StoreConfig(model=args.model, checkpoint=args.checkpoint, data_dir=args.data_dir,
                       code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity,
                       importance=args.importance, allocation=args.allocation, pulse_budget=args.pulse_budget,
-                      replicas_per_weight=args.replicas, retention_s=args.retention, seed=args.seed)
+                      target_loss=args.target_loss, replicas_per_weight=args.replicas, retention_s=args.retention,
+                      seed=args.seed)
     with open_chip(args) as chip, _store(args) as store, StageProgress(not args.json and sys.stderr.isatty()) as bar:
         noise = _noise_model(args, chip, store, bar)
         r = run_store_job(chip, noise, store, cfg, args.run_dir, progress=bar)
@@ -384,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)")
-    b.add_argument("what", choices=["emulator", "wire"])
+    b.add_argument("what", choices=["emulator", "wire", "budgets"])
     b.add_argument("--cells", type=int, default=None, help="batch size (default: 1e6 emulator, 1e5 wire)")
     b.add_argument("--repeats", type=int, default=7)
     b.add_argument("--seed", type=int, default=0)
@@ -435,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--importance", default="fisher", choices=["fisher", "hessian", "magnitude"])
     st.add_argument("--allocation", default="importance", choices=["importance", "uniform"])
     st.add_argument("--pulse-budget", type=float, default=None, help="total pulses (default: uniform ±0.5 µS, cap 20)")
+    st.add_argument("--target-loss", type=float, default=None,
+                    help="instead of a pulse budget: the fewest pulses whose predicted loss increase stays below this")
     st.add_argument("--retention", type=float, default=86400.0, help="seconds between programming and read-back")
     st.add_argument("--run-dir", default="runs", help="run store directory (default ./runs)")
     st.add_argument("--report", default=None, help="PNG report path (default RUN_DIR/RUN.png; 'none' to skip)")

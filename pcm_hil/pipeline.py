@@ -49,6 +49,7 @@ class StoreConfig:
     importance_samples: int = 1000
     allocation: str = "importance"
     pulse_budget: float | None = None
+    target_loss: float | None = None
     replicas_per_weight: float = 1.0
     max_replicas: int = 8
     retention_s: float = 86400.0
@@ -66,6 +67,8 @@ class StoreConfig:
             raise ValueError(f"retention_s must be in [0, 10 years], got {self.retention_s!r}")
         if self.pulse_budget is not None and not (math.isfinite(self.pulse_budget) and self.pulse_budget > 0):
             raise ValueError(f"pulse_budget must be a positive number, got {self.pulse_budget!r}")
+        if self.target_loss is not None and (self.allocation != "importance" or not self.target_loss > 0):
+            raise ValueError("target_loss needs importance allocation and a positive value")
         if not 1.0 <= self.replicas_per_weight <= self.max_replicas:
             raise ValueError(f"replicas_per_weight must be in [1, {self.max_replicas}], got {self.replicas_per_weight!r}")
         if not 0 < self.g_hi_fraction <= 1:
@@ -149,8 +152,12 @@ def prepare(cfg: StoreConfig, noise: NoiseModel, n_cells: int, progress: Progres
     if budget - pulses_ref < allocation.minimum_pulses(pulses[~ref_rows]):
         raise ValueError(f"pulse budget {budget:.0f} is too small: programming every cell once needs at least "
                          f"{allocation.minimum_pulses(pulses[~ref_rows]) + pulses_ref:.0f} pulses")
-    pick = allocation.allocate if cfg.allocation == "importance" else allocation.uniform
-    wplan = pick(cell_imp[~ref_rows], err2[~ref_rows], pulses[~ref_rows], opts, budget - pulses_ref)
+    if cfg.target_loss is not None:  # ½·Σ F·E[e²] (loss units) instead of a pulse budget
+        wplan = allocation.allocate_for_loss(cell_imp[~ref_rows], err2[~ref_rows], pulses[~ref_rows], opts,
+                                             cfg.target_loss)
+    else:
+        pick = allocation.allocate if cfg.allocation == "importance" else allocation.uniform
+        wplan = pick(cell_imp[~ref_rows], err2[~ref_rows], pulses[~ref_rows], opts, budget - pulses_ref)
     choice = np.full(targets.size, tight)
     choice[~ref_rows] = wplan.choice
     plan = allocation._plan(opts, choice, err2, pulses, wplan.lagrange)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -62,6 +62,11 @@ class VerifyConfig:
             raise ValueError("need drive_min <= drive_max")
 
 
+def naive_config(base: VerifyConfig | None = None, drive: float = 0.3) -> VerifyConfig:
+    """The baseline loop without a model: every SET pulse has the same fixed amplitude."""
+    return replace(base or VerifyConfig(), drive_min=drive, drive_max=drive)
+
+
 @dataclass
 class VerifyResult:
     """Per-cell outcome of a program-and-verify run (arrays in the order of ``cells``)."""
@@ -92,9 +97,16 @@ class VerifyResult:
             "resets_total": int(self.resets.sum()),
             "error_sigma_us": float(np.std(err[self.converged])) if self.converged.any() else float("nan"),
             "error_p99_abs_us": float(np.percentile(np.abs(err), 99)) if self.cells.size else float("nan"),
+            "error_histogram_us": self.histogram(),
             "seconds": self.seconds,
             "stop_reason": self.stop_reason,
         }
+
+    def histogram(self, edges: tuple[float, ...] = (-4, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 4)) -> dict:
+        """Counts of final verify errors (µS) per bin; the outer bins are open."""
+        e = np.clip(self.error_us, edges[0], edges[-1])
+        counts, _ = np.histogram(e, bins=np.asarray(edges, float))
+        return {"edges_us": list(edges), "counts": counts.tolist()}
 
 
 def program_verify(

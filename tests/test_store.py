@@ -86,6 +86,13 @@ def test_allocation_respects_the_budget_and_favours_important_cells(noise) -> No
     assert (weight * plan.expected_sq_error).sum() <= (weight * uni.expected_sq_error).sum()
     with pytest.raises(ValueError, match="too small"):
         allocation.allocate(weight, err2, pulses, opts, 0.5 * need)
+    # a target loss increase instead of a budget: the cheapest plan that meets it
+    full = 0.5 * float((weight * plan.expected_sq_error).sum())
+    by_loss = allocation.allocate_for_loss(weight, err2, pulses, opts, full)
+    assert 0.5 * float((weight * by_loss.expected_sq_error).sum()) <= full
+    assert by_loss.pulses <= plan.pulses * 1.01
+    with pytest.raises(ValueError, match="out of reach"):
+        allocation.allocate_for_loss(weight, err2, pulses, opts, 1e-12)
 
 
 def test_cost_accounting_by_hand() -> None:
