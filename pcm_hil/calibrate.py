@@ -82,10 +82,22 @@ def _max_drive_amplitude(v: VerifyConfig) -> float:
 
 
 class _Reader:
-    """Reads groups of cells each at its own delay after its programming ended."""
+    """Reads groups of cells each at its own delay after its programming ended.
 
-    def __init__(self, chip: Chip, n_avg: int) -> None:
-        self.chip, self.n_avg = chip, n_avg
+    Long waits are taken in slices, calling ``on_wait(now)`` after each, so a progress bar
+    keeps moving (and shows an ETA) while a bench waits hours between reads.
+    """
+
+    def __init__(self, chip: Chip, n_avg: int, on_wait: Callable[[float], None] | None = None) -> None:
+        self.chip, self.n_avg, self.on_wait = chip, n_avg, on_wait
+
+    def _wait(self, seconds: float) -> None:
+        step = max(1.0, seconds / 100)
+        end = self.chip.now() + seconds
+        while (left := end - self.chip.now()) > 0:
+            self.chip.wait(min(step, left))
+            if self.on_wait:
+                self.on_wait(self.chip.now())
 
     def at(self, cells: np.ndarray, t_end: np.ndarray, delay_s: float) -> tuple[np.ndarray, np.ndarray]:
         g, age = np.empty(cells.size, np.float32), np.empty(cells.size)
@@ -96,7 +108,7 @@ class _Reader:
             pos = order[a:b]
             wait = end + delay_s - self.chip.now()
             if wait > 0:
-                self.chip.wait(wait)
+                self._wait(wait)
             g[pos] = self.chip.read(cells[pos], n_avg=self.n_avg)
             age[pos] = self.chip.now() - end
         return g, age
@@ -146,7 +158,9 @@ def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: C
         store.append(run_id, name, df)
         data[name] = pd.concat([data[name], df], ignore_index=True) if name in data else df
 
-    reader = _Reader(chip, cfg.n_avg)
+    t_origin: list[float] = []
+    reader = _Reader(chip, cfg.n_avg, on_wait=lambda now: report(
+        "retention", now - t_origin[0], cfg.retention_s[-1]) if t_origin else None)
     # 1. window: floor after RESET, saturation after many strong SET pulses
     report("window", 0, 1)
     w = cells[:: max(1, cells.size // cfg.window_cells)][: cfg.window_cells]
@@ -197,12 +211,10 @@ def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: C
 
     # 4. retention: the same cells at log-spaced ages (the virtual clock makes a day instant)
     keep = np.flatnonzero((tol == cfg.retention_tolerance_us) & res.converged)
-    ret_g, ret_age = [g_t0[keep]], [age_t0[keep]]
+    t_origin.append(float(t_last[keep].min()) if keep.size else chip.now())
     for k, delay in enumerate(cfg.retention_s[1:], start=1):
         report("retention", delay, cfg.retention_s[-1])
         g, age = reader.at(cells[keep], t_last[keep], delay)
-        ret_g.append(g)
-        ret_age.append(age)
         put("retention", pd.DataFrame({"cell": cells[keep], "level_us": target[keep], "read_idx": k, "age_s": age,
                                        "g_us": g, "n_avg": cfg.n_avg}))
     put("retention", pd.DataFrame({"cell": cells[keep], "level_us": target[keep], "read_idx": 0, "age_s": age_t0[keep],
@@ -276,6 +288,7 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
     err = g_t0 - target
     rows = []
     rng = np.random.default_rng(seed + 1)
+    positive = np.all(np.array([g for g, _ in reads]) > 0, axis=0)  # log-log drift fits need G > 0
     for lv in levels:
         m = target == lv
         ok = m & res.converged
@@ -284,7 +297,7 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
         p_meas = float(np.mean(res.pulses[m] + res.resets[m] + 1))
         p_pred = float(model.expected_pulses(lv, tolerance_us, max_pulses))
         drawn = model.sample(np.full(20_000, lv), tolerance_us, max_pulses, seed=rng) - lv
-        conv = ok & np.all(np.array([r[0] for r in reads])[:, m | True] > 0, axis=0)
+        conv = ok & positive
         lt = np.log(np.array([r[1][conv] for r in reads]).T / t0)
         lg = np.log(np.array([r[0][conv] for r in reads]).T)
         nu = -cell_slopes(lt, lg)[0]

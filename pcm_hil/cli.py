@@ -119,7 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 row[f"sigma_us@{age:g}s"] = float(g[ok].std()) if ok.any() else float("nan")
             per_level.append(row)
             rows.append(list(row.values()))
-        result = {"job": "demo", "chip": chip.identity() if not args.json else {k: v for k, v in chip.identity().items() if k != "profile_parameters"},
+        chip_info = {k: v for k, v in chip.identity().items() if k != "profile_parameters"}
+        result = {"job": "demo", "chip": chip_info,
                   "cells": n, "levels": args.levels, "verify": asdict(cfg), "summary": res.summary(),
                   "per_level": per_level, "version": __version__}
         s = res.summary()

@@ -307,7 +307,7 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
             sparsity=cfg.sparsity, accuracy_reference=prep.accuracy_reference,
             accuracy_compressed=prep.accuracy_compressed)
         result["yield"] = result.pop("yield_")
-        _costs(result, prep, cfg, chip)
+        _costs(result, prep, cfg)
         report("accuracy curve", 0, 1)
         result["accuracy_curve"] = accuracy_curve(prep, cfg, noise, seed=cfg.seed)
         result["seconds"] = time.monotonic() - t_start
@@ -366,7 +366,7 @@ def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: St
     return report
 
 
-def _costs(result: dict[str, Any], prep: Prepared, cfg: StoreConfig, chip: Chip) -> None:
+def _costs(result: dict[str, Any], prep: Prepared, cfg: StoreConfig) -> None:
     weights = result["weights"]
     names = prep.names
     other = sum(p.numel() for n, p in prep.model.state_dict().items() if n not in names and p.dtype.is_floating_point)
