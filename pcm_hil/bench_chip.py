@@ -9,33 +9,60 @@ leaves every output off and is idempotent, also after an error or Ctrl-C.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from drivers.errors import ConnectionLost, DriverError, InstrumentError, InstrumentTimeout, ProtocolError
 from drivers.keithley2600 import Keithley2600
 from drivers.keysight33500b import Keysight33500B
 from drivers.pcm_board import PCMBoard
 
 from .bench_config import BenchConfig
-from .chip import Chip, PulseKind
+from .chip import Chip, PulseKind, PulseUncertain
+
+TRANSIENT_CODES = {210}  # board: "transient fault, command not executed"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How board transactions recover: reconnect and retry, at most ``attempts`` times.
+
+    Reads and clock queries are retried. A pulse batch whose outcome is unknown (timeout,
+    corrupted reply, lost connection) is not re-sent: the board is reconnected and
+    :class:`PulseUncertain` tells the caller to verify those cells. A transient error
+    reply (the command did not run) is retried for pulses too.
+    """
+
+    attempts: int = 4
+    backoff_s: float = 0.02
+
+
+class GaveUp(DriverError):
+    """The retry policy is exhausted; outputs are left off."""
 
 
 class BenchChip(Chip):
     """A chip on the bench, driven through its controller board (and optional SMU and PG)."""
 
-    def __init__(self, config: BenchConfig) -> None:
+    def __init__(self, config: BenchConfig, retry: RetryPolicy | None = None) -> None:
         super().__init__(config.geometry, config.limits)
         self.config = config
+        self.retry = retry or RetryPolicy()
+        self.fault_log: list[dict[str, Any]] = []
         self.board: PCMBoard | None = None
         self.smu: Keithley2600 | None = None
         self.pg: Keysight33500B | None = None
         self._closed = False
         try:
             self._open()
-        except BaseException:
-            self.close()
+        except BaseException as exc:
+            try:
+                self.close()
+            except RuntimeError as also:  # keep the original error; say what shutdown could not do
+                exc.add_note(str(also))
             raise
 
     @classmethod
@@ -45,18 +72,14 @@ class BenchChip(Chip):
     def _open(self) -> None:
         cfg = self.config
         self.board = PCMBoard(cfg.board.resource, timeout_s=cfg.board.timeout_s)
-        self.board_idn = self.board.idn
+        self.board_idn, (arrays, rows, cols) = self._transact(
+            "identify", lambda: (self.board.idn, self.board.geometry), idempotent=True)
+        self._transact("setup", lambda: self._setup_board(reset=True), idempotent=True)
         self.virtual_clock = "-EMU" in self.board_idn.split(",")[1] if "," in self.board_idn else False
-        arrays, rows, cols = self.board.geometry
         if cfg.chip.rows > rows or cfg.chip.cols > cols or max(cfg.wiring_arrays) >= arrays:
             raise ValueError(f"bench file geometry/wiring does not fit the board's chip ({arrays}×{rows}×{cols})")
         self._board_shape = (arrays, rows, cols)
         self._wiring = np.asarray(cfg.wiring_arrays, dtype=np.int64)
-        self.board.reset()
-        self.board.compliance_a = cfg.chip.pulse_compliance_a
-        self.board.read_bias_v = cfg.chip.read_bias_v
-        self.board.check_errors()
-        self.board.output_enabled = True  # compliance is set first
         if cfg.smu:
             self.smu = Keithley2600(cfg.smu.resource, timeout_s=cfg.smu.timeout_s)
             ch = self._smu_channel
@@ -71,6 +94,55 @@ class BenchChip(Chip):
             self._pg_channel.output_enabled = False
             self._pg_settings: tuple[float, float, float] | None = None
             self.pg.check_errors()
+
+    def _setup_board(self, reset: bool) -> None:
+        cfg = self.config
+        if reset:
+            self.board.reset()
+        self.board.compliance_a = cfg.chip.pulse_compliance_a
+        self.board.read_bias_v = cfg.chip.read_bias_v
+        if reset:
+            self.board.check_errors()
+        self.board.output_enabled = True  # compliance is set first
+
+    # -- recovery -------------------------------------------------------------------
+    def _reconnect(self) -> None:
+        """A fresh connection to the board, settings re-applied (compliance before output)."""
+        try:
+            self.board.transport.close()
+        except OSError:
+            pass
+        self.board = PCMBoard(self.config.board.resource, timeout_s=self.config.board.timeout_s)
+        self._setup_board(reset=False)
+
+    def _log(self, what: str, exc: Exception, attempt: int) -> None:
+        self.fault_log.append({"what": what, "error": type(exc).__name__, "detail": str(exc)[:200],
+                               "attempt": attempt, "time": time.time()})
+
+    def _recover(self, what: str) -> None:
+        """Reconnect, with backoff, within the policy; GaveUp when the board stays away."""
+        for attempt in range(self.retry.attempts):
+            time.sleep(self.retry.backoff_s * 2 ** attempt)
+            try:
+                self._reconnect()
+                return
+            except DriverError as exc:
+                self._log(f"reconnect after {what}", exc, attempt)
+        raise GaveUp(f"{what}: the board did not come back after {self.retry.attempts} reconnects")
+
+    def _transact(self, what: str, fn: Callable[[], Any], idempotent: bool, cells: np.ndarray | None = None) -> Any:
+        """Run one board transaction under the retry policy (see :class:`RetryPolicy`)."""
+        for attempt in range(self.retry.attempts):
+            try:
+                return fn()
+            except (InstrumentTimeout, ProtocolError, ConnectionLost, InstrumentError) as exc:
+                if isinstance(exc, InstrumentError) and exc.code not in TRANSIENT_CODES:
+                    raise
+                self._log(what, exc, attempt)
+                self._recover(what)
+                if not idempotent and not isinstance(exc, InstrumentError):  # it may have run: never resend
+                    raise PulseUncertain(cells if cells is not None else np.empty(0, np.int64), exc) from exc
+        raise GaveUp(f"{what}: gave up after {self.retry.attempts} attempts")
 
     @property
     def _smu_channel(self) -> Any:
@@ -93,26 +165,36 @@ class BenchChip(Chip):
     def _pulse(self, cells: np.ndarray, kind: PulseKind, amplitude_v: np.ndarray, width_s: np.ndarray) -> None:
         board_cells = self.board_index(cells)
         step = self.config.board.max_batch
+        unknown: list[PulseUncertain] = []
         for i in self._chunks(cells.size):
             sl = slice(i, i + step)
-            self.board.bulk_pulse(kind.value, board_cells[sl],  # type: ignore[union-attr]
-                                  float(amplitude_v[0]) if amplitude_v.size == 1 else amplitude_v[sl],
-                                  float(width_s[0]) if width_s.size == 1 else width_s[sl])
+            amp = float(amplitude_v[0]) if amplitude_v.size == 1 else amplitude_v[sl]
+            width = float(width_s[0]) if width_s.size == 1 else width_s[sl]
+            try:
+                self._transact("BULK:PULS", lambda: self.board.bulk_pulse(kind.value, board_cells[sl], amp, width),
+                               idempotent=False, cells=cells[sl])
+            except PulseUncertain as exc:  # the other chunks still go out; only this one is in doubt
+                unknown.append(exc)
+        if unknown:
+            raise PulseUncertain(np.concatenate([u.cells for u in unknown]), unknown[0].cause)
 
     def _read(self, cells: np.ndarray, n_avg: int) -> np.ndarray:
         board_cells = self.board_index(cells)
         step = self.config.board.max_batch
         out = np.empty(cells.size, dtype=np.float32)
         for i in self._chunks(cells.size):
-            out[i:i + step] = self.board.bulk_measure_g(board_cells[i:i + step], n_avg)  # type: ignore[union-attr]
+            out[i:i + step] = self._transact(
+                "BULK:MEAS:G?", lambda: self.board.bulk_measure_g(board_cells[i:i + step], n_avg), idempotent=True)
         return out
 
     def now(self) -> float:
-        return self.board.clock_s  # type: ignore[union-attr]
+        return self._transact("SYST:CLK?", lambda: self.board.clock_s, idempotent=True)
 
     def _wait(self, seconds: float) -> None:
-        if self.virtual_clock:
-            self.board.emu_wait(seconds)  # type: ignore[union-attr]
+        if self.virtual_clock:  # idempotent by target time: a retried wait never waits twice
+            target = self.now() + seconds
+            self._transact("EMU:WAIT", lambda: self.board.emu_wait(max(0.0, target - self.board.clock_s)),
+                           idempotent=True)
             return
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:

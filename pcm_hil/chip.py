@@ -16,6 +16,17 @@ from typing import Any
 
 import numpy as np
 
+class PulseUncertain(RuntimeError):
+    """A pulse batch failed midway: these cells may or may not have been pulsed.
+
+    Never re-send blindly: read (verify) the cells and decide from what they hold.
+    """
+
+    def __init__(self, cells: np.ndarray, cause: BaseException) -> None:
+        super().__init__(f"pulse outcome unknown for {len(cells)} cells ({type(cause).__name__}: {cause})")
+        self.cells, self.cause = cells, cause
+
+
 class PulseKind(str, enum.Enum):
     """Pulse shape: SET crystallizes partially (slow quench), RESET melt-quenches."""
 

@@ -158,6 +158,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ["cell ops/s, one cell per transaction", r["cell_ops_per_s_single"]],
             ["ratio", r["ratio"]],
         ], title=f"wire benchmark over loopback, median of {r['repeats']}")
+    elif args.what == "faults":
+        from .bench import faults
+
+        r = faults.run(seed=args.seed)
+        text = format_table(["figure", "value"], [[k, r[k]] for k in (
+            "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "runs_resumed",
+            "measurements_lost", "cells_diverged", "cells_made_stuck", "yield", "yield_uninterrupted",
+            "yield_excluding_stuck", "seconds")], title="fault soak on the virtual bench")
     elif args.what == "budgets":
         from .bench import budgets
 
@@ -363,7 +371,14 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     geometry = Geometry(*args.geometry)
-    with VirtualBench(geometry, profile=args.profile, seed=args.seed, host=args.host, ports=ports) as vb:
+    faults = None
+    if args.fault_rate > 0:
+        from .emulator.instruments.faults import FaultPlan
+
+        faults = FaultPlan(rate=args.fault_rate, kinds=tuple(args.faults.split(",")), seed=args.fault_seed,
+                           delay_s=args.fault_delay, silent_s=args.fault_delay)
+    with VirtualBench(geometry, profile=args.profile, seed=args.seed, host=args.host, ports=ports,
+                      faults=faults) as vb:
         if args.bench_file:
             vb.bench_config().save(args.bench_file)
         if args.ready_file:
@@ -395,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmarks (figures, not pass/fail)")
-    b.add_argument("what", choices=["emulator", "wire", "budgets"])
+    b.add_argument("what", choices=["emulator", "wire", "budgets", "faults"])
     b.add_argument("--cells", type=int, default=None, help="batch size (default: 1e6 emulator, 1e5 wire)")
     b.add_argument("--repeats", type=int, default=7)
     b.add_argument("--seed", type=int, default=0)
@@ -411,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--profile", default="pcm", help="device profile: preset name or .toml/.json file")
     e.add_argument("--seed", type=int, default=0, help="chip seed")
     e.add_argument("--json", action="store_true", help="print the resource strings as one JSON object")
+    e.add_argument("--fault-rate", type=float, default=0.0, help="probability of a fault per board transaction")
+    e.add_argument("--faults", default="drop,delay,corrupt,truncate,error,silent,stuck",
+                   help="comma-separated fault kinds to inject")
+    e.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws")
+    e.add_argument("--fault-delay", type=float, default=2.0, help="seconds a delayed or silent board holds back")
     e.set_defaults(func=cmd_emulate)
 
     c = sub.add_parser("calibrate", help="measure the chip and fit its noise model, or validate a model")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .chip import Chip, PulseKind
+from .chip import Chip, PulseKind, PulseUncertain
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class VerifyConfig:
     drive_min: float = 0.03
     drive_max: float = 1.5
     max_seconds: float = 3600.0
+    max_uncertain: int = 5
 
     def __post_init__(self) -> None:
         checks = {
@@ -49,7 +50,7 @@ class VerifyConfig:
             "saturation_us": (self.saturation_us, 0.0, 1e6),
             "boost_decay_pulses": (self.boost_decay_pulses, 0.0, 1e3), "aim": (self.aim, 0.0, 1.0),
             "drive_min": (self.drive_min, 0.0, 100.0), "drive_max": (self.drive_max, 0.0, 100.0),
-            "max_seconds": (self.max_seconds, 0.0, 1e7),
+            "max_seconds": (self.max_seconds, 0.0, 1e7), "max_uncertain": (self.max_uncertain, 0, 10_000),
         }
         for name, (v, lo, hi) in checks.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo < v <= hi:
@@ -80,6 +81,7 @@ class VerifyResult:
     seconds: float
     stop_reason: str = "done"
     config: dict[str, Any] = field(default_factory=dict)
+    uncertain_batches: int = 0
 
     @property
     def error_us(self) -> np.ndarray:
@@ -157,17 +159,38 @@ def program_verify(
     need_reset = np.ones(n, dtype=bool)
     stop = "done"
     iteration = 0
+    uncertain = in_a_row = 0
+
+    def send(sel: np.ndarray, kind: PulseKind, amp: Any, width: float) -> np.ndarray:
+        """Pulse; returns per position whether the pulse surely went out. A cell in doubt is
+        logged and left to the next verify read. Gives up after ``max_uncertain`` calls in a
+        row in which every pulse was in doubt (a bench that is gone)."""
+        nonlocal uncertain, in_a_row
+        try:
+            chip.pulse(idx[sel], kind, amp, width)
+            in_a_row = 0
+            return np.ones(sel.size, bool)
+        except PulseUncertain as exc:
+            doubt = np.isin(idx[sel], exc.cells)
+            uncertain += 1
+            in_a_row = in_a_row + 1 if doubt.all() else 0
+            if record:
+                record("uncertain", iteration, sel[doubt], np.zeros(int(doubt.sum())))
+            if in_a_row > cfg.max_uncertain:
+                raise RuntimeError(f"gave up after {in_a_row} pulse calls in a row with unknown outcome") from exc
+            return ~doubt
+
     while active.size:
         if time.monotonic() - t_start > cfg.max_seconds:
             stop = "wall-time limit"
             break
         r = active[need_reset[active]]
         if r.size:
-            chip.pulse(idx[r], PulseKind.RESET, cfg.reset_amplitude_v, cfg.reset_width_s)
+            done = r[send(r, PulseKind.RESET, cfg.reset_amplitude_v, cfg.reset_width_s)]  # doubtful: RESET again
             if record:
-                record("reset", iteration, r, np.full(r.size, cfg.reset_amplitude_v))
-            need_reset[r] = False
-            since_reset[r] = 0
+                record("reset", iteration, done, np.full(done.size, cfg.reset_amplitude_v))
+            need_reset[done] = False
+            since_reset[done] = 0
         g = chip.read(idx[active], n_avg=cfg.n_avg)
         if record:
             record("read", iteration, active, g)
@@ -192,13 +215,15 @@ def program_verify(
             step *= 1.0 + cfg.reset_boost * np.exp(-since_reset[s] / cfg.boost_decay_pulses)
             drive = np.clip(cfg.aim * err[go] / step, cfg.drive_min, cfg.drive_max)
             amp = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * drive
-            chip.pulse(idx[s], PulseKind.SET, amp, cfg.set_width_s)
+            sure = send(s, PulseKind.SET, amp, cfg.set_width_s)
             if record:
-                record("set", iteration, s, amp)
+                record("set", iteration, s[sure], amp[sure])
             pulses[s] += 1
             since_reset[s] += 1
         active = active[keep]
         iteration += 1
         if progress is not None:
             progress(n - active.size, n)
-    return VerifyResult(idx, tgt, final, pulses, resets, converged, time.monotonic() - t_start, stop, asdict(cfg))
+    result = VerifyResult(idx, tgt, final, pulses, resets, converged, time.monotonic() - t_start, stop, asdict(cfg))
+    result.uncertain_batches = uncertain
+    return result

@@ -294,6 +294,15 @@ class EmulatedChip(Chip):
         """Noise-free drifted conductance (µS) now; emulator-only, for tests and reports."""
         return self._state_at(self.cells(cells), self.now())[0]
 
+    def inject_stuck(self, cells: Any) -> None:
+        """Emulator-only fault: these cells become stuck where they are now."""
+        idx = self.cells(cells)
+        g = self._state_at(idx, self.now())[0]
+        self.stuck[idx] = STUCK_RANDOM
+        self.g_sat[idx] = g
+        self.g_prog[idx] = g
+        self.t_prog[idx] = self.now()
+
     def stuck_kind(self, cells: Any = None) -> np.ndarray:
         """Stuck code per cell (0 none, 1 at RESET, 2 at SET, 3 at a random value); emulator-only."""
         return self.stuck[self.cells(cells)]

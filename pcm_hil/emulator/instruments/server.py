@@ -10,10 +10,13 @@ import ipaddress
 import socket
 import socketserver
 import threading
+import time
 
 
 from drivers import board_protocol as bp
 from drivers.errors import ProtocolError
+
+from .faults import TRANSIENT_CODE, FaultInjector
 
 MAX_LINE = 1 << 20
 
@@ -34,9 +37,11 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, host: str, port: int, handler: type, emulator: object, frame_timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, handler: type, emulator: object, frame_timeout_s: float,
+                 faults: "FaultInjector | None" = None) -> None:
         self.emulator = emulator
         self.frame_timeout_s = frame_timeout_s
+        self.faults = faults
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
         super().__init__((host, port), handler)
@@ -138,7 +143,10 @@ class FrameHandler(_Handler):
                     emu.errors.push(102, f"Frame rejected;{exc}")
                     self._reply(b'ERR 102,"Frame rejected;%s"' % str(exc).encode())
                     continue
-                self._reply(emu.handle(payload))
+                if self.server.faults is None:
+                    self._reply(emu.handle(payload))
+                elif not self._faulty(payload):
+                    return
             except socket.timeout:
                 emu.errors.push(103, "Frame truncated;discarded after timeout")
                 try:
@@ -149,12 +157,44 @@ class FrameHandler(_Handler):
                 return
 
 
+    def _faulty(self, payload: bytes) -> bool:
+        """Serve one request under fault injection; False when the connection is gone."""
+        emu, faults = self.server.emulator, self.server.faults
+        kind = faults.draw()
+        if kind == "error":
+            self._reply(b'ERR %d,"Transient fault;retry"' % TRANSIENT_CODE)
+            return True
+        if kind == "silent":
+            time.sleep(faults.plan.silent_s)
+            return True
+        if kind == "drop":
+            if faults.coin():
+                emu.handle(payload)
+            self.request.shutdown(socket.SHUT_RDWR)
+            return False
+        if kind == "stuck":
+            with emu.model.lock:
+                emu.model.chip.inject_stuck(faults.stuck_cells(emu.model.chip.geometry.n_cells))
+        frame = bp.encode_frame(emu.handle(payload))
+        if kind == "delay":
+            time.sleep(faults.plan.delay_s)
+        elif kind == "corrupt":
+            i = bp.HEADER_LEN + (len(frame) - bp.HEADER_LEN - bp.TRAILER_LEN) // 2
+            frame = frame[:i] + bytes([frame[i] ^ 0x40]) + frame[i + 1:]
+        elif kind == "truncate":
+            self.request.sendall(frame[: len(frame) // 2])
+            time.sleep(faults.plan.delay_s)
+            return True
+        self.request.sendall(frame)
+        return True
+
+
 class ServerThread:
     """One emulated instrument served on ``host:port`` in a background thread."""
 
     def __init__(self, emulator: object, handler: type, host: str = "127.0.0.1", port: int = 0,
-                 frame_timeout_s: float = 2.0) -> None:
-        self.server = _Server(check_loopback(host), port, handler, emulator, frame_timeout_s)
+                 frame_timeout_s: float = 2.0, faults: "FaultInjector | None" = None) -> None:
+        self.server = _Server(check_loopback(host), port, handler, emulator, frame_timeout_s, faults)
         self.host, self.port = self.server.server_address[:2]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"emulated-{type(emulator).__name__}", daemon=True)

@@ -9,6 +9,7 @@ from typing import Any
 from ...bench_config import BenchConfig, BoardConfig, ChipConfig, PulseGeneratorConfig, SMUConfig
 from ...chip import Geometry, SoftLimits
 from .bench_model import BenchModel
+from .faults import FaultInjector, FaultPlan
 from .board import BoardEmulator
 from .keithley2600 import Keithley2600Emulator
 from .keysight33500b import Keysight33500BEmulator
@@ -19,22 +20,25 @@ class VirtualBench:
     """Serve the emulated instruments on 127.0.0.1.
 
     ``ports``: (board, smu, pulse generator); 0 picks a free port. A board frame that
-    stops arriving midway is discarded after ``frame_timeout_s``. Use as a context
+    stops arriving midway is discarded after ``frame_timeout_s``. ``faults`` injects
+    seeded faults into board transactions (see :mod:`.faults`); ``self.faults`` counts them. Use as a context
     manager, or call :meth:`close`.
     """
 
     def __init__(self, geometry: Geometry | None = None, profile: Any = None, seed: int = 0,
                  host: str = "127.0.0.1", ports: tuple[int, int, int] = (0, 0, 0),
-                 frame_timeout_s: float = 2.0) -> None:
+                 frame_timeout_s: float = 2.0, faults: FaultPlan | None = None) -> None:
         self.model = BenchModel.create(geometry, profile=profile, seed=seed)
         self.board = BoardEmulator(self.model)
         self.smu = Keithley2600Emulator(self.model, seed=seed)
         self.pg = Keysight33500BEmulator(self.model)
+        self.faults = FaultInjector(faults) if faults is not None else None
         self._servers: list[ServerThread] = []
         try:
             for emu, handler, port in ((self.board, FrameHandler, ports[0]), (self.smu, LineHandler, ports[1]),
                                        (self.pg, LineHandler, ports[2])):
-                self._servers.append(ServerThread(emu, handler, host, port, frame_timeout_s))
+                self._servers.append(ServerThread(emu, handler, host, port, frame_timeout_s,
+                                                  self.faults if emu is self.board else None))
         except BaseException:
             self.close()
             raise
