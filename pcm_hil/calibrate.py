@@ -51,6 +51,7 @@ class CalibrationConfig:
     window_pulses: int = 40
     hammer_pulses: int = 20
     seed: int = 0
+    checkpoint_s: float = 1.0
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     def __post_init__(self) -> None:
@@ -73,6 +74,8 @@ class CalibrationConfig:
             raise ValueError("retention_s needs at least 3 increasing times")
         if self.retention_s[0] != self.t0_s:
             raise ValueError("retention_s must start at t0_s")
+        if not (math.isfinite(self.checkpoint_s) and 0 <= self.checkpoint_s <= 3600):
+            raise ValueError(f"checkpoint_s must be in [0, 3600] s, got {self.checkpoint_s!r}")
         if not 0 < self.level_max_fraction <= 1 or not self.level_min_us > 0:
             raise ValueError("need level_min_us > 0 and 0 < level_max_fraction <= 1")
 
@@ -115,9 +118,29 @@ class _Reader:
 
 
 def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | None = None,
-                    progress: Progress | None = None) -> tuple[str, NoiseModel]:
-    """Measure the chip, store every table, fit and return (run_id, model)."""
-    cfg = config or CalibrationConfig()
+                    progress: Progress | None = None, stop: Callable[[], bool] | None = None,
+                    resume: str | None = None) -> tuple[str, NoiseModel]:
+    """Measure the chip, store every table, fit and return (run_id, model).
+
+    Every stage is marked complete in the run store in the same transaction as its data,
+    and the program-and-verify sweep checkpoints per cell, so ``resume=RUN`` continues a
+    killed run: finished stages are skipped, verified cells are not pulsed again. A
+    ``stop()`` request ends the run resumably (:class:`~pcm_hil.checkpoint.Interrupted`).
+    """
+    from .checkpoint import Interrupted
+
+    if resume is not None:
+        info = store.run(resume)
+        if info["kind"] == "calibration" and info["settings"].get("chip_id") not in (None, chip_id(chip)):
+            raise ValueError(f"run {resume} calibrated {info['settings']['chip_id']!r}, not this chip "
+                             f"({chip_id(chip)!r})")
+        if info["kind"] == "calibration" and info["status"] == "done":  # nothing left to measure: refit
+            cfg = _config_from_dict(info["settings"]["config"])
+            cells = np.arange(cfg.first_cell, cfg.first_cell + cfg.cells, dtype=np.int64)
+            return resume, _fit(store, resume, chip, cfg, cells)
+        cfg = _config_from_dict(store.resume_run(resume, "calibration")["settings"]["config"])
+    else:
+        cfg = config or CalibrationConfig()
     n = chip.geometry.n_cells
     if cfg.first_cell + cfg.cells > n:
         raise ValueError(f"cells [{cfg.first_cell}, {cfg.first_cell + cfg.cells}) do not fit the chip's {n} cells")
@@ -126,19 +149,43 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     chip.limits.check_pulse(np.array([_max_drive_amplitude(vcfg)]), np.array([vcfg.set_width_s]))
     chip.limits.check_pulse(np.array([vcfg.reset_amplitude_v]), np.array([vcfg.reset_width_s]))
     report = progress or (lambda stage, done, total: None)
-    settings = {"procedure": "calibration", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
-                "config": asdict(cfg)}
-    run_id = store.create_run("calibration", settings)
+    if resume is None:
+        settings = {"procedure": "calibration", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
+                    "chip_id": chip_id(chip), "config": asdict(cfg)}
+        run_id = store.create_run("calibration", settings)
+    else:
+        run_id = resume
+    if hasattr(chip, "state_file"):  # an emulated chip keeps its cells next to the run
+        from pathlib import Path
+
+        chip.state_file = Path(store.path).parent / f"{run_id}-chip.npz"
+        chip.sync()
     try:
-        data = _measure(chip, store, run_id, cells, cfg, vcfg, report)
-        model = NoiseModel().fit(data, provenance={
-            "run_id": run_id, "software": f"pcm-hil {__version__}", "chip_id": chip_id(chip),
-            "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)})
+        _measure(chip, store, run_id, cells, cfg, vcfg, report, stop or (lambda: False))
+        model = _fit(store, run_id, chip, cfg, cells)
+    except Interrupted:
+        store.finish(run_id, status="interrupted")
+        raise
     except BaseException as exc:
         store.finish(run_id, status=f"failed: {type(exc).__name__}: {exc}"[:500])
         raise
     store.finish(run_id, result=model.summary())
     return run_id, model
+
+
+def _fit(store: RunStore, run_id: str, chip: Chip, cfg: CalibrationConfig, cells: np.ndarray) -> NoiseModel:
+    data = {t: store.read(run_id, t) for t in ("window", "programming", "trace", "read_noise", "retention", "faults")}
+    return NoiseModel().fit(data, provenance={
+        "run_id": run_id, "software": f"pcm-hil {__version__}", "chip_id": chip_id(chip),
+        "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)})
+
+
+def _config_from_dict(d: dict[str, Any]) -> CalibrationConfig:
+    d = dict(d)
+    d["verify"] = VerifyConfig(**d["verify"])
+    for k in ("tolerances_us", "retention_s"):
+        d[k] = tuple(d[k])
+    return CalibrationConfig(**d)
 
 
 def chip_id(chip: Chip) -> str:
@@ -151,88 +198,109 @@ def chip_id(chip: Chip) -> str:
 
 
 def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: CalibrationConfig,
-             vcfg: VerifyConfig, report: Progress) -> dict[str, pd.DataFrame]:
-    data: dict[str, pd.DataFrame] = {}
+             vcfg: VerifyConfig, report: Progress, stop: Callable[[], bool]) -> None:
+    from .checkpoint import Interrupted, VerifyJournal
 
-    def put(name: str, df: pd.DataFrame) -> None:
-        store.append(run_id, name, df)
-        data[name] = pd.concat([data[name], df], ignore_index=True) if name in data else df
+    done = store.stages(run_id)
+
+    def todo(stage: str) -> bool:
+        """Whether ``stage`` still has to run; a stop request ends the run here."""
+        if stage in done:
+            return False
+        if stop():
+            raise Interrupted(run_id, stage)
+        chip.sync()  # the data appended next must not get ahead of the chip's saved state
+        return True
 
     t_origin: list[float] = []
     reader = _Reader(chip, cfg.n_avg, on_wait=lambda now: report(
         "retention", now - t_origin[0], cfg.retention_s[-1]) if t_origin else None)
     # 1. window: floor after RESET, saturation after many strong SET pulses
-    report("window", 0, 1)
-    w = cells[:: max(1, cells.size // cfg.window_cells)][: cfg.window_cells]
-    chip.pulse(w, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
-    g_floor = chip.read(w, n_avg=cfg.n_avg)
-    for _ in range(cfg.window_pulses):
-        chip.pulse(w, PulseKind.SET, _max_drive_amplitude(vcfg), vcfg.set_width_s)
-    g_sat = chip.read(w, n_avg=cfg.n_avg)
-    put("window", pd.DataFrame({"cell": w, "g_floor_us": g_floor, "g_sat_us": g_sat}))
-    report("window", 1, 1)
-    g_sat_med = float(np.median(g_sat))
+    if todo("window"):
+        report("window", 0, 1)
+        w = cells[:: max(1, cells.size // cfg.window_cells)][: cfg.window_cells]
+        chip.pulse(w, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
+        g_floor = chip.read(w, n_avg=cfg.n_avg)
+        for _ in range(cfg.window_pulses):
+            chip.pulse(w, PulseKind.SET, _max_drive_amplitude(vcfg), vcfg.set_width_s)
+        g_sat = chip.read(w, n_avg=cfg.n_avg)
+        store.append(run_id, "window", pd.DataFrame({"cell": w, "g_floor_us": g_floor, "g_sat_us": g_sat}),
+                     stage="window")
+        report("window", 1, 1)
+    g_sat_med = float(np.median(store.read(run_id, "window")["g_sat_us"]))
     if g_sat_med < 2 * cfg.level_min_us:
         raise ValueError(f"the cells saturate at {g_sat_med:.3g} µS: too low for levels from {cfg.level_min_us} µS")
 
-    # 2. level sweep with program-and-verify, every step recorded
+    # 2. level sweep with program-and-verify, every step recorded, checkpointed per cell
     levels = np.linspace(cfg.level_min_us, cfg.level_max_fraction * g_sat_med, cfg.levels)
     tols = np.asarray(cfg.tolerances_us, float)
     group = np.random.default_rng(cfg.seed).permutation(cells.size) % (levels.size * tols.size)
     target, tol = levels[group % levels.size], tols[group // levels.size]
-    t_last = np.zeros(cells.size)
+    if todo("programming"):
+        def record(event: str, iteration: int, pos: np.ndarray, values: np.ndarray) -> None:
+            store.append(run_id, "trace", pd.DataFrame({"cell": cells[pos], "iteration": np.full(pos.size, iteration),
+                                                        "event": event, "value": np.asarray(values, np.float64)}))
 
-    def record(event: str, iteration: int, pos: np.ndarray, values: np.ndarray) -> None:
-        if event == "read":
-            t_last[pos] = chip.now()
-        put("trace", pd.DataFrame({"cell": cells[pos], "iteration": np.full(pos.size, iteration), "event": event,
-                                   "value": np.asarray(values, np.float64)}))
-
-    res = program_verify(chip, cells, target, vcfg, tolerance_us=tol, record=record,
-                         progress=lambda d, t: report("program-and-verify", d, t))
-    g_t0, age_t0 = reader.at(cells, t_last, cfg.t0_s)
-    put("programming", pd.DataFrame({
-        "cell": cells, "level_us": target, "tolerance_us": tol, "pulses": res.pulses, "resets": res.resets,
-        "converged": res.converged.astype(np.int64), "g_t0_us": g_t0, "age_s": age_t0,
-        "n_avg": np.full(cells.size, cfg.n_avg)}))
+        journal = VerifyJournal(store, run_id, "levels", cells, every_s=cfg.checkpoint_s, sync=chip.sync)
+        state = journal.load()
+        if state is not None:  # trace rows written after the last checkpoint keep their iteration numbers
+            state.iteration = max(state.iteration, int(store.read(run_id, "trace")["iteration"].max()) + 1)
+        res = program_verify(chip, cells, target, vcfg, tolerance_us=tol, record=record, state=state,
+                             checkpoint=journal, stop=stop, progress=lambda d, t: report("program-and-verify", d, t))
+        if res.stop_reason == "interrupted":
+            raise Interrupted(run_id, "program-and-verify")
+        g_t0, age_t0 = reader.at(cells, res.state.t_read_s, cfg.t0_s)
+        store.append(run_id, "programming", pd.DataFrame({
+            "cell": cells, "level_us": target, "tolerance_us": tol, "pulses": res.pulses, "resets": res.resets,
+            "converged": res.converged.astype(np.int64), "g_t0_us": g_t0, "age_s": age_t0,
+            "n_avg": np.full(cells.size, cfg.n_avg), "t_end_s": res.state.t_read_s}), stage="programming")
+    prog = store.read(run_id, "programming").set_index("cell").loc[cells]
+    converged, t_last = prog["converged"].to_numpy(bool), prog["t_end_s"].to_numpy()
 
     # 3. read noise: back-to-back reads, single and averaged, at every level
-    pick = []
-    for lv in levels:
-        ok = np.flatnonzero((target == lv) & (tol == tols.min()) & res.converged)
-        pick.append(ok[: cfg.noise_cells_per_level])
-    pick = np.concatenate(pick)
-    for n_avg, reps in ((1, cfg.noise_reads), (cfg.n_avg, cfg.noise_avg_reads)):
-        rows = [chip.read(cells[pick], n_avg=n_avg) for _ in range(reps)]
-        put("read_noise", pd.DataFrame({
-            "cell": np.tile(cells[pick], reps), "level_us": np.tile(target[pick], reps),
-            "n_avg": n_avg, "rep": np.repeat(np.arange(reps), pick.size), "g_us": np.concatenate(rows)}))
-        report("read noise", n_avg, cfg.n_avg)
+    if todo("read_noise"):
+        pick = np.concatenate([np.flatnonzero((target == lv) & (tol == tols.min()) & converged)
+                               [: cfg.noise_cells_per_level] for lv in levels])
+        parts = []
+        for n_avg, reps in ((1, cfg.noise_reads), (cfg.n_avg, cfg.noise_avg_reads)):
+            rows = [chip.read(cells[pick], n_avg=n_avg) for _ in range(reps)]
+            parts.append(pd.DataFrame({
+                "cell": np.tile(cells[pick], reps), "level_us": np.tile(target[pick], reps),
+                "n_avg": n_avg, "rep": np.repeat(np.arange(reps), pick.size), "g_us": np.concatenate(rows)}))
+            report("read noise", n_avg, cfg.n_avg)
+        store.append(run_id, "read_noise", pd.concat(parts, ignore_index=True), stage="read_noise")
 
-    # 4. retention: the same cells at log-spaced ages (the virtual clock makes a day instant)
-    keep = np.flatnonzero((tol == cfg.retention_tolerance_us) & res.converged)
+    # 4. retention: the same cells at log-spaced ages (the virtual clock makes a day instant);
+    # after a resume a read that is late records its true age
+    keep = np.flatnonzero((tol == cfg.retention_tolerance_us) & converged)
     t_origin.append(float(t_last[keep].min()) if keep.size else chip.now())
-    for k, delay in enumerate(cfg.retention_s[1:], start=1):
+    for k, delay in enumerate(cfg.retention_s, start=0):
+        if not todo(f"retention_{k}"):
+            continue
         report("retention", delay, cfg.retention_s[-1])
-        g, age = reader.at(cells[keep], t_last[keep], delay)
-        put("retention", pd.DataFrame({"cell": cells[keep], "level_us": target[keep], "read_idx": k, "age_s": age,
-                                       "g_us": g, "n_avg": cfg.n_avg}))
-    put("retention", pd.DataFrame({"cell": cells[keep], "level_us": target[keep], "read_idx": 0, "age_s": age_t0[keep],
-                                   "g_us": g_t0[keep], "n_avg": cfg.n_avg}))
+        if k == 0:  # the t0 read of the programming stage
+            g, age = prog["g_t0_us"].to_numpy()[keep], prog["age_s"].to_numpy()[keep]
+        else:
+            g, age = reader.at(cells[keep], t_last[keep], delay)
+        store.append(run_id, "retention", pd.DataFrame({"cell": cells[keep], "level_us": target[keep], "read_idx": k,
+                                                        "age_s": age, "g_us": g, "n_avg": cfg.n_avg}),
+                     stage=f"retention_{k}")
 
     # 5. faults: cells that do not move under strong SET pulses or RESETs
-    report("faults", 0, 1)
-    chip.pulse(cells, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
-    g_reset = chip.read(cells, n_avg=cfg.n_avg)
-    for _ in range(cfg.hammer_pulses):
-        chip.pulse(cells, PulseKind.SET, _max_drive_amplitude(vcfg), vcfg.set_width_s)
-    g_set = chip.read(cells, n_avg=cfg.n_avg)
-    chip.pulse(cells, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
-    g_reset2 = chip.read(cells, n_avg=cfg.n_avg)
-    put("faults", pd.DataFrame({"cell": cells, "g_reset_us": g_reset, "g_set_us": g_set, "g_reset2_us": g_reset2,
-                                "kind": classify_faults(g_reset, g_set, g_reset2, g_sat_med)}))
-    report("faults", 1, 1)
-    return data
+    if todo("faults"):
+        report("faults", 0, 1)
+        chip.pulse(cells, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
+        g_reset = chip.read(cells, n_avg=cfg.n_avg)
+        for _ in range(cfg.hammer_pulses):
+            chip.pulse(cells, PulseKind.SET, _max_drive_amplitude(vcfg), vcfg.set_width_s)
+        g_set = chip.read(cells, n_avg=cfg.n_avg)
+        chip.pulse(cells, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
+        g_reset2 = chip.read(cells, n_avg=cfg.n_avg)
+        store.append(run_id, "faults", pd.DataFrame({
+            "cell": cells, "g_reset_us": g_reset, "g_set_us": g_set, "g_reset2_us": g_reset2,
+            "kind": classify_faults(g_reset, g_set, g_reset2, g_sat_med)}), stage="faults")
+        report("faults", 1, 1)
+    chip.sync()
 
 
 def classify_faults(g_reset: np.ndarray, g_set: np.ndarray, g_reset2: np.ndarray, g_sat_us: float) -> np.ndarray:
@@ -269,14 +337,9 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
     target = levels[np.random.default_rng(seed).permutation(cells.size) % levels.size]
     vcfg = replace(VerifyConfig(**{k: v for k, v in model.provenance.get("config", {}).get("verify", {}).items()})
                    if model.provenance.get("config") else VerifyConfig(), max_pulses=max_pulses, n_avg=model.n_avg_)
-    t_last = np.zeros(cells.size)
-
-    def record(event: str, iteration: int, pos: np.ndarray, values: np.ndarray) -> None:
-        if event == "read":
-            t_last[pos] = chip.now()
-
-    res = program_verify(chip, cells, target, vcfg, tolerance_us=tolerance_us, record=record,
+    res = program_verify(chip, cells, target, vcfg, tolerance_us=tolerance_us,
                          progress=lambda d, t: report("program-and-verify", d, t))
+    t_last = res.state.t_read_s
     reader = _Reader(chip, model.n_avg_)
     t0 = model.t0_s_
     ages = [t0, 10 * t0, 100 * t0, 1000 * t0, 4320 * t0]

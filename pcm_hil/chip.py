@@ -221,6 +221,10 @@ class Chip(ABC):
         """What this chip is, for run records."""
         return {"backend": type(self).__name__, "geometry": asdict(self.geometry), "limits": asdict(self.limits)}
 
+    def sync(self) -> None:
+        """Make the chip's state durable before a checkpoint claims it. A no-op on hardware:
+        PCM cells are non-volatile. The emulator writes its state file, if it has one."""
+
     def close(self) -> None:
         """Release the chip (idempotent)."""
 

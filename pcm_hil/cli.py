@@ -202,9 +202,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibrate import CalibrationConfig, run_calibration, validate
 
     if args.action == "run":
+        from .checkpoint import StopRequest
+
         cfg = CalibrationConfig(cells=args.cells, first_cell=args.first_cell, seed=args.seed)
-        with open_chip(args) as chip, _store(args) as store, StageProgress(not args.json and sys.stderr.isatty()) as bar:
-            run_id, model = run_calibration(chip, store, cfg, progress=bar)
+        with _store(args) as store, _chip_for(args, store, args.resume) as chip, StopRequest() as stop, \
+                StageProgress(not args.json and sys.stderr.isatty()) as bar:
+            run_id, model = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume)
             model.save(args.out)
             report = None
             if args.report != "none":
@@ -255,7 +258,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 # -- store / load ---------------------------------------------------------------------
-def _noise_model(args: argparse.Namespace, chip: Chip, store, bar):  # noqa: ANN001, ANN202
+def _chip_for(args: argparse.Namespace, store, run_id: str | None) -> Chip:  # noqa: ANN001
+    """The chip for a new run (``--emulated``/``--bench``), or the one an earlier run used:
+    the bench, or the emulated chip saved next to that run (its cells are non-volatile)."""
+    if run_id is None or args.bench:
+        return open_chip(args)
+    from .emulator import EmulatedChip
+
+    store.run(run_id)  # names an unknown run before anything else
+    state = store.path.parent / f"{run_id}-chip.npz"
+    if not state.exists():
+        raise ValueError(f"run {run_id} has no saved emulated chip ({state}); give --bench FILE for a real chip")
+    return EmulatedChip.load_state(state)
+
+
+def _noise_model(args: argparse.Namespace, chip: Chip, store, bar, stop=None):  # noqa: ANN001, ANN202
     """The noise model from --noise-model, or calibrated now on the chip's last cells."""
     from calibration import NoiseModel
 
@@ -270,22 +287,32 @@ def _noise_model(args: argparse.Namespace, chip: Chip, store, bar):  # noqa: ANN
     n = chip.geometry.n_cells
     cells = min(20_000, n // 4)
     _, model = run_calibration(chip, store, CalibrationConfig(cells=cells, first_cell=n - cells, seed=args.seed),
-                               progress=bar)
+                               progress=bar, stop=stop)
     return model
 
 
 def cmd_store(args: argparse.Namespace) -> int:
+    from .calibrate import run_calibration
+    from .checkpoint import StopRequest
     from .coding import CodeConfig
-    from .pipeline import StoreConfig, run_store_job
+    from .pipeline import StoreConfig, resume_store_job, run_store_job
 
     cfg = StoreConfig(model=args.model, checkpoint=args.checkpoint, data_dir=args.data_dir,
                       code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity,
                       importance=args.importance, allocation=args.allocation, pulse_budget=args.pulse_budget,
                       target_loss=args.target_loss, replicas_per_weight=args.replicas, retention_s=args.retention,
                       seed=args.seed)
-    with open_chip(args) as chip, _store(args) as store, StageProgress(not args.json and sys.stderr.isatty()) as bar:
-        noise = _noise_model(args, chip, store, bar)
-        r = run_store_job(chip, noise, store, cfg, args.run_dir, progress=bar)
+    with _store(args) as store, _chip_for(args, store, args.resume) as chip, StopRequest() as stop, \
+            StageProgress(not args.json and sys.stderr.isatty()) as bar:
+        if args.resume and store.run(args.resume)["kind"] == "calibration":
+            # killed while calibrating on the spot: finish that calibration, then store
+            _, noise = run_calibration(chip, store, progress=bar, stop=stop, resume=args.resume)
+            r = run_store_job(chip, noise, store, cfg, args.run_dir, progress=bar, stop=stop)
+        elif args.resume:
+            r = resume_store_job(chip, store, args.resume, args.run_dir, progress=bar, stop=stop)
+        else:
+            noise = _noise_model(args, chip, store, bar, stop)
+            r = run_store_job(chip, noise, store, cfg, args.run_dir, progress=bar, stop=stop)
     decoded = r.pop("_decoded", None)
     if args.report != "none":
         from .store_report import write_store_report
@@ -314,26 +341,12 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .emulator import EmulatedChip
     from .pipeline import load_run
 
-    with _store(args) as store:
-        info = store.run(args.run)
-        state = Path(args.run_dir) / f"{args.run}-chip.npz"
-        if args.bench:
-            chip = open_chip(args)
-        elif state.exists():
-            chip = EmulatedChip.load_state(state)
-        else:
-            raise ValueError(f"run {args.run} was not stored on an emulated chip saved in {args.run_dir}; "
-                             "give --bench FILE to read a real chip")
-        with chip:
-            if args.wait:
-                chip.wait(args.wait)
-            r = load_run(chip, store, args.run, args.run_dir)
-    del info
+    with _store(args) as store, _chip_for(args, store, args.run) as chip:
+        if args.wait:
+            chip.wait(args.wait)
+        r = load_run(chip, store, args.run, args.run_dir)
     text = format_table(["", ""], [["accuracy read back now", f"{r['accuracy_loaded']:.2%}"],
                                    ["accuracy at store time", f"{r['accuracy_stored_at_store_time']:.2%}"],
                                    ["reference accuracy", f"{r['accuracy_reference']:.2%}"],
@@ -442,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--out", default="noise-model.json", help="model file to write (JSON)")
     cr.add_argument("--report", default=None, help="PNG report path (default next to --out; 'none' to skip)")
     cr.add_argument("--run-dir", default="runs", help="run store directory (default ./runs)")
+    cr.add_argument("--resume", metavar="RUN", help="continue a calibration run that was stopped or killed")
     cr.add_argument("--json", action="store_true", help="print one JSON object")
-    cr.set_defaults(func=cmd_calibrate)
+    cr.set_defaults(func=cmd_calibrate, resume_command="pcm-hil calibrate run")
     cv = csub.add_parser("validate", help="program fresh cells and compare with the model's predictions")
     cv.add_argument("model", help="noise model JSON file")
     add_chip_args(cv)
@@ -471,8 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--retention", type=float, default=86400.0, help="seconds between programming and read-back")
     st.add_argument("--run-dir", default="runs", help="run store directory (default ./runs)")
     st.add_argument("--report", default=None, help="PNG report path (default RUN_DIR/RUN.png; 'none' to skip)")
+    st.add_argument("--resume", metavar="RUN", help="continue a store run that was stopped or killed "
+                                                     "(its settings are the run's own; other options are ignored)")
     st.add_argument("--json", action="store_true", help="print one JSON object")
-    st.set_defaults(func=cmd_store)
+    st.set_defaults(func=cmd_store, resume_command="pcm-hil store")
 
     ld = sub.add_parser("load", help="read a stored model back from the chip and evaluate it")
     ld.add_argument("run", help="run id of a store run")
@@ -500,10 +516,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import Interrupted
+    from .store import RunLocked
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as exc:
+    except Interrupted as exc:
+        resume = f"{getattr(args, 'resume_command', 'pcm-hil')} --resume {exc.run_id}"
+        if getattr(args, "run_dir", "runs") != "runs":
+            resume += f" --run-dir {args.run_dir}"
+        print(f"pcm-hil: stopped during {exc.stage}; outputs are off. Continue with: {resume}", file=sys.stderr)
+        return 130
+    except (ValueError, RunLocked) as exc:
         print(f"pcm-hil: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:

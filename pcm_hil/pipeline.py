@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,8 @@ import torch
 from calibration import NoiseModel
 
 from . import __version__, allocation, coding, cost, datasets
+from .calibrate import chip_id
+from .checkpoint import Interrupted, VerifyJournal
 from .chip import Chip
 from .coding import CodeConfig
 from .compression import analog_parameters, prune_and_finetune, quantize
@@ -59,6 +62,7 @@ class StoreConfig:
     g_hi_fraction: float = 1.0
     caps: tuple[int, ...] = DEFAULT_CAPS
     digital_baseline: bool = True
+    checkpoint_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.allocation not in ("importance", "uniform"):
@@ -73,6 +77,8 @@ class StoreConfig:
             raise ValueError(f"replicas_per_weight must be in [1, {self.max_replicas}], got {self.replicas_per_weight!r}")
         if not 0 < self.g_hi_fraction <= 1:
             raise ValueError("g_hi_fraction must be in (0, 1]")
+        if not (math.isfinite(self.checkpoint_s) and 0 <= self.checkpoint_s <= 3600):
+            raise ValueError(f"checkpoint_s must be in [0, 3600] s, got {self.checkpoint_s!r}")
         if not isinstance(self.first_cell, int) or self.first_cell < 0:
             raise ValueError("first_cell must be a non-negative integer")
 
@@ -274,8 +280,14 @@ def compensate(reads: np.ndarray, ref_targets: np.ndarray, ref_reads: np.ndarray
 
 
 def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConfig, run_dir: str | Path,
-                  progress: Progress | None = None) -> dict[str, Any]:
-    """Store ``cfg.model`` on ``chip``; returns the result record (also saved in the run store)."""
+                  progress: Progress | None = None, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Store ``cfg.model`` on ``chip``; returns the result record (also saved in the run store).
+
+    The run checkpoints as it goes (layout, per-cell program-and-verify state, programmed
+    table, read-back); :func:`resume_store_job` continues it after a kill. ``stop()`` is
+    polled between transactions; when it returns True the run ends with
+    :class:`~pcm_hil.checkpoint.Interrupted`, resumable.
+    """
     report = progress or (lambda stage, done, total: None)
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -284,50 +296,120 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
     vcfg = VerifyConfig(**noise.provenance["config"]["verify"]) if noise.provenance.get("config") else VerifyConfig()
     vcfg = replace(vcfg, n_avg=noise.n_avg_, max_pulses=int(prep.plan.max_pulses.max()))
     settings = {"procedure": "store", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
-                "config": asdict(cfg), "verify": asdict(vcfg), "noise_model": noise.provenance,
+                "chip_id": chip_id(chip), "config": asdict(cfg), "verify": asdict(vcfg),
+                "noise_model": noise.provenance,
                 "tensors": [{"name": e.name, "shape": list(e.shape), "scale": e.scale, "g_hi": e.g_hi}
                             for e in prep.encoded]}
     run_id = store.create_run("store", settings)
-    try:
+    with _failing_marks(store, run_id):
+        _attach_state_file(chip, run_dir, run_id)
+        noise.save(Path(run_dir) / f"{run_id}-noise.json")
         _write_layout(store, run_id, prep, cells, run_dir)
-        res = program_verify(chip, cells, prep.targets, vcfg, tolerance_us=prep.plan.tolerance_us,
-                             max_pulses=prep.plan.max_pulses, progress=lambda d, t: report("program", d, t))
-        store.append(run_id, "programmed", pd.DataFrame({
-            "cell": cells, "final_us": res.final_us, "pulses": res.pulses, "resets": res.resets,
-            "converged": res.converged.astype(np.int64)}))
-        report("retention", 0, 1)
-        chip.wait(cfg.retention_s)
+    return _program_and_read(chip, noise, store, cfg, run_id, prep, cells, vcfg, report, stop, t_start, False)
+
+
+def resume_store_job(chip: Chip, store: RunStore, run_id: str, run_dir: str | Path,
+                     progress: Progress | None = None, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Continue a store run that was killed or stopped: cells already verified are not
+    pulsed again, cells in flight are re-verified first, finished stages are skipped."""
+    report = progress or (lambda stage, done, total: None)
+    t_start = time.monotonic()
+    info = store.run(run_id)
+    if info["kind"] == "store" and info["settings"].get("chip_id") not in (None, chip_id(chip)):
+        raise ValueError(f"run {run_id} was stored on {info['settings']['chip_id']!r}, not on this chip "
+                         f"({chip_id(chip)!r})")
+    store.resume_run(run_id, "store")
+    with _failing_marks(store, run_id):
+        if "layout" not in store.stages(run_id):
+            raise ValueError(f"run {run_id} stopped before its layout was written, so nothing was programmed: "
+                             "start a new run instead")
+        noise = NoiseModel.load(Path(run_dir) / f"{run_id}-noise.json")
+        cfg, prep = _restore(store, run_id, run_dir, noise, info)
+        vcfg = VerifyConfig(**info["settings"]["verify"])
+        cells = store.read(run_id, "layout")["cell"].to_numpy(np.int64)
+        _attach_state_file(chip, run_dir, run_id)
+    return _program_and_read(chip, noise, store, cfg, run_id, prep, cells, vcfg, report, stop, t_start, True)
+
+
+@contextmanager
+def _failing_marks(store: RunStore, run_id: str) -> Iterator[None]:
+    """Record why a run ended early (``interrupted`` or ``failed: ...``), then re-raise."""
+    try:
+        yield
+    except Interrupted:
+        store.finish(run_id, status="interrupted")
+        raise
+    except BaseException as exc:
+        store.finish(run_id, status=f"failed: {type(exc).__name__}: {exc}"[:500])
+        raise
+
+
+def _attach_state_file(chip: Chip, run_dir: str | Path, run_id: str) -> None:
+    """An emulated chip saves itself next to the run at every checkpoint (cells are non-volatile)."""
+    if hasattr(chip, "state_file"):
+        chip.state_file = Path(run_dir) / f"{run_id}-chip.npz"
+        chip.sync()
+
+
+def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConfig, run_id: str,
+                      prep: Prepared, cells: np.ndarray, vcfg: VerifyConfig, report: Progress,
+                      stop: Callable[[], bool] | None, t_start: float, resumed: bool) -> dict[str, Any]:
+    with _failing_marks(store, run_id):
+        stages = store.stages(run_id)
+        if "programmed" not in stages:
+            journal = VerifyJournal(store, run_id, "program", cells, every_s=cfg.checkpoint_s, sync=chip.sync)
+            state = journal.load()
+            res = program_verify(chip, cells, prep.targets, vcfg, tolerance_us=prep.plan.tolerance_us,
+                                 max_pulses=prep.plan.max_pulses, progress=lambda d, t: report("program", d, t),
+                                 state=state, checkpoint=journal, stop=stop)
+            if res.stop_reason == "interrupted":
+                raise Interrupted(run_id, "program-and-verify")
+            chip.sync()
+            store.append(run_id, "programmed", pd.DataFrame({
+                "cell": cells, "final_us": res.final_us, "pulses": res.pulses, "resets": res.resets,
+                "converged": res.converged.astype(np.int64), "t_read_s": res.state.t_read_s}),
+                stage="programmed", info={"t_chip_s": chip.now()})
+        t_programmed = store.stages(run_id)["programmed"]["t_chip_s"]
+        _wait_until(chip, t_programmed + cfg.retention_s, stop, run_id, report)
+        prog = store.read(run_id, "programmed")
         result = _read_back(chip, store, run_id, prep, cfg, cells, vcfg.n_avg)
-        pulses_total = int(res.pulses.sum() + res.resets.sum() + cells.size)  # + the first RESET of each
+        set_pulses, resets = int(prog["pulses"].sum()), int(prog["resets"].sum())
         result.update(
             run_id=run_id, model=cfg.model, weights=int(sum(e.weights for e in prep.encoded)),
-            cells=int(cells.size), retention_s=cfg.retention_s, pulses=pulses_total,
-            pulses_planned=prep.plan.pulses, set_pulses=int(res.pulses.sum()), resets=int(res.resets.sum() + cells.size),
-            yield_=float(res.converged.mean()), code=coding.describe(cfg.code), allocation=cfg.allocation,
-            sparsity=cfg.sparsity, accuracy_reference=prep.accuracy_reference,
-            accuracy_compressed=prep.accuracy_compressed)
-        result["yield"] = result.pop("yield_")
+            cells=int(cells.size), retention_s=cfg.retention_s, pulses=set_pulses + resets + int(cells.size),
+            pulses_planned=prep.plan.pulses, set_pulses=set_pulses, resets=resets + int(cells.size),
+            code=coding.describe(cfg.code), allocation=cfg.allocation, sparsity=cfg.sparsity,
+            accuracy_reference=prep.accuracy_reference, accuracy_compressed=prep.accuracy_compressed, resumed=resumed)
+        result["yield"] = float(prog["converged"].mean())
         _costs(result, prep, cfg)
         report("accuracy curve", 0, 1)
         result["accuracy_curve"] = accuracy_curve(prep, cfg, noise, seed=cfg.seed)
         result["seconds"] = time.monotonic() - t_start
-        if hasattr(chip, "save_state"):
-            chip.save_state(Path(run_dir) / f"{run_id}-chip.npz")
-            result["chip_state"] = str(Path(run_dir) / f"{run_id}-chip.npz")
-    except BaseException as exc:
-        store.finish(run_id, status=f"failed: {type(exc).__name__}: {exc}"[:500])
-        raise
+        if hasattr(chip, "state_file"):
+            chip.sync()
+            result["chip_state"] = str(chip.state_file)
     store.finish(run_id, result={k: v for k, v in result.items() if not k.startswith("_")})
     return result
 
 
+def _wait_until(chip: Chip, t_chip_s: float, stop: Callable[[], bool] | None, run_id: str, report: Progress) -> None:
+    """Wait (by the chip's clock) until ``t_chip_s``, in slices so a stop request is honoured."""
+    total = max(0.0, t_chip_s - chip.now())
+    step = max(1.0, total / 100)
+    while (left := t_chip_s - chip.now()) > 0:
+        if stop is not None and stop():
+            raise Interrupted(run_id, "retention wait")
+        report("retention", total - left, total)
+        chip.wait(min(step, left))
+    report("retention", total, total)
+
+
 def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarray, run_dir: str | Path) -> None:
-    owner = np.concatenate([e.owner for e in prep.encoded] + [np.full((prep.tensor_of < 0).sum(), -1)])
-    role = np.concatenate([e.role for e in prep.encoded] + [np.full((prep.tensor_of < 0).sum(), -1)])
-    store.append(run_id, "layout", pd.DataFrame({
-        "cell": cells, "tensor": prep.tensor_of, "weight": prep.weight_of, "owner": owner, "role": role.astype(np.int64),
-        "target_us": prep.targets, "importance": prep.importance, "tolerance_us": prep.plan.tolerance_us,
-        "max_pulses": prep.plan.max_pulses}))
+    """Everything a later ``load`` or ``--resume`` needs, written before the first pulse; the
+    ``layout`` stage is marked in the same transaction as the layout table."""
+    digital = {n: t.detach().clone() for n, t in prep.compressed.state_dict().items() if n not in prep.names}
+    _save_torch(digital, Path(run_dir) / f"{run_id}-digital.pt")
+    _save_torch(prep.compressed.state_dict(), Path(run_dir) / f"{run_id}-compressed.pt")
     rows = []
     for k, enc in enumerate(prep.encoded):
         keep = enc.mask.ravel() if enc.mask is not None else np.ones(enc.weights, bool)
@@ -339,17 +421,38 @@ def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarra
         rows.append(pd.DataFrame({"tensor": k, "weight_index": np.arange(enc.weights), "keep": keep.astype(np.int64),
                                   "negative": neg.astype(np.int64), "replicas": reps}))
     store.append(run_id, "side", pd.concat(rows, ignore_index=True))
-    digital = {n: t.detach().clone() for n, t in prep.compressed.state_dict().items() if n not in prep.names}
-    torch.save(digital, Path(run_dir) / f"{run_id}-digital.pt")
+    n_ref = int((prep.tensor_of < 0).sum())
+    owner = np.concatenate([e.owner for e in prep.encoded] + [np.full(n_ref, -1)])
+    role = np.concatenate([e.role for e in prep.encoded] + [np.full(n_ref, -1)])
+    gain = np.concatenate([e.gains for e in prep.encoded] + [np.ones(n_ref)])
+    store.append(run_id, "layout", pd.DataFrame({
+        "cell": cells, "tensor": prep.tensor_of, "weight": prep.weight_of, "owner": owner, "role": role.astype(np.int64),
+        "gain": gain, "target_us": prep.targets, "importance": prep.importance, "tolerance_us": prep.plan.tolerance_us,
+        "max_pulses": prep.plan.max_pulses, "expected_pulses": prep.plan.expected_pulses,
+        "expected_sq_error_us2": prep.plan.expected_sq_error}),
+        stage="layout", info={"accuracy_reference": prep.accuracy_reference,
+                              "accuracy_compressed": prep.accuracy_compressed, "side_bits": prep.side_bits,
+                              "tensor_side_bits": prep.tensor_side_bits, "lagrange": prep.plan.lagrange})
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: StoreConfig, cells: np.ndarray,
                n_avg: int) -> dict[str, Any]:
     report = {}
-    reads = chip.read(cells, n_avg=n_avg).astype(np.float64)
     ref = prep.tensor_of < 0
-    corrected, comp = compensate(reads, prep.targets[ref], reads[ref])
-    store.append(run_id, "readback", pd.DataFrame({"cell": cells, "read_us": reads, "corrected_us": corrected}))
+    if "readback" in store.stages(run_id):  # read before a kill: reads are kept, not repeated
+        reads = store.read(run_id, "readback")["read_us"].to_numpy(np.float64)
+        corrected, comp = compensate(reads, prep.targets[ref], reads[ref])
+    else:
+        reads = chip.read(cells, n_avg=n_avg).astype(np.float64)
+        corrected, comp = compensate(reads, prep.targets[ref], reads[ref])
+        store.append(run_id, "readback", pd.DataFrame({"cell": cells, "read_us": reads, "corrected_us": corrected,
+                                                       "t_chip_s": chip.now()}), stage="readback")
     decoded = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of)
     raw = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, reads, prep.tensor_of)
     report["accuracy_stored"] = accuracy(decoded, prep.test.x, prep.test.y)
@@ -359,10 +462,9 @@ def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: St
     report["error_us"] = {"rms": float(np.sqrt(np.mean(err ** 2))), "p50_abs": float(np.median(np.abs(err))),
                           "p99_abs": float(np.percentile(np.abs(err), 99))}
     report["_decoded"] = decoded
-    cells_w = ~ref
     gain = np.concatenate([e.gains for e in prep.encoded])
-    report["_cells"] = {"importance": prep.importance[cells_w], "error_weight": err * gain,
-                        "tolerance_us": prep.plan.tolerance_us[cells_w]}
+    report["_cells"] = {"importance": prep.importance[~ref], "error_weight": err * gain,
+                        "tolerance_us": prep.plan.tolerance_us[~ref]}
     return report
 
 
@@ -406,36 +508,67 @@ def _best_digital(prep: Prepared, cfg: StoreConfig, weights: int, other: int, ta
     return cost.best_digital(evaluate, weights, other, len(prep.names), target)
 
 
-def load_run(chip: Chip, store: RunStore, run_id: str, run_dir: str | Path) -> dict[str, Any]:
-    """Read a stored model back from the chip using the layout in the run store."""
-    info = store.run(run_id)
-    if info["kind"] != "store":
-        raise ValueError(f"run {run_id} is a {info['kind']} run, not a stored model")
-    s = info["settings"]
-    cfg_d = dict(s["config"])
+def _config_of(info: dict[str, Any]) -> StoreConfig:
+    cfg_d = dict(info["settings"]["config"])
     cfg_d["code"] = CodeConfig(**cfg_d["code"])
     cfg_d["caps"] = tuple(cfg_d["caps"])
-    cfg = StoreConfig(**cfg_d)
-    layout = store.read(run_id, "layout")
-    side = store.read(run_id, "side")
+    return StoreConfig(**cfg_d)
+
+
+def _encoded_from_store(store: RunStore, run_id: str, info: dict[str, Any], cfg: StoreConfig
+                        ) -> tuple[pd.DataFrame, list[coding.EncodedTensor]]:
+    layout, side = store.read(run_id, "layout"), store.read(run_id, "side")
     if layout.empty or side.empty:
         raise ValueError(f"run {run_id} has no complete layout in the store")
-    model = load_model(cfg.model, cfg.checkpoint)
-    train, test = _dataset(cfg)
-    names = analog_parameters(model)
-    digital_path = Path(run_dir) / f"{run_id}-digital.pt"
-    digital = load_state_dict(digital_path)
-    missing = model.load_state_dict({**model.state_dict(), **digital}, strict=True)
-    del missing
     encoded = []
-    for k, t in enumerate(s["tensors"]):
+    for k, t in enumerate(info["settings"]["tensors"]):
         sd = side[side["tensor"] == k].sort_values("weight_index")
         lay = layout[layout["tensor"] == k]
         keep = sd["keep"].to_numpy(bool)
         encoded.append(coding.EncodedTensor(
             t["name"], tuple(t["shape"]), t["scale"], t["g_hi"], keep.reshape(t["shape"]) if cfg.sparsity > 0 else None,
             sd["negative"].to_numpy(bool)[keep] if cfg.code.sign_bits else None, sd["replicas"].to_numpy()[keep],
-            lay["target_us"].to_numpy(), lay["owner"].to_numpy(), lay["role"].to_numpy(), np.ones(len(lay))))
+            lay["target_us"].to_numpy(), lay["owner"].to_numpy(), lay["role"].to_numpy(),
+            lay["gain"].to_numpy() if "gain" in lay else np.ones(len(lay))))
+    return layout, encoded
+
+
+def _restore(store: RunStore, run_id: str, run_dir: str | Path, noise: NoiseModel, info: dict[str, Any]
+             ) -> tuple[StoreConfig, Prepared]:
+    """The run's :class:`Prepared` rebuilt from the store and its files (no re-training)."""
+    cfg = _config_of(info)
+    layout, encoded = _encoded_from_store(store, run_id, info, cfg)
+    done = store.stages(run_id)["layout"]
+    model = load_model(cfg.model, cfg.checkpoint)
+    compressed = load_model(cfg.model, cfg.checkpoint)
+    compressed.load_state_dict(load_state_dict(Path(run_dir) / f"{run_id}-compressed.pt"), strict=True)
+    train, test = _dataset(cfg)
+    names = analog_parameters(model)
+    cal = train.subset(min(cfg.importance_samples, len(train)), seed=cfg.seed)
+    imp = weight_importance(compressed, names, cal.x, cal.y, cfg.importance)
+    n = len(layout)
+    plan = allocation.Plan(layout["tolerance_us"].to_numpy(), layout["max_pulses"].to_numpy(np.int64),
+                           layout["expected_pulses"].to_numpy(), layout["expected_sq_error_us2"].to_numpy(),
+                           allocation.options(noise, cfg.caps), np.zeros(n, np.int64), done["lagrange"])
+    prep = Prepared(model, compressed, names, encoded, layout["target_us"].to_numpy(), layout["weight"].to_numpy(),
+                    layout["tensor"].to_numpy(), layout["importance"].to_numpy(), plan, done["side_bits"], test,
+                    train, done["accuracy_reference"], done["accuracy_compressed"], imp, done["tensor_side_bits"])
+    return cfg, prep
+
+
+def load_run(chip: Chip, store: RunStore, run_id: str, run_dir: str | Path) -> dict[str, Any]:
+    """Read a stored model back from the chip using the layout in the run store."""
+    info = store.run(run_id)
+    if info["kind"] != "store":
+        raise ValueError(f"run {run_id} is a {info['kind']} run, not a stored model")
+    s = info["settings"]
+    cfg = _config_of(info)
+    layout, encoded = _encoded_from_store(store, run_id, info, cfg)
+    model = load_model(cfg.model, cfg.checkpoint)
+    train, test = _dataset(cfg)
+    names = analog_parameters(model)
+    digital = load_state_dict(Path(run_dir) / f"{run_id}-digital.pt")
+    model.load_state_dict({**model.state_dict(), **digital}, strict=True)
     cells = layout["cell"].to_numpy()
     tensor_of = layout["tensor"].to_numpy()
     reads = chip.read(cells, n_avg=int(s["verify"]["n_avg"])).astype(np.float64)

@@ -68,6 +68,47 @@ def naive_config(base: VerifyConfig | None = None, drive: float = 0.3) -> Verify
     return replace(base or VerifyConfig(), drive_min=drive, drive_max=drive)
 
 
+PENDING, CONVERGED, GAVE_UP = 0, 1, 2
+
+
+@dataclass
+class VerifyState:
+    """Where every cell's loop stands: what a checkpoint stores and a resume starts from.
+
+    ``status``: 0 pending (never started or in flight), 1 verified, 2 gave up (out of pulses
+    or RESETs). ``need_reset``: the next step is a RESET (True until the first RESET went
+    out surely). Pending cells are re-verified by a read before any further pulse.
+    """
+
+    final_us: np.ndarray
+    pulses: np.ndarray
+    resets: np.ndarray
+    since_reset: np.ndarray
+    need_reset: np.ndarray
+    status: np.ndarray
+    t_read_s: np.ndarray  # chip time of each cell's last verify read (s)
+    iteration: int = 0    # the next iteration number (continues across a resume)
+
+    @classmethod
+    def fresh(cls, n: int) -> "VerifyState":
+        return cls(np.zeros(n, np.float32), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64),
+                   np.ones(n, bool), np.zeros(n, np.int8), np.zeros(n))
+
+    def __len__(self) -> int:
+        return self.status.size
+
+    def rows(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """Column arrays of the given positions (for a checkpoint table)."""
+        return {"final_us": self.final_us[positions].astype(np.float64), "pulses": self.pulses[positions],
+                "resets": self.resets[positions], "since_reset": self.since_reset[positions],
+                "need_reset": self.need_reset[positions].astype(np.int64),
+                "status": self.status[positions].astype(np.int64), "t_read_s": self.t_read_s[positions],
+                "iteration": np.full(positions.size, self.iteration, np.int64)}
+
+
+Checkpoint = Callable[[VerifyState, np.ndarray], None]
+
+
 @dataclass
 class VerifyResult:
     """Per-cell outcome of a program-and-verify run (arrays in the order of ``cells``)."""
@@ -82,10 +123,16 @@ class VerifyResult:
     stop_reason: str = "done"
     config: dict[str, Any] = field(default_factory=dict)
     uncertain_batches: int = 0
+    state: "VerifyState | None" = None
 
     @property
     def error_us(self) -> np.ndarray:
         return self.final_us - self.targets_us
+
+    @property
+    def finished(self) -> np.ndarray:
+        """Cells whose loop ended (verified or out of pulses/RESETs); False where a stop cut it short."""
+        return self.state.status != PENDING if self.state is not None else np.ones(self.cells.size, bool)
 
     def summary(self) -> dict[str, Any]:
         """Yield, pulse statistics and error percentiles (µS)."""
@@ -120,6 +167,9 @@ def program_verify(
     max_pulses: Any = None,
     progress: Callable[[int, int], None] | None = None,
     record: Callable[[str, int, np.ndarray, np.ndarray], None] | None = None,
+    state: VerifyState | None = None,
+    checkpoint: Checkpoint | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> VerifyResult:
     """Program ``cells`` to ``targets_us`` (µS) with per-cell tolerance and pulse cap.
 
@@ -128,6 +178,12 @@ def program_verify(
     ``record(event, iteration, positions, values)`` receives every step: ``"reset"`` and
     ``"set"`` with the amplitudes sent (V), ``"read"`` with the verify reads (µS);
     ``positions`` index into ``cells``.
+
+    Resume: ``state`` (from a checkpoint) skips cells already finished and re-verifies the
+    pending ones before any pulse. ``checkpoint(state, changed)`` is called after every
+    iteration with the positions whose state changed, and once more at the end.
+    ``stop()`` is polled between iterations; when it returns True the loop ends with
+    ``stop_reason="interrupted"`` after the transaction in flight, its state resumable.
     """
     cfg = config or VerifyConfig()
     idx = chip.cells(cells)
@@ -149,16 +205,14 @@ def program_verify(
     v_top = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * cfg.drive_max
     chip.limits.check_pulse(np.array([v_top]), np.array([cfg.set_width_s]))
 
+    st = VerifyState.fresh(n) if state is None else state
+    if len(st) != n:
+        raise ValueError(f"the resume state holds {len(st)} cells, the run has {n}")
+    final, pulses, resets, since_reset, need_reset = st.final_us, st.pulses, st.resets, st.since_reset, st.need_reset
     t_start = time.monotonic()
-    final = np.zeros(n, dtype=np.float32)
-    pulses = np.zeros(n, dtype=np.int64)
-    resets = np.zeros(n, dtype=np.int64)
-    since_reset = np.zeros(n, dtype=np.int64)
-    converged = np.zeros(n, dtype=bool)
-    active = np.arange(n)
-    need_reset = np.ones(n, dtype=bool)
-    stop = "done"
-    iteration = 0
+    active = np.flatnonzero(st.status == PENDING)
+    stop_reason = "done"
+    iteration = st.iteration
     uncertain = in_a_row = 0
 
     def send(sel: np.ndarray, kind: PulseKind, amp: Any, width: float) -> np.ndarray:
@@ -180,50 +234,68 @@ def program_verify(
                 raise RuntimeError(f"gave up after {in_a_row} pulse calls in a row with unknown outcome") from exc
             return ~doubt
 
-    while active.size:
-        if time.monotonic() - t_start > cfg.max_seconds:
-            stop = "wall-time limit"
-            break
-        r = active[need_reset[active]]
-        if r.size:
-            done = r[send(r, PulseKind.RESET, cfg.reset_amplitude_v, cfg.reset_width_s)]  # doubtful: RESET again
+    try:
+        while active.size:
+            if time.monotonic() - t_start > cfg.max_seconds:
+                stop_reason = "wall-time limit"
+                break
+            if stop is not None and stop():
+                stop_reason = "interrupted"
+                break
+            r = active[need_reset[active]]
+            if r.size:
+                done = r[send(r, PulseKind.RESET, cfg.reset_amplitude_v, cfg.reset_width_s)]  # doubtful: RESET again
+                if record:
+                    record("reset", iteration, done, np.full(done.size, cfg.reset_amplitude_v))
+                need_reset[done] = False
+                since_reset[done] = 0
+            g = chip.read(idx[active], n_avg=cfg.n_avg)
+            st.t_read_s[active] = chip.now()
             if record:
-                record("reset", iteration, done, np.full(done.size, cfg.reset_amplitude_v))
-            need_reset[done] = False
-            since_reset[done] = 0
-        g = chip.read(idx[active], n_avg=cfg.n_avg)
-        if record:
-            record("read", iteration, active, g)
-        final[active] = g
-        err = tgt[active] - g
-        ok = np.abs(err) <= tol[active]
-        converged[active[ok]] = True
-        over = err < -tol[active]
-        out_of_pulses = pulses[active] >= cap[active]
-        out_of_resets = over & (resets[active] >= cfg.max_resets)
-        keep = ~ok & ~out_of_pulses & ~out_of_resets
-        # overshoot: RESET and try again (counted), the SET happens on the next round
-        restart = keep & over
-        resets[active[restart]] += 1
-        need_reset[active[restart]] = True
-        go = keep & ~over
-        s = active[go]
-        if s.size:
-            # programming curve: the step of the reference pulse shrinks as the cell fills
-            # and is larger for the first pulses after a RESET; aim short of the target
-            step = cfg.step_ref_us * np.maximum(1.0 - g[go] / cfg.saturation_us, 0.15)
-            step *= 1.0 + cfg.reset_boost * np.exp(-since_reset[s] / cfg.boost_decay_pulses)
-            drive = np.clip(cfg.aim * err[go] / step, cfg.drive_min, cfg.drive_max)
-            amp = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * drive
-            sure = send(s, PulseKind.SET, amp, cfg.set_width_s)
-            if record:
-                record("set", iteration, s[sure], amp[sure])
-            pulses[s] += 1
-            since_reset[s] += 1
-        active = active[keep]
-        iteration += 1
-        if progress is not None:
-            progress(n - active.size, n)
-    result = VerifyResult(idx, tgt, final, pulses, resets, converged, time.monotonic() - t_start, stop, asdict(cfg))
-    result.uncertain_batches = uncertain
+                record("read", iteration, active, g)
+            final[active] = g
+            err = tgt[active] - g
+            ok = np.abs(err) <= tol[active]
+            st.status[active[ok]] = CONVERGED
+            over = err < -tol[active]
+            out_of_pulses = pulses[active] >= cap[active]
+            out_of_resets = over & (resets[active] >= cfg.max_resets)
+            keep = ~ok & ~out_of_pulses & ~out_of_resets
+            # overshoot: RESET and try again (counted), the SET happens on the next round
+            restart = keep & over
+            resets[active[restart]] += 1
+            need_reset[active[restart]] = True
+            go = keep & ~over
+            s = active[go]
+            if s.size:
+                # programming curve: the step of the reference pulse shrinks as the cell fills
+                # and is larger for the first pulses after a RESET; aim short of the target
+                step = cfg.step_ref_us * np.maximum(1.0 - g[go] / cfg.saturation_us, 0.15)
+                step *= 1.0 + cfg.reset_boost * np.exp(-since_reset[s] / cfg.boost_decay_pulses)
+                drive = np.clip(cfg.aim * err[go] / step, cfg.drive_min, cfg.drive_max)
+                amp = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * drive
+                sure = send(s, PulseKind.SET, amp, cfg.set_width_s)
+                if record:
+                    record("set", iteration, s[sure], amp[sure])
+                pulses[s] += 1
+                since_reset[s] += 1
+            st.status[active[~ok & ~keep]] = GAVE_UP
+            if checkpoint is not None:
+                checkpoint(st, active)
+            active = active[keep]
+            iteration += 1
+            st.iteration = iteration
+            if progress is not None:
+                progress(n - active.size, n)
+    except BaseException:
+        if checkpoint is not None:  # keep what is known; pending cells are re-verified on resume
+            try:
+                checkpoint(st, np.empty(0, np.int64))
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+        raise
+    if checkpoint is not None:
+        checkpoint(st, np.empty(0, np.int64))
+    result = VerifyResult(idx, tgt, final, pulses, resets, st.status == CONVERGED, time.monotonic() - t_start,
+                          stop_reason, asdict(cfg), uncertain, st)
     return result

@@ -52,6 +52,7 @@ class EmulatedChip(Chip):
         self.profile = resolve(profile)
         self.seed = int(seed)
         self.real_time = bool(real_time)
+        self.state_file: Path | None = None  # where sync() saves the chip, like non-volatile cells
         self._t = 0.0
         self._t_wall0 = _time.monotonic()
         device_ss, noise_ss = np.random.SeedSequence(self.seed).spawn(2)
@@ -86,8 +87,9 @@ class EmulatedChip(Chip):
         self.p_hist = np.ones(n, dtype=F32)
         self.n_rel = np.zeros(n, dtype=F32)
         self.s_last = np.zeros(n, dtype=F32)
+        self.pulse_count = np.zeros(n, dtype=np.uint32)  # endurance: pulses each cell has taken
 
-    _STATE = ("g_prog", "t_prog", "z_nu", "p_hist", "eff", "g_sat", "stuck", "n_rel", "s_last")
+    _STATE = ("g_prog", "t_prog", "z_nu", "p_hist", "eff", "g_sat", "stuck", "n_rel", "s_last", "pulse_count")
 
     @property
     def state_nbytes(self) -> int:
@@ -161,6 +163,7 @@ class EmulatedChip(Chip):
 
     def _pulse(self, cells: np.ndarray, kind: PulseKind, amplitude_v: np.ndarray, width_s: np.ndarray) -> None:
         t = self.now()
+        self.pulse_count[self._sel(cells)] += np.uint32(1)
         if kind is PulseKind.RESET:
             melt = amplitude_v >= self.profile.v_melt
             if melt.size == 1 or np.all(melt == melt[0]):
@@ -268,13 +271,17 @@ class EmulatedChip(Chip):
                  **{a: getattr(self, a) for a in self._STATE})
         tmp.replace(path)
 
+    def sync(self) -> None:
+        if self.state_file is not None:
+            self.save_state(self.state_file)
+
     @classmethod
     def load_state(cls, path: "str | Path") -> "EmulatedChip":
         """The chip saved by :meth:`save_state`, its clock where it was."""
         try:
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"]))
-                arrays = {a: f[a] for a in cls._STATE}
+                arrays = {a: f[a] for a in cls._STATE if a != "pulse_count" or a in f.files}  # older files lack it
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path} is not a saved emulated chip: {exc}") from None
         chip = cls(Geometry(**meta["geometry"]), profile=Profile.from_dict(meta["profile"]), seed=meta["seed"],
@@ -287,6 +294,7 @@ class EmulatedChip(Chip):
         rng = meta["rng"]
         rng["state"] = {k: np.asarray(v, dtype=np.uint64) for k, v in rng["state"].items()}
         chip._rng.bit_generator.state = rng
+        chip.state_file = Path(path)
         return chip
 
     # -- ground truth (emulator only: what calibration tries to recover) -----------------

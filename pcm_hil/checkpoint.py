@@ -1,0 +1,124 @@
+"""Checkpoints, resume and clean stops for long procedures.
+
+A :class:`VerifyJournal` writes the per-cell state of a program-and-verify loop to the run
+store as it goes; :meth:`VerifyJournal.load` turns it back into a
+:class:`~pcm_hil.program.VerifyState` to resume from. Before rows are written the chip is
+made durable (``chip.sync()``: a no-op on hardware, whose cells are non-volatile; the
+emulator saves its state file), so the store never claims more than the chip holds.
+
+:class:`StopRequest` turns the first Ctrl-C into a request to stop after the transaction
+in flight; a second Ctrl-C aborts at once.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .program import VerifyState
+from .store import RunStore
+
+TABLE = "verify_checkpoint"
+
+
+class Interrupted(Exception):
+    """A procedure stopped on request; its run is resumable."""
+
+    def __init__(self, run_id: str, stage: str) -> None:
+        super().__init__(f"run {run_id} stopped during {stage}; it can be resumed")
+        self.run_id, self.stage = run_id, stage
+
+
+class VerifyJournal:
+    """Per-cell checkpoints of one program-and-verify loop (``part``) of a run.
+
+    Used as the ``checkpoint`` callback of :func:`~pcm_hil.program.program_verify`: the
+    cells changed since the last flush are written at most every ``every_s`` seconds and
+    always at the end, each flush one committed transaction.
+    """
+
+    def __init__(self, store: RunStore, run_id: str, part: str, cells: np.ndarray, every_s: float = 2.0,
+                 sync: Callable[[], None] | None = None) -> None:
+        self.store, self.run_id, self.part = store, run_id, part
+        self.cells = np.asarray(cells, np.int64)
+        self.every_s, self.sync = every_s, sync or (lambda: None)
+        self._dirty = np.zeros(self.cells.size, bool)
+        self._last = time.monotonic()
+        self.seq = 0
+        self.flushes = 0
+
+    def load(self) -> VerifyState | None:
+        """The state at the last flush, or None when nothing was written yet."""
+        df = self.store.read(self.run_id, TABLE)
+        if df.empty or not (df["part"] == self.part).any():
+            return None
+        df = df[df["part"] == self.part].sort_values("seq", kind="stable").drop_duplicates("cell", keep="last")
+        pos = np.searchsorted(self.cells, df["cell"].to_numpy())
+        if (pos >= self.cells.size).any() or (self.cells[np.minimum(pos, self.cells.size - 1)] != df["cell"]).any():
+            raise ValueError(f"checkpoint of run {self.run_id} names cells outside the run's layout")
+        st = VerifyState.fresh(self.cells.size)
+        st.final_us[pos] = df["final_us"].to_numpy(np.float32)
+        for name in ("pulses", "resets", "since_reset"):
+            getattr(st, name)[pos] = df[name].to_numpy(np.int64)
+        st.need_reset[pos] = df["need_reset"].to_numpy(bool)
+        st.status[pos] = df["status"].to_numpy(np.int8)
+        st.t_read_s[pos] = df["t_read_s"].to_numpy(np.float64)
+        st.iteration = int(df["iteration"].max()) + 1
+        self.seq = int(df["seq"].max()) + 1
+        return st
+
+    def __call__(self, state: VerifyState, changed: np.ndarray) -> None:
+        self._dirty[changed] = True
+        final = changed.size == 0
+        if final or time.monotonic() - self._last >= self.every_s:
+            self.flush(state)
+
+    def flush(self, state: VerifyState) -> None:
+        pos = np.flatnonzero(self._dirty)
+        if pos.size == 0:
+            return
+        self.sync()
+        self.store.append(self.run_id, TABLE, pd.DataFrame({
+            "part": self.part, "seq": self.seq, "cell": self.cells[pos], **state.rows(pos)}))
+        self._dirty[pos] = False
+        self.seq += 1
+        self.flushes += 1
+        self._last = time.monotonic()
+
+
+class StopRequest:
+    """``with StopRequest() as stop:`` the first Ctrl-C sets ``stop()`` to True (the
+    procedure ends after the transaction in flight, resumable); a second one raises
+    KeyboardInterrupt. Outside the main thread it only offers :meth:`request`."""
+
+    def __init__(self, message: str = "stopping after the transaction in flight (Ctrl-C again to abort)") -> None:
+        self.message = message
+        self._event = threading.Event()
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+    def request(self) -> None:
+        self._event.set()
+
+    def _handler(self, signum, frame) -> None:  # noqa: ANN001
+        if self._event.is_set():
+            raise KeyboardInterrupt
+        self._event.set()
+        print(f"\n{self.message}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
