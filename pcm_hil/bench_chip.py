@@ -226,6 +226,8 @@ class BenchChip(Chip):
         finally:
             ch.output_enabled = False
             self.board.route = "NONE"  # type: ignore[union-attr]
+            if ch.output_enabled:  # the query also waits until the write above has been executed
+                raise RuntimeError("the SMU output did not turn off")
         return out
 
     def pulse_external(self, cells: Any, kind: PulseKind | str, amplitude_v: Any, width_s: Any) -> None:
@@ -261,6 +263,14 @@ class BenchChip(Chip):
         if self.pg:
             info["pulse_generator"] = self.pg.idn
         return info
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.close()
+        except RuntimeError as err:  # keep the error that ended the block; report the shutdown with it
+            if exc is None:
+                raise
+            exc.add_note(str(err))
 
     def close(self) -> None:
         """Every output off, every connection closed; idempotent; tries all even if one fails."""

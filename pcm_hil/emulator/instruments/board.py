@@ -121,6 +121,11 @@ class BoardEmulator:
         e = self.errors.pop()
         return b'0,"No error"' if e is None else b'%d,"%s"' % (e[0], e[1].encode("ascii", "replace"))
 
+    def host_lost(self) -> None:
+        """Interlock: when the last host connection closes, the pulse output turns off."""
+        with self.model.lock:
+            self.output = False
+
     def _outp(self, args: list) -> bytes:
         self._nargs(args, 1)
         self.output = bool(_int(args[0], (0, 1), "output state"))

@@ -66,6 +66,10 @@ class _Handler(socketserver.BaseRequestHandler):
     def finish(self) -> None:
         with self.server.conn_lock:
             self.server.connections.discard(self.request)
+            last = not self.server.connections
+        lost = getattr(self.server.emulator, "host_lost", None)
+        if last and lost is not None:  # interlock: no host connected, outputs off
+            lost()
 
 
 class LineHandler(_Handler):
