@@ -163,9 +163,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         r = faults.run(seed=args.seed)
         text = format_table(["figure", "value"], [[k, r[k]] for k in (
-            "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "runs_resumed",
-            "measurements_lost", "cells_diverged", "cells_made_stuck", "yield", "yield_uninterrupted",
-            "yield_excluding_stuck", "seconds")], title="fault soak on the virtual bench")
+            "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "crashes",
+            "runs_resumed", "measurements_lost", "cells_diverged", "cells_made_stuck", "yield", "yield_uninterrupted",
+            "yield_excluding_stuck", "seconds")], title=f"fault soak on the virtual bench, rate {r['fault_rate']}")
     elif args.what == "budgets":
         from .bench import budgets
 
