@@ -23,7 +23,8 @@ class SerialTransport:
         try:
             self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=timeout_s, write_timeout=timeout_s)
         except (serial.SerialException, ValueError, OSError) as exc:
-            raise ConnectionLost(f"cannot open serial resource {url!r}: {exc}") from None
+            raise ConnectionLost(f"cannot open serial resource {url!r}: {exc} (accepted: a device such as "
+                                 "/dev/ttyUSB0 or a pySerial URL such as socket://host:port)") from None
 
     @property
     def timeout_s(self) -> float:

@@ -516,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from drivers.errors import DriverError
+
     from .checkpoint import Interrupted
     from .store import RunLocked
 
@@ -531,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RunLocked) as exc:
         print(f"pcm-hil: error: {exc}", file=sys.stderr)
         return 2
+    except DriverError as exc:  # the bench: unreachable, not answering, or an instrument error
+        notes = "".join(f"\n  {n}" for n in getattr(exc, "__notes__", []))
+        print(f"pcm-hil: instrument error ({type(exc).__name__}): {exc}{notes}", file=sys.stderr)
+        return 3
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:

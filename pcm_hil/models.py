@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -124,6 +125,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"model file {path} does not exist") from None
+    except pickle.UnpicklingError:  # torch's own text suggests weights_only=False: never for untrusted files
+        raise ValueError(f"{path} is not a loadable weights-only checkpoint: it is not a torch file, or it holds "
+                         "Python objects besides tensors (pcm-hil does not run pickled code); save "
+                         "model.state_dict() instead") from None
     except Exception as exc:  # torch raises many types for foreign or corrupt files
         raise ValueError(f"{path} is not a loadable weights-only checkpoint: {type(exc).__name__}: {exc}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -147,10 +152,14 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
             raise ValueError(f"checkpoint {path} does not match its SHA-256 in the manifest")
         checkpoint = path
     sd = load_state_dict(checkpoint)
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as exc:
-        raise ValueError(f"{checkpoint} does not fit {name}: {str(exc).splitlines()[0]}") from None
+    want = model.state_dict()
+    problems = [f"missing {', '.join(sorted(set(want) - set(sd)))}" if set(want) - set(sd) else "",
+                f"unexpected {', '.join(sorted(set(sd) - set(want)))}" if set(sd) - set(want) else ""]
+    problems += [f"{k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}"
+                 for k, v in want.items() if k in sd and sd[k].shape != v.shape]
+    if any(problems):
+        raise ValueError(f"{checkpoint} does not fit {name}: " + "; ".join(p for p in problems if p))
+    model.load_state_dict(sd)
     return model.eval()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time as _time
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -282,7 +283,7 @@ class EmulatedChip(Chip):
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"]))
                 arrays = {a: f[a] for a in cls._STATE if a != "pulse_count" or a in f.files}  # older files lack it
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path} is not a saved emulated chip: {exc}") from None
         chip = cls(Geometry(**meta["geometry"]), profile=Profile.from_dict(meta["profile"]), seed=meta["seed"],
                    limits=SoftLimits(**meta["limits"]))
