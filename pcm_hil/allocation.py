@@ -17,7 +17,7 @@ import numpy as np
 
 from calibration import NoiseModel
 
-DEFAULT_CAPS = (12, 16, 20, 24, 32, 40)
+DEFAULT_CAPS = (2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40)
 
 
 @dataclass

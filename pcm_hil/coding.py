@@ -155,32 +155,43 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
                          owner.astype(np.int64), role.astype(np.int8), np.asarray(gain, np.float64))
 
 
-def _mean(enc: EncodedTensor, g: np.ndarray, role: int) -> np.ndarray:
+def _mean(enc: EncodedTensor, g: np.ndarray, role: int, trusted: np.ndarray) -> np.ndarray:
+    """Mean over each weight's replicas of ``role``, over its trusted replicas where it has any."""
     sel = enc.role == role
-    total = np.bincount(enc.owner[sel], weights=g[sel], minlength=enc.kept)
-    count = np.bincount(enc.owner[sel], minlength=enc.kept)
+    owner, t = enc.owner[sel], trusted[sel].astype(np.float64)
+    n_trusted = np.bincount(owner, weights=t, minlength=enc.kept)
+    w = np.where(n_trusted[owner] > 0, t, 1.0)  # no trusted replica: the weight falls back to all of them
+    total = np.bincount(owner, weights=w * g[sel], minlength=enc.kept)
+    count = np.bincount(owner, weights=w, minlength=enc.kept)
     return total / np.maximum(count, 1)
 
 
-def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig) -> np.ndarray:
-    """Weights from the cells' read conductances (one per cell, in ``enc`` order)."""
+def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: np.ndarray | None = None
+           ) -> np.ndarray:
+    """Weights from the cells' read conductances (one per cell, in ``enc`` order).
+
+    ``trusted`` (per cell): replicas that verified. A weight's value is the mean of its
+    trusted replicas, so a stuck or unconverged cell does not pull it off; a weight
+    with no trusted replica uses all of them.
+    """
     g = np.asarray(reads_us, dtype=np.float64).ravel()
     if g.size != enc.cells:
         raise ValueError(f"{enc.name}: {g.size} reads for {enc.cells} cells")
+    trusted = np.ones(g.size, bool) if trusted is None else np.asarray(trusted, bool).ravel()
     s = enc.scale
     if cfg.code == "sign":
-        v = _mean(enc, g, MAGNITUDE) * s
+        v = _mean(enc, g, MAGNITUDE, trusted) * s
     elif cfg.code == "pair":
-        v = (_mean(enc, g, MAGNITUDE) - _mean(enc, g, MINUS)) * s
+        v = (_mean(enc, g, MAGNITUDE, trusted) - _mean(enc, g, MINUS, trusted)) * s
     elif cfg.code == "offset":
-        v = (_mean(enc, g, MAGNITUDE) - enc.g_hi / 2) * s
+        v = (_mean(enc, g, MAGNITUDE, trusted) - enc.g_hi / 2) * s
     elif cfg.code == "split":
         step = enc.g_hi / (cfg.coarse_levels - 1)
-        coarse = np.clip(np.round(_mean(enc, g, COARSE) / step), 0, cfg.coarse_levels - 1) * step
-        v = (coarse + _mean(enc, g, FINE) / (enc.g_hi / step)) * s
+        coarse = np.clip(np.round(_mean(enc, g, COARSE, trusted) / step), 0, cfg.coarse_levels - 1) * step
+        v = (coarse + _mean(enc, g, FINE, trusted) / (enc.g_hi / step)) * s
     else:
         step = enc.g_hi / (cfg.levels - 1)
-        v = np.clip(np.round(_mean(enc, g, MAGNITUDE) / step), 0, cfg.levels - 1) * step * s
+        v = np.clip(np.round(_mean(enc, g, MAGNITUDE, trusted) / step), 0, cfg.levels - 1) * step * s
     if enc.signs is not None:
         v = np.where(enc.signs, -v, v)
     out = np.zeros(enc.weights)

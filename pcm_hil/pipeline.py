@@ -256,15 +256,18 @@ def _quantized_copy(model: torch.nn.Module, names: list[str], levels: int) -> to
 
 
 def decode_model(prep_model: torch.nn.Module, names: list[str], encoded: list[coding.EncodedTensor],
-                 code: CodeConfig, reads: np.ndarray, tensor_of: np.ndarray) -> torch.nn.Module:
-    """A copy of the model with its analog weights decoded from ``reads`` (cells in layout order)."""
+                 code: CodeConfig, reads: np.ndarray, tensor_of: np.ndarray,
+                 trusted: np.ndarray | None = None) -> torch.nn.Module:
+    """A copy of the model with its analog weights decoded from ``reads`` (cells in layout
+    order); ``trusted`` marks the cells that verified (see :func:`coding.decode`)."""
     import copy
 
     out = copy.deepcopy(prep_model)
     p = dict(out.named_parameters())
+    trusted = np.ones(reads.size, bool) if trusted is None else np.asarray(trusted, bool)
     with torch.no_grad():
         for k, (n, enc) in enumerate(zip(names, encoded)):
-            w = coding.decode(enc, reads[tensor_of == k], code)
+            w = coding.decode(enc, reads[tensor_of == k], code, trusted[tensor_of == k])
             p[n].copy_(torch.from_numpy(w.astype(np.float32)))
     return out
 
@@ -453,10 +456,13 @@ def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: St
         corrected, comp = compensate(reads, prep.targets[ref], reads[ref])
         store.append(run_id, "readback", pd.DataFrame({"cell": cells, "read_us": reads, "corrected_us": corrected,
                                                        "t_chip_s": chip.now()}), stage="readback")
-    decoded = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of)
-    raw = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, reads, prep.tensor_of)
+    trusted = store.read(run_id, "programmed")["converged"].to_numpy(bool)
+    decoded = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of, trusted)
+    raw = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, reads, prep.tensor_of, trusted)
+    every = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of)
     report["accuracy_stored"] = accuracy(decoded, prep.test.x, prep.test.y)
     report["accuracy_stored_uncompensated"] = accuracy(raw, prep.test.x, prep.test.y)
+    report["accuracy_stored_all_replicas"] = accuracy(every, prep.test.x, prep.test.y)
     report["drift_compensation"] = comp
     err = corrected[~ref] - prep.targets[~ref]
     report["error_us"] = {"rms": float(np.sqrt(np.mean(err ** 2))), "p50_abs": float(np.median(np.abs(err))),
@@ -574,7 +580,9 @@ def load_run(chip: Chip, store: RunStore, run_id: str, run_dir: str | Path) -> d
     reads = chip.read(cells, n_avg=int(s["verify"]["n_avg"])).astype(np.float64)
     ref = tensor_of < 0
     corrected, comp = compensate(reads, layout["target_us"].to_numpy()[ref], reads[ref])
-    decoded = decode_model(model, names, encoded, cfg.code, corrected, tensor_of)
+    programmed = store.read(run_id, "programmed")
+    trusted = programmed["converged"].to_numpy(bool) if len(programmed) == cells.size else None
+    decoded = decode_model(model, names, encoded, cfg.code, corrected, tensor_of, trusted)
     stored = info.get("result") or {}
     return {"run_id": run_id, "model": cfg.model, "cells": int(cells.size), "chip_time_s": chip.now(),
             "accuracy_loaded": accuracy(decoded, test.x, test.y),

@@ -43,7 +43,7 @@ class VerifyConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "tolerance_us": (self.tolerance_us, 0.0, 100.0), "max_pulses": (self.max_pulses, 1, 10_000),
+            "tolerance_us": (self.tolerance_us, 0.0, 100.0), "max_pulses": (self.max_pulses, 0, 10_000),
             "max_resets": (self.max_resets, 0, 100), "n_avg": (self.n_avg, 1, 1024),
             "reset_amplitude_v": (self.reset_amplitude_v, 0.0, 100.0), "reset_width_s": (self.reset_width_s, 0.0, 1.0),
             "set_width_s": (self.set_width_s, 0.0, 1.0), "step_ref_us": (self.step_ref_us, 0.0, 1e3),

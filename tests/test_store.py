@@ -219,3 +219,19 @@ def test_cli_store_json(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--code", "sign",
                           "--pulse-budget", "5", "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "too small" in bad.stderr
+
+
+def test_decode_trusts_only_verified_replicas() -> None:
+    cfg = CodeConfig("sign", percentile=100.0)
+    w = np.array([0.5, -0.25, 1.0])
+    enc = encode("w", w, cfg, 20.0, None, np.array([2, 2, 1]))
+    reads = enc.targets_us.copy()
+    stuck = np.flatnonzero(enc.owner == 0)[0]
+    reads[stuck] = 19.0  # one replica of weight 0 is stuck high
+    trusted = np.ones(enc.cells, bool)
+    trusted[stuck] = False
+    assert np.allclose(decode(enc, reads, cfg, trusted), w)  # the verified replica alone decides
+    assert not np.allclose(decode(enc, reads, cfg), w)  # averaging it in would pull weight 0 off
+    lone = np.flatnonzero(enc.owner == 2)
+    trusted[lone] = False  # a weight with no verified replica still decodes from what it has
+    assert np.allclose(decode(enc, reads, cfg, trusted), w)
