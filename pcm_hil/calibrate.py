@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -22,6 +23,7 @@ from calibration import NoiseModel
 from calibration.stats import cell_slopes, ks_two_sample
 
 from . import __version__
+from .checkpoint import Interrupted, VerifyJournal, recording_outcome
 from .chip import Chip, PulseKind
 from .program import VerifyConfig, program_verify
 from .store import RunStore
@@ -127,8 +129,6 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     killed run: finished stages are skipped, verified cells are not pulsed again. A
     ``stop()`` request ends the run resumably (:class:`~pcm_hil.checkpoint.Interrupted`).
     """
-    from .checkpoint import Interrupted
-
     if resume is not None:
         info = store.run(resume)
         if info["kind"] == "calibration" and info["settings"].get("chip_id") not in (None, chip_id(chip)):
@@ -156,19 +156,11 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     else:
         run_id = resume
     if hasattr(chip, "state_file"):  # an emulated chip keeps its cells next to the run
-        from pathlib import Path
-
         chip.state_file = Path(store.path).parent / f"{run_id}-chip.npz"
         chip.sync()
-    try:
+    with recording_outcome(store, run_id):
         _measure(chip, store, run_id, cells, cfg, vcfg, report, stop or (lambda: False))
         model = _fit(store, run_id, chip, cfg, cells)
-    except Interrupted:
-        store.finish(run_id, status="interrupted")
-        raise
-    except BaseException as exc:
-        store.finish(run_id, status=f"failed: {type(exc).__name__}: {exc}"[:500])
-        raise
     store.finish(run_id, result=model.summary())
     return run_id, model
 
@@ -199,8 +191,6 @@ def chip_id(chip: Chip) -> str:
 
 def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: CalibrationConfig,
              vcfg: VerifyConfig, report: Progress, stop: Callable[[], bool]) -> None:
-    from .checkpoint import Interrupted, VerifyJournal
-
     done = store.stages(run_id)
 
     def todo(stage: str) -> bool:

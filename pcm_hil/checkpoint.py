@@ -15,7 +15,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,19 @@ class Interrupted(Exception):
     def __init__(self, run_id: str, stage: str) -> None:
         super().__init__(f"run {run_id} stopped during {stage}; it can be resumed")
         self.run_id, self.stage = run_id, stage
+
+
+@contextmanager
+def recording_outcome(store: RunStore, run_id: str) -> Iterator[None]:
+    """Record why a run ended early (``interrupted`` or ``failed: ...``), then re-raise."""
+    try:
+        yield
+    except Interrupted:
+        store.finish(run_id, status="interrupted")
+        raise
+    except BaseException as exc:
+        store.finish(run_id, status=f"failed: {type(exc).__name__}: {exc}"[:500])
+        raise
 
 
 class VerifyJournal:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,7 @@ from calibration import NoiseModel
 
 from . import __version__, allocation, coding, cost, datasets
 from .calibrate import chip_id
-from .checkpoint import Interrupted, VerifyJournal
+from .checkpoint import Interrupted, VerifyJournal, recording_outcome
 from .chip import Chip
 from .coding import CodeConfig
 from .compression import analog_parameters, prune_and_finetune, quantize
@@ -304,7 +303,7 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
                 "tensors": [{"name": e.name, "shape": list(e.shape), "scale": e.scale, "g_hi": e.g_hi}
                             for e in prep.encoded]}
     run_id = store.create_run("store", settings)
-    with _failing_marks(store, run_id):
+    with recording_outcome(store, run_id):
         _attach_state_file(chip, run_dir, run_id)
         noise.save(Path(run_dir) / f"{run_id}-noise.json")
         _write_layout(store, run_id, prep, cells, run_dir)
@@ -322,7 +321,7 @@ def resume_store_job(chip: Chip, store: RunStore, run_id: str, run_dir: str | Pa
         raise ValueError(f"run {run_id} was stored on {info['settings']['chip_id']!r}, not on this chip "
                          f"({chip_id(chip)!r})")
     store.resume_run(run_id, "store")
-    with _failing_marks(store, run_id):
+    with recording_outcome(store, run_id):
         if "layout" not in store.stages(run_id):
             raise ValueError(f"run {run_id} stopped before its layout was written, so nothing was programmed: "
                              "start a new run instead")
@@ -332,19 +331,6 @@ def resume_store_job(chip: Chip, store: RunStore, run_id: str, run_dir: str | Pa
         cells = store.read(run_id, "layout")["cell"].to_numpy(np.int64)
         _attach_state_file(chip, run_dir, run_id)
     return _program_and_read(chip, noise, store, cfg, run_id, prep, cells, vcfg, report, stop, t_start, True)
-
-
-@contextmanager
-def _failing_marks(store: RunStore, run_id: str) -> Iterator[None]:
-    """Record why a run ended early (``interrupted`` or ``failed: ...``), then re-raise."""
-    try:
-        yield
-    except Interrupted:
-        store.finish(run_id, status="interrupted")
-        raise
-    except BaseException as exc:
-        store.finish(run_id, status=f"failed: {type(exc).__name__}: {exc}"[:500])
-        raise
 
 
 def _attach_state_file(chip: Chip, run_dir: str | Path, run_id: str) -> None:
@@ -357,7 +343,7 @@ def _attach_state_file(chip: Chip, run_dir: str | Path, run_id: str) -> None:
 def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConfig, run_id: str,
                       prep: Prepared, cells: np.ndarray, vcfg: VerifyConfig, report: Progress,
                       stop: Callable[[], bool] | None, t_start: float, resumed: bool) -> dict[str, Any]:
-    with _failing_marks(store, run_id):
+    with recording_outcome(store, run_id):
         stages = store.stages(run_id)
         if "programmed" not in stages:
             journal = VerifyJournal(store, run_id, "program", cells, every_s=cfg.checkpoint_s, sync=chip.sync)
@@ -375,7 +361,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
         t_programmed = store.stages(run_id)["programmed"]["t_chip_s"]
         _wait_until(chip, t_programmed + cfg.retention_s, stop, run_id, report)
         prog = store.read(run_id, "programmed")
-        result = _read_back(chip, store, run_id, prep, cfg, cells, vcfg.n_avg)
+        result = _read_back(chip, store, run_id, prep, cfg, cells, vcfg.n_avg, prog["converged"].to_numpy(bool))
         set_pulses, resets = int(prog["pulses"].sum()), int(prog["resets"].sum())
         result.update(
             run_id=run_id, model=cfg.model, weights=int(sum(e.weights for e in prep.encoded)),
@@ -445,7 +431,7 @@ def _save_torch(obj: Any, path: Path) -> None:
 
 
 def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: StoreConfig, cells: np.ndarray,
-               n_avg: int) -> dict[str, Any]:
+               n_avg: int, trusted: np.ndarray) -> dict[str, Any]:
     report = {}
     ref = prep.tensor_of < 0
     if "readback" in store.stages(run_id):  # read before a kill: reads are kept, not repeated
@@ -456,7 +442,6 @@ def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: St
         corrected, comp = compensate(reads, prep.targets[ref], reads[ref])
         store.append(run_id, "readback", pd.DataFrame({"cell": cells, "read_us": reads, "corrected_us": corrected,
                                                        "t_chip_s": chip.now()}), stage="readback")
-    trusted = store.read(run_id, "programmed")["converged"].to_numpy(bool)
     decoded = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of, trusted)
     raw = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, reads, prep.tensor_of, trusted)
     every = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of)
