@@ -170,7 +170,7 @@ with RunStore(sys.argv[1]) as store:
 
 
 def _killed_calibration(tmp_path, stage: str, at: float) -> tuple:
-    db = tmp_path / "s.sqlite"
+    db = tmp_path / "pcm-hil.sqlite"  # the command line's name, so `pcm-hil ... --run-dir tmp_path` finds it
     r = subprocess.run([sys.executable, "-c", KILLED_RUN, str(db), stage, str(at)], capture_output=True, timeout=120)
     assert r.returncode == -9, r.stderr.decode()[-2000:]
     with RunStore(db) as store:
@@ -224,6 +224,20 @@ def test_calibration_killed_during_program_and_verify_resumes_to_the_same_model(
     sig, ref_sig = np.asarray(model.programming_["sigma_us"]), np.asarray(reference.programming_["sigma_us"])
     # ~80 cells per (tolerance, level) group: the sigma of a sigma is ~8 %; allow 4 of them
     assert np.all(np.abs(sig - ref_sig) <= 0.35 * ref_sig)
+
+
+def test_store_resumes_a_calibration_killed_on_the_spot_then_stores(tmp_path, capsys) -> None:
+    from pcm_hil import cli
+
+    _, cal_run = _killed_calibration(tmp_path, "retention", 600)
+    assert cli.main(["store", "--resume", cal_run, "--model", "mlp-digits", "--run-dir", str(tmp_path),
+                     "--report", "none", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    with RunStore(tmp_path / "pcm-hil.sqlite") as store:
+        assert store.run(cal_run)["status"] == "done"
+        assert store.run(out["run_id"])["status"] == "done"
+        assert store.run(out["run_id"])["settings"]["noise_model"]["run_id"] == cal_run
+    assert out["accuracy_stored"] > out["accuracy_compressed"] - 0.05  # 75 % pruning of a tiny MLP costs more
 
 
 def test_export_parquet_and_csv(pcm, tmp_path) -> None:
