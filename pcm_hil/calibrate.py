@@ -23,7 +23,7 @@ from calibration import NoiseModel
 from calibration.stats import cell_slopes, ks_two_sample
 
 from . import __version__
-from .checkpoint import Interrupted, VerifyJournal, recording_outcome
+from .checkpoint import Interrupted, VerifyJournal, recording_outcome, wait_until
 from .chip import Chip, PulseKind
 from .program import VerifyConfig, program_verify
 from .store import RunStore
@@ -96,13 +96,6 @@ class _Reader:
     def __init__(self, chip: Chip, n_avg: int, on_wait: Callable[[float], None] | None = None) -> None:
         self.chip, self.n_avg, self.on_wait = chip, n_avg, on_wait
 
-    def _wait(self, seconds: float) -> None:
-        step = max(1.0, seconds / 100)
-        end = self.chip.now() + seconds
-        while (left := end - self.chip.now()) > 0:
-            self.chip.wait(min(step, left))
-            if self.on_wait:
-                self.on_wait(self.chip.now())
 
     def at(self, cells: np.ndarray, t_end: np.ndarray, delay_s: float) -> tuple[np.ndarray, np.ndarray]:
         g, age = np.empty(cells.size, np.float32), np.empty(cells.size)
@@ -111,9 +104,8 @@ class _Reader:
         bounds = list(starts) + [cells.size]
         for end, a, b in zip(ends, bounds[:-1], bounds[1:]):
             pos = order[a:b]
-            wait = end + delay_s - self.chip.now()
-            if wait > 0:
-                self._wait(wait)
+            if end + delay_s > self.chip.now():
+                wait_until(self.chip, end + delay_s, self.on_wait)
             g[pos] = self.chip.read(cells[pos], n_avg=self.n_avg)
             age[pos] = self.chip.now() - end
         return g, age
@@ -203,8 +195,13 @@ def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: C
         return True
 
     t_origin: list[float] = []
-    reader = _Reader(chip, cfg.n_avg, on_wait=lambda now: report(
-        "retention", now - t_origin[0], cfg.retention_s[-1]) if t_origin else None)
+    def waiting(now: float) -> None:  # called between slices of a long wait: progress, and Ctrl-C honoured
+        if stop():
+            raise Interrupted(run_id, "retention wait")
+        if t_origin:
+            report("retention", now - t_origin[0], cfg.retention_s[-1])
+
+    reader = _Reader(chip, cfg.n_avg, on_wait=waiting)
     # 1. window: floor after RESET, saturation after many strong SET pulses
     if todo("window"):
         report("window", 0, 1)

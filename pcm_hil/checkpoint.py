@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from .chip import Chip
 from .program import VerifyState
 from .store import RunStore
 
@@ -103,6 +104,22 @@ class VerifyJournal:
         self.seq += 1
         self.flushes += 1
         self._last = time.monotonic()
+
+
+def wait_until(chip: Chip, t_end_s: float, between: Callable[[float], None] | None = None) -> None:
+    """Wait by the chip's clock until ``t_end_s``, in slices, calling ``between(now)`` after
+    each (progress, or raising to honour a stop request). On a real clock a slice lasts at
+    most 2 s, so Ctrl-C is prompt; on a virtual clock slices grow to 1 % of the wait."""
+    total = t_end_s - chip.now()
+    big = max(1.0, total / 100)
+    step = min(2.0, big)
+    while (left := t_end_s - chip.now()) > 0:
+        t0 = time.monotonic()
+        chip.wait(min(step, left))
+        if time.monotonic() - t0 < 0.25 * min(step, left):  # time passes faster than the wall clock
+            step = big
+        if between is not None:
+            between(chip.now())
 
 
 class StopRequest:

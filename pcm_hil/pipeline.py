@@ -22,7 +22,7 @@ from calibration import NoiseModel
 
 from . import __version__, allocation, coding, cost, datasets
 from .calibrate import chip_id
-from .checkpoint import Interrupted, VerifyJournal, recording_outcome
+from .checkpoint import Interrupted, VerifyJournal, recording_outcome, wait_until
 from .chip import Chip
 from .coding import CodeConfig
 from .compression import analog_parameters, prune_and_finetune, quantize
@@ -382,15 +382,15 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
 
 
 def _wait_until(chip: Chip, t_chip_s: float, stop: Callable[[], bool] | None, run_id: str, report: Progress) -> None:
-    """Wait (by the chip's clock) until ``t_chip_s``, in slices so a stop request is honoured."""
+    """Wait (by the chip's clock) until ``t_chip_s``, showing progress, honouring a stop request."""
     total = max(0.0, t_chip_s - chip.now())
-    step = max(1.0, total / 100)
-    while (left := t_chip_s - chip.now()) > 0:
+
+    def between(now: float) -> None:
         if stop is not None and stop():
             raise Interrupted(run_id, "retention wait")
-        report("retention", total - left, total)
-        chip.wait(min(step, left))
-    report("retention", total, total)
+        report("retention", total - max(0.0, t_chip_s - now), total)
+
+    wait_until(chip, t_chip_s, between)
 
 
 def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarray, run_dir: str | Path) -> None:

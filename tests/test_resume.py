@@ -212,3 +212,27 @@ def test_two_writers_cannot_share_a_run(tmp_path) -> None:
         a.finish(run_id, status="interrupted")
         b.resume_run(run_id, "calibration")  # released: the next writer may take it
         b.finish(run_id)
+
+
+def test_a_stop_request_ends_a_real_time_retention_wait_promptly(tmp_path, noise_file) -> None:
+    """On a real clock a day-long wait is taken in slices of at most 2 s: Ctrl-C is honoured."""
+    from calibration import NoiseModel
+
+    from pcm_hil.checkpoint import Interrupted, StopRequest
+
+    stop = StopRequest()
+    t_wait: list[float] = []
+
+    def progress(stage, done, total):
+        if stage == "retention" and not t_wait:
+            t_wait.append(time.monotonic())
+            stop.request()  # as the first Ctrl-C would
+
+    chip = EmulatedChip(GEOM, seed=2, real_time=True)
+    with RunStore(tmp_path / "s.sqlite") as store:
+        with pytest.raises(Interrupted, match="retention wait"):
+            run_store_job(chip, NoiseModel.load(noise_file), store, StoreConfig(**{**CFG, "retention_s": 86400.0}),
+                          tmp_path, progress=progress, stop=stop)
+        assert time.monotonic() - t_wait[0] < 5.0
+        (run,) = store.runs().itertuples()
+        assert run.status == "interrupted" and "programmed" in store.stages(run.run_id)
