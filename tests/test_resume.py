@@ -236,3 +236,18 @@ def test_a_stop_request_ends_a_real_time_retention_wait_promptly(tmp_path, noise
         assert time.monotonic() - t_wait[0] < 5.0
         (run,) = store.runs().itertuples()
         assert run.status == "interrupted" and "programmed" in store.stages(run.run_id)
+
+
+def test_a_checkpoint_that_names_foreign_cells_is_refused(tmp_path) -> None:
+    from pcm_hil.checkpoint import VerifyJournal
+    from pcm_hil.program import VerifyState
+
+    with RunStore(tmp_path / "s.sqlite") as store:
+        run_id = store.create_run("store", {})
+        journal = VerifyJournal(store, run_id, "program", np.arange(10, 20), every_s=0.0)
+        state = VerifyState.fresh(10)
+        journal(state, np.arange(10))
+        assert journal.load() is not None
+        other = VerifyJournal(store, run_id, "program", np.arange(0, 10))  # another layout: cells 0-9
+        with pytest.raises(ValueError, match="outside the run's layout"):
+            other.load()
