@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p results
-for b in emulator; do
+for b in emulator wire budgets faults; do
   pcm-hil bench "$b" --json | tee "results/$b.json"
 done
