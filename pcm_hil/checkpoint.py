@@ -65,7 +65,6 @@ class VerifyJournal:
         self._dirty = np.zeros(self.cells.size, bool)
         self._last = time.monotonic()
         self.seq = 0
-        self.flushes = 0
 
     def load(self) -> VerifyState | None:
         """The state at the last flush, or None when nothing was written yet."""
@@ -102,7 +101,6 @@ class VerifyJournal:
             "part": self.part, "seq": self.seq, "cell": self.cells[pos], **state.rows(pos)}))
         self._dirty[pos] = False
         self.seq += 1
-        self.flushes += 1
         self._last = time.monotonic()
 
 

@@ -434,12 +434,13 @@ def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: St
                n_avg: int, trusted: np.ndarray) -> dict[str, Any]:
     report = {}
     ref = prep.tensor_of < 0
-    if "readback" in store.stages(run_id):  # read before a kill: reads are kept, not repeated
+    done = "readback" in store.stages(run_id)  # read before a kill: the reads are kept, not repeated
+    if done:
         reads = store.read(run_id, "readback")["read_us"].to_numpy(np.float64)
-        corrected, comp = compensate(reads, prep.targets[ref], reads[ref])
     else:
         reads = chip.read(cells, n_avg=n_avg).astype(np.float64)
-        corrected, comp = compensate(reads, prep.targets[ref], reads[ref])
+    corrected, comp = compensate(reads, prep.targets[ref], reads[ref])
+    if not done:
         store.append(run_id, "readback", pd.DataFrame({"cell": cells, "read_us": reads, "corrected_us": corrected,
                                                        "t_chip_s": chip.now()}), stage="readback")
     decoded = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of, trusted)

@@ -129,11 +129,6 @@ class VerifyResult:
     def error_us(self) -> np.ndarray:
         return self.final_us - self.targets_us
 
-    @property
-    def finished(self) -> np.ndarray:
-        """Cells whose loop ended (verified or out of pulses/RESETs); False where a stop cut it short."""
-        return self.state.status != PENDING if self.state is not None else np.ones(self.cells.size, bool)
-
     def summary(self) -> dict[str, Any]:
         """Yield, pulse statistics and error percentiles (µS)."""
         err = self.error_us
@@ -287,15 +282,14 @@ def program_verify(
             st.iteration = iteration
             if progress is not None:
                 progress(n - active.size, n)
-    except BaseException:
+    except BaseException as exc:
         if checkpoint is not None:  # keep what is known; pending cells are re-verified on resume
             try:
                 checkpoint(st, np.empty(0, np.int64))
-            except Exception:  # noqa: BLE001 - the original error matters more
-                pass
+            except Exception as also:  # noqa: BLE001 - the original error stays the one raised
+                exc.add_note(f"the final checkpoint could not be written: {type(also).__name__}: {also}")
         raise
     if checkpoint is not None:
         checkpoint(st, np.empty(0, np.int64))
-    result = VerifyResult(idx, tgt, final, pulses, resets, st.status == CONVERGED, time.monotonic() - t_start,
-                          stop_reason, asdict(cfg), uncertain, st)
-    return result
+    return VerifyResult(idx, tgt, final, pulses, resets, st.status == CONVERGED, time.monotonic() - t_start,
+                        stop_reason, asdict(cfg), uncertain, st)
