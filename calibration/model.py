@@ -302,16 +302,43 @@ class NoiseModel:
             return s.reshape(shape), np.sqrt(np.einsum("ij,jk,ik->i", X, np.asarray(fit["cov"]), X)).reshape(shape)
         return s.reshape(shape)
 
-    def expected_sq_error(self, targets_us: Any, tolerance_us: float, max_pulses: int) -> np.ndarray:
-        """E[error²] (µS²) at t0 over all cells, converged (offset² + σ²) or stopped by the cap."""
+    def aim(self, targets_us: Any, tolerance_us: float) -> np.ndarray:
+        """Where to point the loop (µS) so that verified cells land on ``targets_us`` on average.
+
+        The loop approaches from below and stops on entering the window, so verified cells
+        sit ``offset`` (< 0, about −tol/2 for loose windows) off their aim; the aim a solves
+        a + offset(a) = target on the calibrated levels (linear in between), within the
+        calibrated range of levels.
+        """
+        lv = np.asarray(self.levels_us_)
+        off = np.nan_to_num(np.asarray(self.programming_["offset_us"], float)[self._tol_index(tolerance_us)])
+        landing = np.maximum.accumulate(lv + off)
+        # invert aim → mean landing on the calibrated levels (the offset changes with the level)
+        a = np.interp(np.asarray(targets_us, float), landing, lv)
+        return np.clip(a, self.window_["g_floor_us"], lv[-1])
+
+    def expected_sq_error(self, targets_us: Any, tolerance_us: float, max_pulses: int,
+                          aim_us: Any = None) -> np.ndarray:
+        """E[error²] (µS²) at t0 over all cells, converged (offset² + σ²) or stopped by the cap.
+
+        ``aim_us``: where the loop was pointed (default: at the target); the error is still
+        counted from ``targets_us``.
+        """
         self._check_fitted()
         ti, cap = self._tol_index(tolerance_us), self._check_cap(max_pulses)
-        p = self.p_converged(targets_us, tolerance_us, cap)
-        conv = self.offset(targets_us, tolerance_us) ** 2 + self.sigma(targets_us, tolerance_us) ** 2
+        t = np.asarray(targets_us, float)
+        a = t if aim_us is None else np.asarray(aim_us, float)
+        shift = a - t
+        p = self.p_converged(a, tolerance_us, cap)
+        conv = (shift + self.offset(a, tolerance_us)) ** 2 + self.sigma(a, tolerance_us) ** 2
+        # failed cells: errors from the aim, per level (none measured: the cell sits at the floor)
         q = np.asarray(self.programming_["failed_error_quantiles_us"])[ti, :, cap]
         finite = np.isfinite(q).all(axis=1)
-        fail = np.where(finite, np.mean(np.where(np.isfinite(q), q, 0.0) ** 2, axis=1), np.asarray(self.levels_us_) ** 2)
-        return p * conv + (1 - p) * self._per_level(fail, targets_us)
+        lv = np.asarray(self.levels_us_)
+        m1 = np.where(finite, np.mean(np.where(np.isfinite(q), q, 0.0), axis=1), -lv)
+        m2 = np.where(finite, np.mean(np.where(np.isfinite(q), q, 0.0) ** 2, axis=1), lv ** 2)
+        fail = self._per_level(m2, a) + 2 * shift * self._per_level(m1, a) + shift ** 2
+        return p * conv + (1 - p) * fail
 
     def sq_error_after(self, targets_us: Any, tolerance_us: float, max_pulses: int, elapsed_s: float) -> np.ndarray:
         """E[error²] (µS², in units of the programmed level) ``elapsed_s`` after programming:

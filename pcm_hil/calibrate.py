@@ -33,14 +33,14 @@ Progress = Callable[[str, float, float], None]
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """What a calibration run measures (defaults: 20,000 cells, 8 levels × 3 tolerances)."""
+    """What a calibration run measures (defaults: 20,000 cells, 8 levels × 6 tolerances)."""
 
     cells: int = 20_000
     first_cell: int = 0
     levels: int = 8
     level_min_us: float = 1.0
     level_max_fraction: float = 0.8
-    tolerances_us: tuple[float, ...] = (0.25, 0.5, 1.0)
+    tolerances_us: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 6.0)
     max_pulses: int = 40
     n_avg: int = 8
     t0_s: float = 20.0

@@ -170,9 +170,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench import budgets
 
         with StageProgress(not args.json and sys.stderr.isatty()) as bar:
-            r = budgets.run(seed=args.seed, progress=bar)
+            r = budgets.run(seed=args.seed, replicas=args.replicas, progress=bar)
         rows = [[name, r[f"pulses_{name}"]] for name in ("importance", "uniform", "naive")]
         rows.append(["uniform / importance", r["pulse_ratio"]])
+        rows.append(["bound: uniform / cheapest plan", r["pulse_ratio_bound"]])
         text = format_table(["strategy", "pulses to stay within 0.5 pp"], rows,
                             title=f"budgets, {r['model']}, {r['cells']} cells, target {r['accuracy_target']:.2%}")
     else:  # pragma: no cover - argparse restricts choices
@@ -427,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cells", type=int, default=None, help="batch size (default: 1e6 emulator, 1e5 wire)")
     b.add_argument("--repeats", type=int, default=7)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--replicas", type=float, default=2.0, help="budgets: mean replicas per kept weight (default 2)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
 

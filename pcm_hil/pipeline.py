@@ -34,6 +34,7 @@ from .store import RunStore
 
 Progress = Callable[[str, float, float], None]
 REF_FRACTIONS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)
+DEFAULT_BUDGET_TOLERANCE_US = 2.0  # no --pulse-budget: what uniform ±this, cap 20 would spend
 
 
 @dataclass(frozen=True)
@@ -144,28 +145,28 @@ def prepare(cfg: StoreConfig, noise: NoiseModel, n_cells: int, progress: Progres
     if cfg.first_cell + targets.size > n_cells:
         raise ValueError(f"the model needs {targets.size} cells from cell {cfg.first_cell}; "
                          f"the chip has {n_cells} cells")
-    err2, pulses = allocation.tables(noise, targets, allocation.options(noise, cfg.caps))
-    opts = allocation.options(noise, cfg.caps)
+    table = allocation.tables(noise, targets, allocation.options(noise, cfg.caps))
+    opts = table.options
     ref_rows = tensor_of < 0
     # reference cells always get the tightest, longest setting: they calibrate every other read
     tight = min(range(len(opts)), key=lambda i: (opts[i][0], -opts[i][1]))
-    pulses_ref = pulses[ref_rows, tight].sum()
+    pulses_ref = table.pulses[ref_rows, tight].sum()
+    cells = table[~ref_rows]
     budget = cfg.pulse_budget
-    if budget is None:  # default: what uniform ±0.5 µS, cap 20 would spend
-        mid = min(range(len(opts)), key=lambda i: (abs(opts[i][0] - 0.5), abs(opts[i][1] - 20)))
-        budget = float(pulses[~ref_rows, mid].sum()) + pulses_ref
-    if budget - pulses_ref < allocation.minimum_pulses(pulses[~ref_rows]):
+    if budget is None:  # default: what uniform ±DEFAULT_BUDGET_TOLERANCE_US, cap 20 would spend
+        mid = min(range(len(opts)), key=lambda i: (abs(opts[i][0] - DEFAULT_BUDGET_TOLERANCE_US), abs(opts[i][1] - 20)))
+        budget = float(cells.pulses[:, mid].sum()) + pulses_ref
+    if budget - pulses_ref < cells.minimum_pulses():
         raise ValueError(f"pulse budget {budget:.0f} is too small: programming every cell once needs at least "
-                         f"{allocation.minimum_pulses(pulses[~ref_rows]) + pulses_ref:.0f} pulses")
+                         f"{cells.minimum_pulses() + pulses_ref:.0f} pulses")
     if cfg.target_loss is not None:  # ½·Σ F·E[e²] (loss units) instead of a pulse budget
-        wplan = allocation.allocate_for_loss(cell_imp[~ref_rows], err2[~ref_rows], pulses[~ref_rows], opts,
-                                             cfg.target_loss)
+        wplan = allocation.allocate_for_loss(cell_imp[~ref_rows], cells, cfg.target_loss)
     else:
         pick = allocation.allocate if cfg.allocation == "importance" else allocation.uniform
-        wplan = pick(cell_imp[~ref_rows], err2[~ref_rows], pulses[~ref_rows], opts, budget - pulses_ref)
+        wplan = pick(cell_imp[~ref_rows], cells, budget - pulses_ref)
     choice = np.full(targets.size, tight)
     choice[~ref_rows] = wplan.choice
-    plan = allocation._plan(opts, choice, err2, pulses, wplan.lagrange)
+    plan = table.plan(choice, wplan.lagrange)
     progress("prepare", 4, 4)
     return Prepared(model, compressed, names, encoded, targets, weight_of, tensor_of, cell_imp, plan, side,
                     test, train, acc_ref, acc_comp, imp, tensor_side)
@@ -207,7 +208,7 @@ def accuracy_curve(prep: Prepared, cfg: StoreConfig, noise: NoiseModel, replicas
             continue
         c = replace(cfg, replicas_per_weight=r)
         enc, targets, _, tensor_of, _, side = _encode(c, noise, prep.compressed, prep.names, masks, prep.weight_imp, g_hi)
-        reads = noise.sample(targets, tol, cap, elapsed_s=cfg.retention_s, seed=seed)
+        reads = noise.sample(noise.aim(targets, tol), tol, cap, elapsed_s=cfg.retention_s, seed=seed)
         ref = tensor_of < 0
         corr, _ = compensate(reads, targets[ref], reads[ref])
         acc = accuracy(decode_model(prep.compressed, prep.names, enc, cfg.code, corr, tensor_of), prep.test.x, prep.test.y)
@@ -348,7 +349,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
         if "programmed" not in stages:
             journal = VerifyJournal(store, run_id, "program", cells, every_s=cfg.checkpoint_s, sync=chip.sync)
             state = journal.load()
-            res = program_verify(chip, cells, prep.targets, vcfg, tolerance_us=prep.plan.tolerance_us,
+            res = program_verify(chip, cells, prep.plan.aim_us, vcfg, tolerance_us=prep.plan.tolerance_us,
                                  max_pulses=prep.plan.max_pulses, progress=lambda d, t: report("program", d, t),
                                  state=state, checkpoint=journal, stop=stop)
             if res.stop_reason == "interrupted":
@@ -418,7 +419,7 @@ def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarra
         "cell": cells, "tensor": prep.tensor_of, "weight": prep.weight_of, "owner": owner, "role": role.astype(np.int64),
         "gain": gain, "target_us": prep.targets, "importance": prep.importance, "tolerance_us": prep.plan.tolerance_us,
         "max_pulses": prep.plan.max_pulses, "expected_pulses": prep.plan.expected_pulses,
-        "expected_sq_error_us2": prep.plan.expected_sq_error}),
+        "expected_sq_error_us2": prep.plan.expected_sq_error, "aim_us": prep.plan.aim_us}),
         stage="layout", info={"accuracy_reference": prep.accuracy_reference,
                               "accuracy_compressed": prep.accuracy_compressed, "side_bits": prep.side_bits,
                               "tensor_side_bits": prep.tensor_side_bits, "lagrange": prep.plan.lagrange})
@@ -541,6 +542,7 @@ def _restore(store: RunStore, run_id: str, run_dir: str | Path, noise: NoiseMode
     n = len(layout)
     plan = allocation.Plan(layout["tolerance_us"].to_numpy(), layout["max_pulses"].to_numpy(np.int64),
                            layout["expected_pulses"].to_numpy(), layout["expected_sq_error_us2"].to_numpy(),
+                           layout["aim_us"].to_numpy() if "aim_us" in layout else layout["target_us"].to_numpy(),
                            allocation.options(noise, cfg.caps), np.zeros(n, np.int64), done["lagrange"])
     prep = Prepared(model, compressed, names, encoded, layout["target_us"].to_numpy(), layout["weight"].to_numpy(),
                     layout["tensor"].to_numpy(), layout["importance"].to_numpy(), plan, done["side_bits"], test,

@@ -71,11 +71,12 @@ def test_window_and_programming_tables(pcm) -> None:
     _, model, data = pcm
     assert abs(model.window_["g_sat_us"] - 25.0) < 0.1 * 25.0
     prog = data["programming"]
-    assert len(prog) == 8000 and prog.groupby(["level_us", "tolerance_us"]).size().min() >= 300
+    groups = len(model.levels_us_) * len(model.tolerances_us_)
+    assert len(prog) == 8000 and prog.groupby(["level_us", "tolerance_us"]).size().min() >= 8000 // groups
     assert set(data["trace"]["event"]) == {"reset", "read", "set"}
     # the wider the tolerance, the fewer the pulses
     p = [float(np.mean(model.expected_pulses(model.levels_us_, t, model.max_pulses_))) for t in model.tolerances_us_]
-    assert p[0] > p[1] > p[2]
+    assert all(a > b for a, b in zip(p, p[1:]))
 
 
 def test_other_profile_gives_different_parameters(pcm, tmp_path) -> None:

@@ -4,7 +4,8 @@ The model is prepared once (pruning, fine-tuning, Fisher importance, codes); the
 strategy programs the same cells at a range of budgets on the emulated chip, waits the
 retention time, reads back, compensates drift, decodes and measures accuracy.
 ``pulses_X`` is the fewest pulses (SET + RESET, as counted by the chip run) of a trial
-that stayed within 0.5 pp; ``None`` when no trial did.
+that stayed within 0.5 pp; ``None`` when no trial did. ``pulse_ratio_bound`` is
+uniform's pulses over the cheapest plan the options allow: no allocation can beat it.
 """
 from __future__ import annotations
 
@@ -24,29 +25,29 @@ from ..store import RunStore
 
 
 def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp: float = 0.5, repeats: int = 3,
-        progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
+        replicas: float = 2.0, progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
     report = progress or (lambda *a: None)
     chip = EmulatedChip(seed=seed)
     n = chip.geometry.n_cells
     with tempfile.TemporaryDirectory() as d, RunStore(f"{d}/s.sqlite") as store:
         _, noise = run_calibration(chip, store, CalibrationConfig(cells=20_000, first_cell=n - 20_000, seed=seed))
-    cfg = StoreConfig(model=model, sparsity=0.75, replicas_per_weight=2.0, seed=seed)
+    cfg = StoreConfig(model=model, sparsity=0.75, replicas_per_weight=replicas, seed=seed)
     prep = prepare(cfg, noise, n, report)
     target = prep.accuracy_reference - margin_pp / 100
     cells = np.arange(prep.targets.size, dtype=np.int64)
     ref = prep.tensor_of < 0
     base = VerifyConfig(**noise.provenance["config"]["verify"])
     base = replace(base, n_avg=noise.n_avg_)
-    opts = allocation.options(noise, cfg.caps)
-    err2, pulses = allocation.tables(noise, prep.targets, opts)
+    table = allocation.tables(noise, prep.targets, allocation.options(noise, cfg.caps))
+    opts = table.options
     w = ~ref
 
-    def trial(tol: np.ndarray, cap: np.ndarray, vcfg: VerifyConfig) -> tuple[float, float]:
+    def trial(aim: np.ndarray, tol: np.ndarray, cap: np.ndarray, vcfg: VerifyConfig) -> tuple[float, float]:
         """Mean pulses and accuracy over ``repeats`` programmings of the same cells (one
         realization scatters by ±0.3 pp, as much as the effect being measured)."""
         p, a = [], []
         for _ in range(repeats):
-            res = program_verify(chip, cells, prep.targets, replace(vcfg, max_pulses=int(cap.max())),
+            res = program_verify(chip, cells, aim, replace(vcfg, max_pulses=int(cap.max())),
                                  tolerance_us=tol, max_pulses=cap)
             chip.wait(cfg.retention_s)
             reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
@@ -59,21 +60,20 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
 
     results: dict[str, list[dict[str, float]]] = {"importance": [], "uniform": [], "naive": []}
     tight = min(range(len(opts)), key=lambda i: (opts[i][0], -opts[i][1]))
-    lo = allocation.minimum_pulses(pulses[w])
-    hi = float(pulses[w].max(axis=1).sum())
+    lo = table[w].minimum_pulses()
+    hi = float(table[w].pulses.max(axis=1).sum())
     for k, budget in enumerate(np.geomspace(lo * 1.02, hi, points)):
         for name, pick in (("importance", allocation.allocate), ("uniform", allocation.uniform)):
-            plan = pick(prep.importance[w], err2[w], pulses[w], opts, budget)
-            tol = np.full(cells.size, opts[tight][0])
-            cap = np.full(cells.size, opts[tight][1])
-            tol[w], cap[w] = plan.tolerance_us, plan.max_pulses
-            p, a = trial(tol, cap, base)
+            choice = np.full(cells.size, tight)
+            choice[w] = pick(prep.importance[w], table[w], budget).choice
+            plan = table.plan(choice)
+            p, a = trial(plan.aim_us, plan.tolerance_us, plan.max_pulses, base)
             results[name].append({"budget": float(budget), "pulses": p, "accuracy": a})
         report("budgets", k + 1, points)
-    # naive: a fixed-step loop (constant SET amplitude, no programming curve), caps swept
+    # naive: a fixed-step loop (constant SET amplitude, no programming curve, aimed at the target), caps swept
     fixed = naive_config(base)
     for cap in (5, 10, 20, 40, 80):
-        p, a = trial(np.full(cells.size, 0.5), np.full(cells.size, cap), replace(fixed, max_pulses=cap))
+        p, a = trial(prep.targets, np.full(cells.size, 0.5), np.full(cells.size, cap), replace(fixed, max_pulses=cap))
         results["naive"].append({"cap": cap, "pulses": p, "accuracy": a})
 
     def needed(rows: list[dict[str, float]]) -> int | None:
@@ -86,11 +86,16 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     gains = [100 * (r["accuracy"] - np.interp(r["pulses"], *zip(*uni))) for r in results["importance"]
              if uni[0][0] <= r["pulses"] <= uni[-1][0]]
     return {
-        "benchmark": "budgets", "model": model, "seed": seed, "cells": int(cells.size), "repeats": repeats,
+        "benchmark": "budgets", "model": model, "seed": seed, "cells": int(cells.size), "replicas_per_weight": replicas,
+        "repeats": repeats,
         "accuracy_reference": prep.accuracy_reference, "accuracy_target": target,
         "pulses_importance": pi, "pulses_uniform": pu, "pulses_naive": pn,
         "pulse_ratio": (pu / pi) if pi and pu else None,
         "naive_ratio": (pn / pi) if pi and pn else None,
+        # no allocation of the calibrated options spends less than this (every cell on its
+        # cheapest option, reference cells tight), so pulse_ratio cannot exceed the bound
+        "pulses_minimum": int(round(lo + table[ref].pulses[:, tight].sum())),
+        "pulse_ratio_bound": (pu / (lo + table[ref].pulses[:, tight].sum())) if pu else None,
         "accuracy_gain_at_equal_pulses_pp_max": max(gains) if gains else None,
         "accuracy_gain_at_equal_pulses_pp_median": float(np.median(gains)) if gains else None,
         "trials": results,
