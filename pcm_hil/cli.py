@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--replicas", type=float, default=2.0, help="mean replicas per kept weight, placed by importance")
     st.add_argument("--importance", default="fisher", choices=["fisher", "hessian", "magnitude"])
     st.add_argument("--allocation", default="importance", choices=["importance", "uniform"])
-    st.add_argument("--pulse-budget", type=float, default=None, help="total pulses (default: uniform ±0.5 µS, cap 20)")
+    st.add_argument("--pulse-budget", type=float, default=None, help="total pulses (default: what uniform ±2 µS, cap 20 would spend)")
     st.add_argument("--target-loss", type=float, default=None,
                     help="instead of a pulse budget: the fewest pulses whose predicted loss increase stays below this")
     st.add_argument("--retention", type=float, default=86400.0, help="seconds between programming and read-back")
