@@ -327,7 +327,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         [f"accuracy: stored, read after {r['retention_s']:g} s", f"{r['accuracy_stored']:.2%}"],
         ["weights / cells / digital cells", f"{r['weights']} / {r['cells']} / {r['digital_cells']:.0f}"],
         ["cells per weight (all costs)", f"{r['cells_per_weight']:.3f}"],
-        ["pulses (SET + RESET), yield", f"{r['pulses']} , {r['yield']:.2%}"],
+        ["pulses (SET + RESET), yield", f"{r['pulses']:,}, {r['yield']:.2%}"],
         ["reduction vs fp32 on SLC + ECC", f"{mr['fp32_slc_ecc']:.1f}×"],
         ["reduction vs compressed on SLC + ECC", f"{mr['compressed_slc_ecc']:.1f}×"],
         ["reduction vs best digital on MLC + ECC",
