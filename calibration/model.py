@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .stats import bootstrap_se, cell_slopes, poly_design, sigma_se, wls
+from .stats import bootstrap_se, cell_slopes, chi2_per_dof_limit, poly_design, sigma_se, wls
 
 SCHEMA = "pcm-hil/noise-model"
 SCHEMA_VERSION = 1
@@ -286,20 +286,32 @@ class NoiseModel:
 
     def sigma(self, targets_us: Any, tolerance_us: float, n_avg: int | None = None,
               with_se: bool = False) -> Any:
-        """σ (µS) of the error seen t0 after programming (converged cells), from the smooth fit."""
+        """σ (µS) of the error seen t0 after programming (converged cells): the smooth fit in
+        G where the data accept it (χ² test, p = 0.001), else interpolated between the
+        measured levels (loose windows: a target within the tolerance of the floor verifies
+        after the RESET alone, so σ jumps there)."""
         self._check_fitted()
-        fit = self.programming_["sigma_fit"][self._tol_index(tolerance_us)]
+        ti = self._tol_index(tolerance_us)
+        fit = self.programming_["sigma_fit"][ti]
         shape = np.shape(targets_us)
-        x = np.clip(np.atleast_1d(self._x(targets_us)), self.levels_us_[0] / self.window_["g_sat_us"],
-                    self.levels_us_[-1] / self.window_["g_sat_us"])
-        X = poly_design(x, len(fit["coef"]) - 1)
-        s = np.maximum(X @ np.asarray(fit["coef"]), 1e-3)
+        t = np.atleast_1d(np.asarray(targets_us, float))
+        x = self._x(t)
+        measured = np.asarray(self.programming_["sigma_us"][ti], float)
+        smooth = fit["chi2_per_dof"] <= chi2_per_dof_limit(len(self.levels_us_) - len(fit["coef"]))
+        if smooth or not np.isfinite(measured).all():
+            x = np.clip(x, self.levels_us_[0] / self.window_["g_sat_us"], self.levels_us_[-1] / self.window_["g_sat_us"])
+            X = poly_design(x, len(fit["coef"]) - 1)
+            s = np.maximum(X @ np.asarray(fit["coef"]), 1e-3)
+            se = np.sqrt(np.einsum("ij,jk,ik->i", X, np.asarray(fit["cov"]), X))
+        else:
+            s = self._per_level(measured, t)
+            se = self._per_level(np.asarray(self.programming_["sigma_us_se"][ti], float), t)
         if n_avg is not None and n_avg != self.n_avg_:
             w = self.read_sigma(targets_us)
             k = self.read_noise_["averaging_exponent"]
             s = np.sqrt(np.maximum(s ** 2 - (w * self.n_avg_ ** -k) ** 2 + (w * n_avg ** -k) ** 2, 1e-6))
         if with_se:
-            return s.reshape(shape), np.sqrt(np.einsum("ij,jk,ik->i", X, np.asarray(fit["cov"]), X)).reshape(shape)
+            return s.reshape(shape), se.reshape(shape)
         return s.reshape(shape)
 
     def aim(self, targets_us: Any, tolerance_us: float) -> np.ndarray:

@@ -40,6 +40,13 @@ def wls(X: np.ndarray, y: np.ndarray, se: np.ndarray | None = None) -> LinearFit
     return LinearFit(coef, np.sqrt(np.diag(cov)), cov, chi2)
 
 
+def chi2_per_dof_limit(dof: int, z: float = 3.09) -> float:
+    """Reduced χ² above which a fit is rejected at the one-sided normal quantile ``z``
+    (3.09: p = 0.001), by the Wilson–Hilferty approximation of the χ² quantile."""
+    k = max(int(dof), 1)
+    return (1 - 2 / (9 * k) + z * (2 / (9 * k)) ** 0.5) ** 3
+
+
 def poly_design(x: np.ndarray, degree: int) -> np.ndarray:
     return np.vander(np.asarray(x, float), degree + 1, increasing=True)
 

@@ -155,7 +155,8 @@ def test_store_and_load_end_to_end(tmp_path, noise) -> None:
     assert r["accuracy_stored"] > r["accuracy_reference"] - 0.03
     comp = r["drift_compensation"]  # a day of drift: reads came back low, the gains restore them
     assert all(1.2 < a < 2.5 for a in comp["alpha"])
-    assert abs(r["error_us"]["p50_abs"]) < 1.0
+    # the default budget buys about what uniform ±2 µS windows would: half the cells read back within 1.5 µS
+    assert r["error_us"]["p50_abs"] < 1.5
     assert r["memory_reduction"]["fp32_slc_ecc"] > 10
     assert r["yield"] > 0.9
     # the loop went for each cell's bias-compensated aim, and loose windows land on target on average
