@@ -322,11 +322,14 @@ class NoiseModel:
         a + offset(a) = target on the calibrated levels (linear in between), within the
         calibrated range of levels.
         """
+        self._check_fitted()
+        t = np.asarray(targets_us, float)
+        self._x(t)  # refuses non-finite targets
         lv = np.asarray(self.levels_us_)
         off = np.nan_to_num(np.asarray(self.programming_["offset_us"], float)[self._tol_index(tolerance_us)])
         landing = np.maximum.accumulate(lv + off)
         # invert aim → mean landing on the calibrated levels (the offset changes with the level)
-        a = np.interp(np.asarray(targets_us, float), landing, lv)
+        a = np.interp(t, landing, lv)
         return np.clip(a, self.window_["g_floor_us"], lv[-1])
 
     def expected_sq_error(self, targets_us: Any, tolerance_us: float, max_pulses: int,
