@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -292,13 +293,20 @@ def _noise_model(args: argparse.Namespace, chip: Chip, store, bar, stop=None):  
     return model
 
 
+def _absolute(path: str | None) -> str | None:
+    """A path as the run records it: absolute, so that the run loads from any directory."""
+    return str(Path(path).resolve()) if path else None
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     from .calibrate import run_calibration
     from .checkpoint import StopRequest
     from .coding import CodeConfig
-    from .pipeline import StoreConfig, resume_store_job, run_store_job
+    from .models import own_model_name
+    from .pipeline import StoreConfig, check_model, resume_store_job, run_store_job
 
-    cfg = StoreConfig(model=args.model, checkpoint=args.checkpoint, data_dir=args.data_dir,
+    cfg = StoreConfig(model=own_model_name(args.model), checkpoint=_absolute(args.checkpoint),
+                      data_dir=_absolute(args.data_dir),
                       code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity,
                       importance=args.importance, allocation=args.allocation, pulse_budget=args.pulse_budget,
                       target_loss=args.target_loss, replicas_per_weight=args.replicas, retention_s=args.retention,
@@ -312,6 +320,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         elif args.resume:
             r = resume_store_job(chip, store, args.resume, args.run_dir, progress=bar, stop=stop)
         else:
+            check_model(cfg)
             noise = _noise_model(args, chip, store, bar, stop)
             r = run_store_job(chip, noise, store, cfg, args.run_dir, progress=bar, stop=stop)
     decoded = r.pop("_decoded", None)
@@ -337,6 +346,10 @@ def cmd_store(args: argparse.Namespace) -> int:
     ]
     text = format_table(["", ""], rows, title=f"stored {r['model']} as run {r['run_id']} ({args.code} code, "
                                               f"{args.allocation} allocation)")
+    lost = r["accuracy_reference"] - r["accuracy_compressed"]
+    if lost > 0.02 and not args.json:
+        text += (f"\nnote: compression alone cost {lost:.1%} (pruning {r['sparsity']:.0%} of the weights); "
+                 "a smaller model may need a lower --sparsity")
     _emit(args, r, text)
     return 0
 
@@ -471,9 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("store", help="the main job: store a model in the chip and read it back")
     add_chip_args(st)
-    st.add_argument("--model", default="lenet5-fmnist", help="registry model (default lenet5-fmnist)")
+    st.add_argument("--model", default="lenet5-fmnist",
+                    help="registry model (default lenet5-fmnist), or your own architecture as file.py:Class or "
+                         "package.module:Class, built with no arguments (needs --checkpoint and --data-dir)")
     st.add_argument("--checkpoint", help="your own state-dict checkpoint for that architecture")
-    st.add_argument("--data-dir", help="evaluation data: a cifar-10-batches-py directory or x_test.npy/y_test.npy")
+    st.add_argument("--data-dir", help="evaluation data: a cifar-10-batches-py directory, or x_test.npy/y_test.npy "
+                                       "(x_train.npy/y_train.npy too, for fine-tuning and importance)")
     st.add_argument("--noise-model", help="calibrated noise model (default: calibrate now on the chip's last cells)")
     st.add_argument("--code", default="sign", choices=["sign", "pair", "offset", "split", "multilevel"])
     st.add_argument("--percentile", type=float, default=99.5, help="clip |w| at this percentile per tensor")

@@ -104,9 +104,50 @@ REGISTRY = {s.name: s for s in [
 
 
 def spec(name: str) -> ModelSpec:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; shipped: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    """A registry model, or your own architecture named ``file.py:Class`` or
+    ``package.module:Class`` (built with no arguments; its data come from ``--data-dir``)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" in name:
+        return ModelSpec(name, _own_class(name), dataset="", epochs=0)
+    raise ValueError(f"unknown model {name!r}; shipped: {', '.join(sorted(REGISTRY))}; or your own "
+                     "architecture as 'file.py:Class' or 'package.module:Class'")
+
+
+def own_model_name(name: str) -> str:
+    """``name`` with a ``file.py:Class`` path made absolute, so a run can be loaded from anywhere."""
+    where, _, cls = name.rpartition(":")
+    return f"{Path(where).resolve()}:{cls}" if where.endswith(".py") else name
+
+
+def _own_class(name: str) -> Callable[[], nn.Module]:
+    """The nn.Module subclass ``name`` points at (this imports your code, as Python would)."""
+    import importlib
+    import importlib.util
+
+    where, _, cls = name.rpartition(":")
+    if where.endswith(".py") and not Path(where).is_file():
+        raise ValueError(f"model file {where} does not exist")
+    try:
+        if where.endswith(".py"):
+            tag = hashlib.sha1(where.encode()).hexdigest()[:8]
+            mod_spec = importlib.util.spec_from_file_location(f"pcm_hil_own_{tag}", where)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except Exception as e:  # the user's module failed to import: say which, keep the cause
+        raise ValueError(f"cannot import {where!r} for model {name!r}: {type(e).__name__}: {e}") from e
+    obj = getattr(module, cls, None)
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise ValueError(f"{where!r} has no nn.Module subclass named {cls!r}")
+
+    def build() -> nn.Module:
+        try:
+            return obj()
+        except TypeError as e:
+            raise ValueError(f"{name}: the class must build with no arguments ({e})") from e
+    return build
 
 
 def sha256(path: Path) -> str:
@@ -145,6 +186,8 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     if checkpoint is None:
         path = CHECKPOINTS / f"{name}.pt"
         entry = manifest().get(name)
+        if name not in REGISTRY:
+            raise ValueError(f"{name} is your own architecture: give its weights with --checkpoint FILE (a state dict)")
         if entry is None or not path.exists():
             raise ValueError(f"no shipped checkpoint for {name}: train it with "
                              f"'python scripts/train_models.py {name}'")

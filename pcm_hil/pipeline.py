@@ -105,20 +105,35 @@ class Prepared:
     tensor_side_bits: float = 0.0
 
 
+def check_model(cfg: StoreConfig) -> None:
+    """The model, its checkpoint and (for your own architecture) its data can be found:
+    checked before anything else, so that a typo costs no calibration pulse."""
+    load_model(cfg.model, cfg.checkpoint)
+    if not spec(cfg.model).dataset and not (cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists()):
+        raise ValueError(f"{cfg.model} is your own architecture: give --data-dir with x_test.npy and y_test.npy "
+                         "(and x_train.npy, y_train.npy for fine-tuning and importance)")
+
+
 def _dataset(cfg: StoreConfig) -> tuple[datasets.Split, datasets.Split]:
     if cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists():
         d = Path(cfg.data_dir)
         load = lambda n: np.load(d / n, allow_pickle=False)  # noqa: E731
         test = datasets.Split(load("x_test.npy").astype(np.float32), load("y_test.npy").astype(np.int64))
-        train = (datasets.Split(load("x_train.npy").astype(np.float32), load("y_train.npy").astype(np.int64))
-                 if (d / "x_train.npy").exists() else test)
-        return train, test
+        if (d / "x_train.npy").exists():
+            return datasets.Split(load("x_train.npy").astype(np.float32), load("y_train.npy").astype(np.int64)), test
+        # no training data: fine-tune and estimate importance on one half, report accuracy on the
+        # other, so that no accuracy is measured on data the model was tuned with
+        idx = np.random.default_rng(0).permutation(len(test))
+        half = len(test) // 2
+        return (datasets.Split(test.x[idx[:half]], test.y[idx[:half]]),
+                datasets.Split(test.x[idx[half:]], test.y[idx[half:]]))
     return datasets.load(spec(cfg.model).dataset, cfg.data_dir)
 
 
 def prepare(cfg: StoreConfig, noise: NoiseModel, n_cells: int, progress: Progress) -> Prepared:
     """Everything up to the first pulse; raises ValueError on bad input before touching a chip."""
     progress("prepare", 0, 4)
+    check_model(cfg)
     model = load_model(cfg.model, cfg.checkpoint)
     train, test = _dataset(cfg)
     names = analog_parameters(model)

@@ -268,3 +268,90 @@ def test_decode_trusts_only_verified_replicas() -> None:
     lone = np.flatnonzero(enc.owner == 2)
     trusted[lone] = False  # a weight with no verified replica still decodes from what it has
     assert np.allclose(decode(enc, reads, cfg, trusted), w)
+
+
+TINY_NET = '''
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 24)
+        self.fc2 = nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+'''
+
+
+def _build(name: str) -> torch.nn.Module:
+    from pcm_hil.models import spec
+
+    return spec(name).build()
+
+
+def test_your_own_architecture_stores_and_loads(tmp_path, noise, monkeypatch) -> None:
+    from pcm_hil.datasets import digits
+    from pcm_hil.models import accuracy, own_model_name
+
+    (tmp_path / "mynet.py").write_text(TINY_NET)
+    monkeypatch.chdir(tmp_path)
+    name = own_model_name("mynet.py:Tiny")
+    assert name == f"{tmp_path / 'mynet.py'}:Tiny"  # absolute: the run loads from any directory
+    train, test = digits()
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, part in (("train", train), ("test", test)):
+        np.save(data / f"x_{split}.npy", part.x)
+        np.save(data / f"y_{split}.npy", part.y)
+    net = _build(name)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    torch.manual_seed(0)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    torch.save(net.state_dict(), tmp_path / "tiny.pt")
+    assert accuracy(net, test.x, test.y) > 0.9
+    chip, store, cfg = _store(tmp_path, noise, digital_baseline=False)
+    cfg = StoreConfig(**{**cfg.__dict__, "model": name, "checkpoint": str(tmp_path / "tiny.pt"),
+                         "data_dir": str(data)})
+    r = run_store_job(chip, noise, store, cfg, tmp_path)
+    assert r["weights"] == 64 * 24 + 24 * 10 and r["accuracy_reference"] == accuracy(net, test.x, test.y)
+    assert r["accuracy_stored"] > r["accuracy_reference"] - 0.03
+    monkeypatch.chdir("/")
+    assert abs(load_run(chip, store, r["run_id"], tmp_path)["accuracy_loaded"] - r["accuracy_stored"]) < 0.03
+    store.close()
+
+
+def test_your_own_architecture_without_its_files_is_refused(tmp_path) -> None:
+    from pcm_hil.pipeline import _dataset, check_model
+
+    (tmp_path / "mynet.py").write_text(TINY_NET + "\nclass NeedsArgs(nn.Module):\n    def __init__(self, n):\n"
+                                       "        super().__init__()\n")
+    (tmp_path / "broken.py").write_text("import no_such_module_anywhere\n")
+    own = f"{tmp_path / 'mynet.py'}:Tiny"
+    torch.save(_build(own).state_dict(), tmp_path / "tiny.pt")
+    cases = {
+        "nope": "unknown model 'nope'.*file.py:Class",
+        f"{tmp_path / 'missing.py'}:Tiny": "missing.py does not exist",
+        f"{tmp_path / 'broken.py'}:Tiny": "cannot import .*ModuleNotFoundError",
+        f"{tmp_path / 'mynet.py'}:Nothing": "no nn.Module subclass named 'Nothing'",
+        f"{tmp_path / 'mynet.py'}:NeedsArgs": "must build with no arguments",
+        own: "your own architecture: give its weights with --checkpoint",
+    }
+    for model, match in cases.items():
+        with pytest.raises(ValueError, match=match):
+            check_model(StoreConfig(model=model))
+    with pytest.raises(ValueError, match="give --data-dir with x_test.npy"):
+        check_model(StoreConfig(model=own, checkpoint=str(tmp_path / "tiny.pt")))
+    # test data only: tuned on one half, accuracy on the other, never on the same samples
+    data = tmp_path / "data"
+    data.mkdir()
+    np.save(data / "x_test.npy", np.arange(100, dtype=np.float32)[:, None])
+    np.save(data / "y_test.npy", np.zeros(100, np.int64))
+    tune, evaluate = _dataset(StoreConfig(model=own, data_dir=str(data)))
+    assert len(tune) == len(evaluate) == 50 and not set(tune.x.ravel()) & set(evaluate.x.ravel())
