@@ -172,8 +172,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         with StageProgress(not args.json and sys.stderr.isatty()) as bar:
             r = budgets.run(seed=args.seed, replicas=args.replicas, progress=bar)
-        rows = [[name, r[f"pulses_{name}"]] for name in ("importance", "uniform", "naive")]
+        rows = [[name.replace("_", " "), r[f"pulses_{name}"]]
+                for name in ("importance", "uniform", "uniform_replicas", "naive")]
         rows.append(["uniform / importance", r["pulse_ratio"]])
+        rows.append(["uniform replicas / importance", r["pulse_ratio_all_uniform"]])
         rows.append(["bound: uniform / cheapest plan", r["pulse_ratio_bound"]])
         text = format_table(["strategy", "pulses to stay within 0.5 pp"], rows,
                             title=f"budgets, {r['model']}, {r['cells']} cells, target {r['accuracy_target']:.2%}")

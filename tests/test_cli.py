@@ -99,3 +99,19 @@ def test_calibrate_run_validate_and_export(tmp_path) -> None:
     assert r.returncode == 2 and "not on this chip" in r.stderr
     r = run("runs", "export", out["run_id"], "--run-dir", str(runs), "--format", "csv", "--out", str(tmp_path / "x"))
     assert r.returncode == 0 and (tmp_path / "x" / "programming.csv").exists()
+
+
+def test_bench_budgets_compares_every_strategy_on_real_programmings() -> None:
+    from pcm_hil.bench import budgets
+
+    r = budgets.run(model="mlp-digits", points=3, repeats=1)
+    for name in ("importance", "uniform", "uniform_replicas"):
+        rows = r["trials"][name]
+        assert len(rows) == 3
+        # every plan spends at least the cheapest plan the options allow, and more budget buys more pulses
+        assert all(t["pulses"] >= 0.9 * r["pulses_minimum"] for t in rows)
+        assert rows[-1]["pulses"] > rows[0]["pulses"]
+        assert all(0 <= t["accuracy"] <= 1 for t in rows)
+    assert [t["cap"] for t in r["trials"]["naive"]] == [5, 10, 20, 40, 80]
+    for key in ("pulses_importance", "pulses_uniform", "pulses_naive", "pulse_ratio", "pulse_ratio_all_uniform"):
+        assert key in r

@@ -6,6 +6,10 @@ retention time, reads back, compensates drift, decodes and measures accuracy.
 ``pulses_X`` is the fewest pulses (SET + RESET, as counted by the chip run) of a trial
 that stayed within 0.5 pp; ``None`` when no trial did. ``pulse_ratio_bound`` is
 uniform's pulses over the cheapest plan the options allow: no allocation can beat it.
+
+``importance`` and ``uniform`` share one layout, with replicas placed by importance;
+``uniform_replicas`` (integer ``replicas`` only) gives every kept weight the same number
+of cells as well as every cell the same setting: importance used nowhere.
 """
 from __future__ import annotations
 
@@ -15,11 +19,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from calibration import NoiseModel
+
 from .. import allocation
 from ..calibrate import CalibrationConfig, run_calibration
+from ..coding import EncodedTensor
 from ..emulator import EmulatedChip
 from ..models import accuracy
-from ..pipeline import StoreConfig, compensate, decode_model, prepare
+from ..pipeline import StoreConfig, _encode, compensate, decode_model, prepare
 from ..program import VerifyConfig, naive_config, program_verify
 from ..store import RunStore
 
@@ -34,46 +41,58 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     cfg = StoreConfig(model=model, sparsity=0.75, replicas_per_weight=replicas, seed=seed)
     prep = prepare(cfg, noise, n, report)
     target = prep.accuracy_reference - margin_pp / 100
-    cells = np.arange(prep.targets.size, dtype=np.int64)
-    ref = prep.tensor_of < 0
     base = VerifyConfig(**noise.provenance["config"]["verify"])
     base = replace(base, n_avg=noise.n_avg_)
-    table = allocation.tables(noise, prep.targets, allocation.options(noise, cfg.caps))
-    opts = table.options
-    w = ~ref
+    by_importance = _Layout(prep.encoded, prep.targets, prep.tensor_of, prep.importance, noise, cfg)
+    tight, table = by_importance.tight, by_importance.table
+    w, ref = by_importance.weights, ~by_importance.weights
 
-    def trial(aim: np.ndarray, tol: np.ndarray, cap: np.ndarray, vcfg: VerifyConfig) -> tuple[float, float]:
+    def trial(lay: _Layout, aim: np.ndarray, tol: np.ndarray, cap: np.ndarray, vcfg: VerifyConfig
+              ) -> tuple[float, float]:
         """Mean pulses and accuracy over ``repeats`` programmings of the same cells (one
         realization scatters by ±0.3 pp, as much as the effect being measured)."""
         p, a = [], []
+        cells = np.arange(lay.targets.size, dtype=np.int64)
         for _ in range(repeats):
             res = program_verify(chip, cells, aim, replace(vcfg, max_pulses=int(cap.max())),
                                  tolerance_us=tol, max_pulses=cap)
             chip.wait(cfg.retention_s)
             reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
-            corr, _ = compensate(reads, prep.targets[ref], reads[ref])
-            model_ = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corr, prep.tensor_of,
+            corr, _ = compensate(reads, lay.targets[~lay.weights], reads[~lay.weights])
+            model_ = decode_model(prep.compressed, prep.names, lay.encoded, cfg.code, corr, lay.tensor_of,
                                   res.converged)
             p.append(int(res.pulses.sum() + res.resets.sum() + cells.size))
             a.append(accuracy(model_, prep.test.x, prep.test.y))
         return float(np.mean(p)), float(np.mean(a))
 
-    results: dict[str, list[dict[str, float]]] = {"importance": [], "uniform": [], "naive": []}
-    tight = min(range(len(opts)), key=lambda i: (opts[i][0], -opts[i][1]))
+    def sweep(lay: _Layout, pick: Callable, budget: float) -> dict[str, float]:
+        choice = np.full(lay.targets.size, lay.tight)
+        choice[lay.weights] = pick(lay.importance[lay.weights], lay.table[lay.weights], budget).choice
+        plan = lay.table.plan(choice)
+        p, a = trial(lay, plan.aim_us, plan.tolerance_us, plan.max_pulses, base)
+        return {"budget": float(budget), "pulses": p, "accuracy": a}
+
+    layouts = [("importance", by_importance, allocation.allocate), ("uniform", by_importance, allocation.uniform)]
+    if float(replicas).is_integer() and replicas > 1:
+        # everything uniform: every kept weight the same number of cells, every cell the same setting
+        c = replace(cfg, code=replace(cfg.code, redundancy=int(replicas)), replicas_per_weight=1.0)
+        masks = {e.name: e.mask for e in prep.encoded}
+        enc, targets, _, tensor_of, importance, _ = _encode(c, noise, prep.compressed, prep.names, masks,
+                                                            prep.weight_imp, g_hi=prep.encoded[0].g_hi)
+        layouts.append(("uniform_replicas", _Layout(enc, targets, tensor_of, importance, noise, cfg),
+                        allocation.uniform))
+    results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in layouts} | {"naive": []}
     lo = table[w].minimum_pulses()
     hi = float(table[w].pulses.max(axis=1).sum())
     for k, budget in enumerate(np.geomspace(lo * 1.02, hi, points)):
-        for name, pick in (("importance", allocation.allocate), ("uniform", allocation.uniform)):
-            choice = np.full(cells.size, tight)
-            choice[w] = pick(prep.importance[w], table[w], budget).choice
-            plan = table.plan(choice)
-            p, a = trial(plan.aim_us, plan.tolerance_us, plan.max_pulses, base)
-            results[name].append({"budget": float(budget), "pulses": p, "accuracy": a})
+        for name, lay, pick in layouts:
+            results[name].append(sweep(lay, pick, budget))
         report("budgets", k + 1, points)
     # naive: a fixed-step loop (constant SET amplitude, no programming curve, aimed at the target), caps swept
     fixed = naive_config(base)
     for cap in (5, 10, 20, 40, 80):
-        p, a = trial(prep.targets, np.full(cells.size, 0.5), np.full(cells.size, cap), replace(fixed, max_pulses=cap))
+        caps = np.full(prep.targets.size, cap)
+        p, a = trial(by_importance, prep.targets, np.full(caps.size, 0.5), caps, replace(fixed, max_pulses=cap))
         results["naive"].append({"cap": cap, "pulses": p, "accuracy": a})
 
     def needed(rows: list[dict[str, float]]) -> int | None:
@@ -81,16 +100,20 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
         return int(min(ok)) if ok else None
 
     pi, pu, pn = needed(results["importance"]), needed(results["uniform"]), needed(results["naive"])
+    pa = needed(results["uniform_replicas"]) if "uniform_replicas" in results else None
     # at equal pulses: importance's accuracy minus uniform's (uniform interpolated between its trials)
     uni = sorted((r["pulses"], r["accuracy"]) for r in results["uniform"])
     gains = [100 * (r["accuracy"] - np.interp(r["pulses"], *zip(*uni))) for r in results["importance"]
              if uni[0][0] <= r["pulses"] <= uni[-1][0]]
     return {
-        "benchmark": "budgets", "model": model, "seed": seed, "cells": int(cells.size), "replicas_per_weight": replicas,
-        "repeats": repeats,
+        "benchmark": "budgets", "model": model, "seed": seed, "cells": int(prep.targets.size),
+        "replicas_per_weight": replicas, "repeats": repeats,
         "accuracy_reference": prep.accuracy_reference, "accuracy_target": target,
         "pulses_importance": pi, "pulses_uniform": pu, "pulses_naive": pn,
         "pulse_ratio": (pu / pi) if pi and pu else None,
+        # uniform replication as well as uniform settings: no use of importance anywhere
+        "pulses_uniform_replicas": pa,
+        "pulse_ratio_all_uniform": (pa / pi) if pi and pa else None,
         "naive_ratio": (pn / pi) if pi and pn else None,
         # no allocation of the calibrated options spends less than this (every cell on its
         # cheapest option, reference cells tight), so pulse_ratio cannot exceed the bound
@@ -101,3 +124,15 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
         "trials": results,
         "targets": {"pulse_ratio_min": 2.0},
     }
+
+
+class _Layout:
+    """Cells of one encoding of the model with their option table (reference cells tight)."""
+
+    def __init__(self, encoded: list[EncodedTensor], targets: np.ndarray, tensor_of: np.ndarray,
+                 importance: np.ndarray, noise: NoiseModel, cfg: StoreConfig) -> None:
+        self.encoded, self.targets, self.tensor_of, self.importance = encoded, targets, tensor_of, importance
+        self.weights = tensor_of >= 0
+        self.table = allocation.tables(noise, targets, allocation.options(noise, cfg.caps))
+        opts = self.table.options
+        self.tight = min(range(len(opts)), key=lambda i: (opts[i][0], -opts[i][1]))
