@@ -209,7 +209,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         from .checkpoint import StopRequest
 
         cfg = CalibrationConfig(cells=args.cells, first_cell=args.first_cell, seed=args.seed)
-        with _store(args) as store, _chip_for(args, store, args.resume) as chip, StopRequest() as stop, \
+        with _store(args) as store, chip_for_run(args, store, args.resume) as chip, StopRequest() as stop, \
                 StageProgress(not args.json and sys.stderr.isatty()) as bar:
             run_id, model = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume)
             model.save(args.out)
@@ -262,7 +262,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 # -- store / load ---------------------------------------------------------------------
-def _chip_for(args: argparse.Namespace, store, run_id: str | None) -> Chip:  # noqa: ANN001
+def chip_for_run(args: argparse.Namespace, store, run_id: str | None) -> Chip:  # noqa: ANN001
     """The chip for a new run (``--emulated``/``--bench``), or the one an earlier run used:
     the bench, or the emulated chip saved next to that run (its cells are non-volatile)."""
     if run_id is None or args.bench:
@@ -313,7 +313,7 @@ def cmd_store(args: argparse.Namespace) -> int:
                       importance=args.importance, allocation=args.allocation, pulse_budget=args.pulse_budget,
                       target_loss=args.target_loss, replicas_per_weight=args.replicas, retention_s=args.retention,
                       seed=args.seed)
-    with _store(args) as store, _chip_for(args, store, args.resume) as chip, StopRequest() as stop, \
+    with _store(args) as store, chip_for_run(args, store, args.resume) as chip, StopRequest() as stop, \
             StageProgress(not args.json and sys.stderr.isatty()) as bar:
         if args.resume and store.run(args.resume)["kind"] == "calibration":
             # killed while calibrating on the spot: finish that calibration, then store
@@ -359,7 +359,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     from .pipeline import load_run
 
-    with _store(args) as store, _chip_for(args, store, args.run) as chip:
+    with _store(args) as store, chip_for_run(args, store, args.run) as chip:
         if args.wait:
             chip.wait(args.wait)
         r = load_run(chip, store, args.run, args.run_dir)

@@ -592,8 +592,12 @@ def load_run(chip: Chip, store: RunStore, run_id: str, run_dir: str | Path) -> d
     programmed = store.read(run_id, "programmed")
     trusted = programmed["converged"].to_numpy(bool) if len(programmed) == cells.size else None
     decoded = decode_model(model, names, encoded, cfg.code, corrected, tensor_of, trusted)
+    raw = decode_model(model, names, encoded, cfg.code, reads, tensor_of, trusted)
     stored = info.get("result") or {}
+    programmed_at = store.stages(run_id).get("programmed", {}).get("t_chip_s")
     return {"run_id": run_id, "model": cfg.model, "cells": int(cells.size), "chip_time_s": chip.now(),
+            "age_s": None if programmed_at is None else chip.now() - programmed_at,
             "accuracy_loaded": accuracy(decoded, test.x, test.y),
+            "accuracy_loaded_uncompensated": accuracy(raw, test.x, test.y),
             "accuracy_stored_at_store_time": stored.get("accuracy_stored"),
             "accuracy_reference": stored.get("accuracy_reference"), "drift_compensation": comp}
