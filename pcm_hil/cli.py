@@ -312,6 +312,7 @@ def cmd_store(args: argparse.Namespace) -> int:
                       code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity,
                       importance=args.importance, allocation=args.allocation, pulse_budget=args.pulse_budget,
                       target_loss=args.target_loss, replicas_per_weight=args.replicas, retention_s=args.retention,
+                      bn_samples=args.bn_samples,
                       seed=args.seed)
     with _store(args) as store, chip_for_run(args, store, args.resume) as chip, StopRequest() as stop, \
             StageProgress(not args.json and sys.stderr.isatty()) as bar:
@@ -336,6 +337,8 @@ def cmd_store(args: argparse.Namespace) -> int:
         ["accuracy: reference (float)", f"{r['accuracy_reference']:.2%}"],
         ["accuracy: compressed, stored digitally", f"{r['accuracy_compressed']:.2%}"],
         [f"accuracy: stored, read after {r['retention_s']:g} s", f"{r['accuracy_stored']:.2%}"],
+        *([["  the same, keeping the stored BN statistics", f"{r['accuracy_stored_without_bn_recalibration']:.2%}"]]
+          if "accuracy_stored_without_bn_recalibration" in r else []),
         ["weights / cells / digital cells", f"{r['weights']} / {r['cells']} / {r['digital_cells']:.0f}"],
         ["cells per weight (all costs)", f"{r['cells_per_weight']:.3f}"],
         ["pulses (SET + RESET), yield", f"{r['pulses']:,}, {r['yield']:.2%}"],
@@ -496,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--code", default="sign", choices=["sign", "pair", "offset", "split", "multilevel"])
     st.add_argument("--percentile", type=float, default=99.5, help="clip |w| at this percentile per tensor")
     st.add_argument("--sparsity", type=float, default=0.75, help="magnitude pruning before storage (default 0.75)")
+    st.add_argument("--bn-samples", type=int, default=1000,
+                    help="training inputs that re-estimate batch-norm statistics after read-back, for models "
+                         "with BN layers (default 1000; 0: keep the stored statistics)")
     st.add_argument("--replicas", type=float, default=2.0, help="mean replicas per kept weight, placed by importance")
     st.add_argument("--importance", default="fisher", choices=["fisher", "hessian", "magnitude"])
     st.add_argument("--allocation", default="importance", choices=["importance", "uniform"])

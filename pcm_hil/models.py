@@ -207,6 +207,35 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x, batch: int = 250) -> bool:
+    """Re-estimate every batch-norm layer's running mean and variance, in place, from the
+    inputs ``x`` passed through the model as it now is (its weights read back from cells).
+
+    Noisy weights shift each layer's activation statistics; the stored statistics no
+    longer match and the error compounds through the network. The statistics are digital
+    parameters, so this changes no cell. Returns False (model untouched) without BN layers.
+    """
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or len(x) == 0:
+        return False
+    momenta = [m.momentum for m in norms]
+    model.eval()  # only the norms collect statistics (dropout and the like stay off)
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches
+        m.train()
+    try:
+        for i in range(0, len(x), batch):
+            model(torch.from_numpy(x[i:i + batch]))
+    finally:
+        model.eval()
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    return True
+
+
+@torch.no_grad()
 def accuracy(model: nn.Module, x, y, batch: int = 2000) -> float:
     """Top-1 accuracy on numpy arrays."""
     model.eval()

@@ -27,7 +27,7 @@ from .chip import Chip
 from .coding import CodeConfig
 from .compression import analog_parameters, prune_and_finetune, quantize
 from .importance import importance as weight_importance
-from .models import accuracy, load_model, load_state_dict, spec
+from .models import accuracy, load_model, load_state_dict, recalibrate_batchnorm, spec
 from .program import VerifyConfig, program_verify
 from .allocation import DEFAULT_CAPS
 from .store import RunStore
@@ -50,6 +50,7 @@ class StoreConfig:
     training_noise: float = 0.02
     importance: str = "fisher"
     importance_samples: int = 1000
+    bn_samples: int = 1000  # training inputs that re-estimate batch-norm statistics after read-back (0: off)
     allocation: str = "importance"
     pulse_budget: float | None = None
     target_loss: float | None = None
@@ -79,6 +80,8 @@ class StoreConfig:
             raise ValueError("g_hi_fraction must be in (0, 1]")
         if not (math.isfinite(self.checkpoint_s) and 0 <= self.checkpoint_s <= 3600):
             raise ValueError(f"checkpoint_s must be in [0, 3600] s, got {self.checkpoint_s!r}")
+        if type(self.bn_samples) is not int or not 0 <= self.bn_samples <= 100_000:
+            raise ValueError(f"bn_samples must be an integer in [0, 100000], got {self.bn_samples!r}")
         if not isinstance(self.first_cell, int) or self.first_cell < 0:
             raise ValueError("first_cell must be a non-negative integer")
 
@@ -230,7 +233,8 @@ def accuracy_curve(prep: Prepared, cfg: StoreConfig, noise: NoiseModel, replicas
         for _ in range(draws):
             reads = noise.sample(noise.aim(targets, tol), tol, cap, elapsed_s=cfg.retention_s, seed=rng)
             corr, _ = compensate(reads, targets[ref], reads[ref])
-            accs.append(accuracy(decode_model(prep.compressed, prep.names, enc, cfg.code, corr, tensor_of),
+            accs.append(accuracy(_bn_recalibrated(decode_model(prep.compressed, prep.names, enc, cfg.code, corr,
+                                                               tensor_of), prep.train, cfg),
                                  prep.test.x, prep.test.y))
         acc = float(np.mean(accs))
         total = targets.size + cost.mlc_cells(side + prep.side_bits - prep.tensor_side_bits)
@@ -291,6 +295,18 @@ def decode_model(prep_model: torch.nn.Module, names: list[str], encoded: list[co
             w = coding.decode(enc, reads[tensor_of == k], code, trusted[tensor_of == k])
             p[n].copy_(torch.from_numpy(w.astype(np.float32)))
     return out
+
+
+def _has_bn(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _bn_recalibrated(model: torch.nn.Module, train: datasets.Split, cfg: StoreConfig) -> torch.nn.Module:
+    """``model`` with its batch-norm statistics re-estimated from ``cfg.bn_samples`` training
+    inputs (a fixed subset), as read-back does; unchanged without BN layers or with 0."""
+    if cfg.bn_samples:
+        recalibrate_batchnorm(model, train.subset(min(cfg.bn_samples, len(train)), seed=cfg.seed).x)
+    return model
 
 
 def compensate(reads: np.ndarray, ref_targets: np.ndarray, ref_reads: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -468,6 +484,9 @@ def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: St
     decoded = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of, trusted)
     raw = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, reads, prep.tensor_of, trusted)
     every = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of)
+    if _has_bn(decoded) and cfg.bn_samples:
+        report["accuracy_stored_without_bn_recalibration"] = accuracy(decoded, prep.test.x, prep.test.y)
+        _bn_recalibrated(decoded, prep.train, cfg)
     report["accuracy_stored"] = accuracy(decoded, prep.test.x, prep.test.y)
     report["accuracy_stored_uncompensated"] = accuracy(raw, prep.test.x, prep.test.y)
     report["accuracy_stored_all_replicas"] = accuracy(every, prep.test.x, prep.test.y)
@@ -517,7 +536,8 @@ def _best_digital(prep: Prepared, cfg: StoreConfig, weights: int, other: int, ta
         with torch.no_grad():
             for n in prep.names:
                 p[n].copy_(torch.from_numpy(quantize(p[n].numpy(), bits).astype(np.float32)))
-        return accuracy(m, prep.test.x, prep.test.y)
+        # the same read-time batch-norm re-estimation as the analog model gets, for a fair comparison
+        return accuracy(_bn_recalibrated(m, prep.train, cfg), prep.test.x, prep.test.y)
 
     return cost.best_digital(evaluate, weights, other, len(prep.names), target)
 
@@ -591,7 +611,7 @@ def load_run(chip: Chip, store: RunStore, run_id: str, run_dir: str | Path) -> d
     corrected, comp = compensate(reads, layout["target_us"].to_numpy()[ref], reads[ref])
     programmed = store.read(run_id, "programmed")
     trusted = programmed["converged"].to_numpy(bool) if len(programmed) == cells.size else None
-    decoded = decode_model(model, names, encoded, cfg.code, corrected, tensor_of, trusted)
+    decoded = _bn_recalibrated(decode_model(model, names, encoded, cfg.code, corrected, tensor_of, trusted), train, cfg)
     raw = decode_model(model, names, encoded, cfg.code, reads, tensor_of, trusted)
     stored = info.get("result") or {}
     programmed_at = store.stages(run_id).get("programmed", {}).get("t_chip_s")

@@ -355,3 +355,34 @@ def test_your_own_architecture_without_its_files_is_refused(tmp_path) -> None:
     np.save(data / "y_test.npy", np.zeros(100, np.int64))
     tune, evaluate = _dataset(StoreConfig(model=own, data_dir=str(data)))
     assert len(tune) == len(evaluate) == 50 and not set(tune.x.ravel()) & set(evaluate.x.ravel())
+
+
+def test_batchnorm_statistics_are_re_estimated_from_the_weights_as_read() -> None:
+    from pcm_hil.datasets import digits
+    from pcm_hil.models import accuracy, recalibrate_batchnorm
+
+    train, test = digits()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                              torch.nn.Dropout(0.5), torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(torch.from_numpy(train.x)), torch.from_numpy(train.y)).backward()
+        opt.step()
+    net.eval()
+    good = accuracy(net, test.x, test.y)
+    # the first layer's weights come back 1.6x too large with an offset (a gain error, as uncompensated drift)
+    with torch.no_grad():
+        net[1].weight.mul_(1.6).add_(0.05)
+    drifted = accuracy(net, test.x, test.y)
+    assert drifted < good - 0.04
+    assert recalibrate_batchnorm(net, train.x[:1000])
+    assert not net.training and net[2].momentum == 0.1  # left in eval mode, its settings restored
+    # the statistics are now those of the layer's outputs on the calibration inputs
+    with torch.no_grad():
+        h = net[1](torch.from_numpy(train.x[:1000]).flatten(1))
+    assert torch.allclose(net[2].running_mean, h.mean(0), atol=1e-4)
+    assert torch.allclose(net[2].running_var, h.var(0), rtol=0.05)  # the mean of 4 batch variances
+    assert accuracy(net, test.x, test.y) > good - 0.03
+    assert not recalibrate_batchnorm(torch.nn.Linear(3, 2), train.x[:10])  # no BN: nothing to do
