@@ -108,6 +108,7 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
                                       "not a loadable weights-only checkpoint"),
         "model-file-foreign-keys": (store + ["--checkpoint", str(d / "foreign.pt")], "fc9.weight|does not match"),
         "model-weights-nan": (store + ["--checkpoint", str(d / "nan.pt")], "NaN or infinite"),
+        "bn-samples-negative": (store + ["--bn-samples", "-1"], r"bn_samples must be an integer in \[0, 100000\]"),
         "model-unknown": ([*store[:2], "nope", *store[3:]], "unknown model 'nope'"),
         "own-model-no-checkpoint": ([*store[:2], _write(d, "net.py", "import torch.nn as nn\nclass Net(nn.Module):\n"
                                                        "    pass\n") + ":Net", *store[3:]],
@@ -150,7 +151,7 @@ CASE_IDS = ["bench-not-toml", "bench-unknown-key", "bench-no-board", "bench-limi
             "noise-model-schema-version", "noise-model-not-json", "run-store-corrupted", "run-store-truncated",
             "chip-state-truncated", "resume-unknown-run", "resume-finished-run", "resume-wrong-kind",
             "model-file-pickle", "model-file-not-state-dict", "model-file-foreign-keys", "model-weights-nan",
-            "model-unknown", "own-model-no-checkpoint"]
+            "bn-samples-negative", "model-unknown", "own-model-no-checkpoint"]
 
 
 @pytest.mark.parametrize("case", CASE_IDS)
