@@ -206,6 +206,11 @@ def load_model(name: str, checkpoint: str | Path | None = None) -> nn.Module:
     return model.eval()
 
 
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    """The model's batch-norm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, x, batch: int = 250) -> bool:
     """Re-estimate every batch-norm layer's running mean and variance, in place, from the
@@ -215,8 +220,7 @@ def recalibrate_batchnorm(model: nn.Module, x, batch: int = 250) -> bool:
     longer match and the error compounds through the network. The statistics are digital
     parameters, so this changes no cell. Returns False (model untouched) without BN layers.
     """
-    norms = [m for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = batchnorms(model)
     if not norms or len(x) == 0:
         return False
     momenta = [m.momentum for m in norms]

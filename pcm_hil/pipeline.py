@@ -27,7 +27,7 @@ from .chip import Chip
 from .coding import CodeConfig
 from .compression import analog_parameters, prune_and_finetune, quantize
 from .importance import importance as weight_importance
-from .models import accuracy, load_model, load_state_dict, recalibrate_batchnorm, spec
+from .models import accuracy, batchnorms, load_model, load_state_dict, recalibrate_batchnorm, spec
 from .program import VerifyConfig, program_verify
 from .allocation import DEFAULT_CAPS
 from .store import RunStore
@@ -297,10 +297,6 @@ def decode_model(prep_model: torch.nn.Module, names: list[str], encoded: list[co
     return out
 
 
-def _has_bn(model: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def _bn_recalibrated(model: torch.nn.Module, train: datasets.Split, cfg: StoreConfig) -> torch.nn.Module:
     """``model`` with its batch-norm statistics re-estimated from ``cfg.bn_samples`` training
     inputs (a fixed subset), as read-back does; unchanged without BN layers or with 0."""
@@ -484,7 +480,7 @@ def _read_back(chip: Chip, store: RunStore, run_id: str, prep: Prepared, cfg: St
     decoded = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of, trusted)
     raw = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, reads, prep.tensor_of, trusted)
     every = decode_model(prep.compressed, prep.names, prep.encoded, cfg.code, corrected, prep.tensor_of)
-    if _has_bn(decoded) and cfg.bn_samples:
+    if cfg.bn_samples and batchnorms(decoded):
         report["accuracy_stored_without_bn_recalibration"] = accuracy(decoded, prep.test.x, prep.test.y)
         _bn_recalibrated(decoded, prep.train, cfg)
     report["accuracy_stored"] = accuracy(decoded, prep.test.x, prep.test.y)
@@ -611,7 +607,8 @@ def load_run(chip: Chip, store: RunStore, run_id: str, run_dir: str | Path) -> d
     corrected, comp = compensate(reads, layout["target_us"].to_numpy()[ref], reads[ref])
     programmed = store.read(run_id, "programmed")
     trusted = programmed["converged"].to_numpy(bool) if len(programmed) == cells.size else None
-    decoded = _bn_recalibrated(decode_model(model, names, encoded, cfg.code, corrected, tensor_of, trusted), train, cfg)
+    decoded = decode_model(model, names, encoded, cfg.code, corrected, tensor_of, trusted)
+    _bn_recalibrated(decoded, train, cfg)
     raw = decode_model(model, names, encoded, cfg.code, reads, tensor_of, trusted)
     stored = info.get("result") or {}
     programmed_at = store.stages(run_id).get("programmed", {}).get("t_chip_s")
