@@ -26,7 +26,7 @@ from ..calibrate import CalibrationConfig, run_calibration
 from ..coding import EncodedTensor
 from ..emulator import EmulatedChip
 from ..models import accuracy
-from ..pipeline import StoreConfig, _encode, compensate, decode_model, prepare
+from ..pipeline import StoreConfig, _bn_recalibrated, _encode, compensate, decode_model, prepare
 from ..program import VerifyConfig, naive_config, program_verify
 from ..store import RunStore
 
@@ -61,6 +61,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
             corr, _ = compensate(reads, lay.targets[~lay.weights], reads[~lay.weights])
             model_ = decode_model(prep.compressed, prep.names, lay.encoded, cfg.code, corr, lay.tensor_of,
                                   res.converged)
+            _bn_recalibrated(model_, prep.train, cfg)  # as the store job's read-back (a no-op without BN)
             p.append(int(res.pulses.sum() + res.resets.sum() + cells.size))
             a.append(accuracy(model_, prep.test.x, prep.test.y))
         return float(np.mean(p)), float(np.mean(a))
