@@ -307,10 +307,10 @@ def test_your_own_architecture_stores_and_loads(tmp_path, noise, monkeypatch) ->
     for split, part in (("train", train), ("test", test)):
         np.save(data / f"x_{split}.npy", part.x)
         np.save(data / f"y_{split}.npy", part.y)
+    torch.manual_seed(0)
     net = _build(name)
     opt = torch.optim.Adam(net.parameters(), 1e-2)
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    torch.manual_seed(0)
     for _ in range(150):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
