@@ -45,7 +45,7 @@ SIGMA_DEGREE = 3
 
 
 class NoiseModel:
-    """Cell noise model fitted from calibration measurements."""
+    """Cell noise model fitted from pcm_hil_noisemodel measurements."""
 
     def __init__(self) -> None:
         self.provenance: dict[str, Any] = {}

@@ -137,7 +137,7 @@ class Channel(CommonBase):
 
 
 class Instrument(CommonBase):
-    """A message-based instrument over a :class:`~drivers.transport.VisaTransport`.
+    """A message-based instrument over a :class:`~pcm_hil_drivers.transport.VisaTransport`.
 
     Every driver is a context manager; :meth:`shutdown` is idempotent and leaves the
     outputs off. ``write``/``ask`` hold the connection's lock and defer Ctrl-C until the

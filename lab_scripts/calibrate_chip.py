@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from calibration.report import write_report
+from pcm_hil_noisemodel.report import write_report
 from pcm_hil.calibrate import CalibrationConfig, run_calibration, validate
 from pcm_hil.cli import StageProgress, add_chip_args, open_chip
 from pcm_hil.store import RunStore

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from calibration.stats import cell_slopes
+from pcm_hil_noisemodel.stats import cell_slopes
 from pcm_hil.cli import add_chip_args, open_chip
 from pcm_hil.program import program_verify
 from pcm_hil.table import format_table

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibration import NoiseModel
+from pcm_hil_noisemodel import NoiseModel
 
 DEFAULT_CAPS = (12, 20, 40)
 

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from drivers.errors import ConnectionLost, DriverError, InstrumentError, InstrumentTimeout, ProtocolError
-from drivers.keithley2600 import Keithley2600
-from drivers.keysight33500b import Keysight33500B
-from drivers.pcm_board import PCMBoard
+from pcm_hil_drivers.errors import ConnectionLost, DriverError, InstrumentError, InstrumentTimeout, ProtocolError
+from pcm_hil_drivers.keithley2600 import Keithley2600
+from pcm_hil_drivers.keysight33500b import Keysight33500B
+from pcm_hil_drivers.pcm_board import PCMBoard
 
 from .bench_config import BenchConfig
 from .chip import Chip, PulseKind, PulseUncertain

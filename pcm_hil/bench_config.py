@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from drivers import keithley2600, keysight33500b, pcm_board
+from pcm_hil_drivers import keithley2600, keysight33500b, pcm_board
 
 from .chip import Geometry, SoftLimits
 

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from calibration import NoiseModel
-from calibration.stats import cell_slopes, ks_two_sample
+from pcm_hil_noisemodel import NoiseModel
+from pcm_hil_noisemodel.stats import cell_slopes, ks_two_sample
 
 from . import __version__
 from .checkpoint import Interrupted, VerifyJournal, recording_outcome, wait_until

@@ -201,7 +201,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 # -- calibrate ------------------------------------------------------------------------
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from calibration import NoiseModel
+    from pcm_hil_noisemodel import NoiseModel
 
     from .calibrate import CalibrationConfig, run_calibration, validate
 
@@ -215,7 +215,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             model.save(args.out)
             report = None
             if args.report != "none":
-                from calibration.report import write_report
+                from pcm_hil_noisemodel.report import write_report
 
                 data = {t: store.read(run_id, t) for t in ("programming", "retention", "trace")}
                 report = str(write_report(model, data, args.report or str(args.out).removesuffix(".json") + ".png"))
@@ -278,7 +278,7 @@ def chip_for_run(args: argparse.Namespace, store, run_id: str | None) -> Chip:  
 
 def _noise_model(args: argparse.Namespace, chip: Chip, store, bar, stop=None):  # noqa: ANN001, ANN202
     """The noise model from --noise-model, or calibrated now on the chip's last cells."""
-    from calibration import NoiseModel
+    from pcm_hil_noisemodel import NoiseModel
 
     from .calibrate import CalibrationConfig, chip_id, run_calibration
 
@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from drivers.errors import DriverError
+    from pcm_hil_drivers.errors import DriverError
 
     from .checkpoint import Interrupted
     from .store import RunLocked

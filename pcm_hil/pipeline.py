@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from calibration import NoiseModel
+from pcm_hil_noisemodel import NoiseModel
 
 from . import __version__, allocation, coding, cost, datasets
 from .calibrate import chip_id

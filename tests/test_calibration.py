@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calibration import NoiseModel
+from pcm_hil_noisemodel import NoiseModel
 from pcm_hil.calibrate import CalibrationConfig, run_calibration, validate
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip, preset

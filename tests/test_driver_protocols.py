@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drivers import board_protocol as bp
-from drivers.errors import InstrumentError, InstrumentTimeout, ProtocolError
-from drivers.keithley2600 import Keithley2600
-from drivers.keysight33500b import Keysight33500B
-from drivers.pcm_board import PCMBoard
+from pcm_hil_drivers import board_protocol as bp
+from pcm_hil_drivers.errors import InstrumentError, InstrumentTimeout, ProtocolError
+from pcm_hil_drivers.keithley2600 import Keithley2600
+from pcm_hil_drivers.keysight33500b import Keysight33500B
+from pcm_hil_drivers.pcm_board import PCMBoard
 
 from .protocol import board_frame, expected_protocol
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, ProtocolError
-from drivers.pcm_board import PCMBoard
+from pcm_hil_drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, ProtocolError
+from pcm_hil_drivers.pcm_board import PCMBoard
 from pcm_hil.bench import faults as soak
 from pcm_hil.bench_chip import BenchChip, GaveUp, RetryPolicy
 from pcm_hil.chip import Geometry

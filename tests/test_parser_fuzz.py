@@ -4,8 +4,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers import board_protocol as bp
-from drivers.errors import ProtocolError
+from pcm_hil_drivers import board_protocol as bp
+from pcm_hil_drivers.errors import ProtocolError
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator.instruments.bench_model import BenchModel
 from pcm_hil.emulator.instruments.board import BoardEmulator

@@ -34,7 +34,7 @@ CFG = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance
 
 KILL_STORE = """
 import os, signal, sys
-from calibration import NoiseModel
+from pcm_hil_noisemodel import NoiseModel
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.pipeline import StoreConfig, run_store_job
@@ -65,7 +65,7 @@ def noise_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def uninterrupted(noise_file, tmp_path_factory):
-    from calibration import NoiseModel
+    from pcm_hil_noisemodel import NoiseModel
 
     d = tmp_path_factory.mktemp("clean")
     with RunStore(d / "s.sqlite") as store:
@@ -123,7 +123,7 @@ def test_store_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path,
 
 
 def test_a_bench_that_goes_silent_gives_up_with_outputs_off_and_resumes(tmp_path, noise_file) -> None:
-    from calibration import NoiseModel
+    from pcm_hil_noisemodel import NoiseModel
 
     noise = NoiseModel.load(noise_file)
     healthy, silent = FaultPlan(rate=0.0), FaultPlan(rate=1.0, kinds=("silent",), silent_s=0.4)
@@ -216,7 +216,7 @@ def test_two_writers_cannot_share_a_run(tmp_path) -> None:
 
 def test_a_stop_request_ends_a_real_time_retention_wait_promptly(tmp_path, noise_file) -> None:
     """On a real clock a day-long wait is taken in slices of at most 2 s: Ctrl-C is honoured."""
-    from calibration import NoiseModel
+    from pcm_hil_noisemodel import NoiseModel
 
     from pcm_hil.checkpoint import Interrupted, StopRequest
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import pyvisa
 
-from drivers import board_protocol as bp
-from drivers.errors import ConnectionLost
-from drivers.interrupt import deferred_sigint
+from pcm_hil_drivers import board_protocol as bp
+from pcm_hil_drivers.errors import ConnectionLost
+from pcm_hil_drivers.interrupt import deferred_sigint
 from pcm_hil.bench_chip import BenchChip
 from pcm_hil.bench_config import BenchConfig
 from pcm_hil.chip import Geometry, SoftLimits

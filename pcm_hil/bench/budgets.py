@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from calibration import NoiseModel
+from pcm_hil_noisemodel import NoiseModel
 
 from .. import allocation
 from ..calibrate import CalibrationConfig, run_calibration

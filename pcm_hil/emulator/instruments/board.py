@@ -5,9 +5,9 @@ from typing import Callable
 
 import numpy as np
 
-from drivers import board_protocol as bp
-from drivers.errors import ProtocolError
-from drivers.pcm_board import AMPLITUDE_RANGE_V, COMPLIANCE_RANGE_A, N_AVG_RANGE, READ_BIAS_RANGE_V, WIDTH_RANGE_S
+from pcm_hil_drivers import board_protocol as bp
+from pcm_hil_drivers.errors import ProtocolError
+from pcm_hil_drivers.pcm_board import AMPLITUDE_RANGE_V, COMPLIANCE_RANGE_A, N_AVG_RANGE, READ_BIAS_RANGE_V, WIDTH_RANGE_S
 
 from ... import __version__
 from .bench_model import BenchModel, ErrorQueue

@@ -13,8 +13,8 @@ import threading
 import time
 
 
-from drivers import board_protocol as bp
-from drivers.errors import ProtocolError
+from pcm_hil_drivers import board_protocol as bp
+from pcm_hil_drivers.errors import ProtocolError
 
 from .faults import TRANSIENT_CODE, FaultInjector
 
