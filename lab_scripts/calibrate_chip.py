@@ -17,19 +17,18 @@ from pathlib import Path
 
 from pcm_hil_noisemodel.report import write_report
 from pcm_hil.calibrate import CalibrationConfig, run_calibration, validate
-from pcm_hil.cli import StageProgress, add_chip_args, open_chip
-from pcm_hil.store import RunStore
+from pcm_hil.app import ChipOptions, StageProgress, chip_arguments, open_chip, open_store
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_chip_args(p)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[chip_arguments()])
     p.add_argument("--cells", type=int, default=20_000, help="cells to calibrate on")
     p.add_argument("--validate-cells", type=int, default=10_000, help="fresh cells for the check (0: skip)")
     p.add_argument("--out", default="noise-model.json", help="model file")
     p.add_argument("--run-dir", default="runs", help="run store directory")
     args = p.parse_args(argv)
-    with open_chip(args) as chip, RunStore(Path(args.run_dir) / "pcm-hil.sqlite") as store, \
+    with open_chip(ChipOptions.of(args)) as chip, open_store(args.run_dir) as store, \
             StageProgress(sys.stderr.isatty()) as bar:
         run_id, model = run_calibration(chip, store, CalibrationConfig(cells=args.cells, seed=args.seed), bar)
         model.save(args.out)

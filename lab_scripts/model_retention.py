@@ -17,22 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pcm_hil.checkpoint import wait_until
-from pcm_hil.cli import add_chip_args, chip_for_run
-from pcm_hil.pipeline import load_run
-from pcm_hil.store import RunStore
+from pcm_hil.app import ChipOptions, chip_arguments, chip_for_run, open_store
+from pcm_hil.store_job import load_run
 from pcm_hil.table import format_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_chip_args(p)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[chip_arguments()])
     p.add_argument("run", help="a finished store run")
     p.add_argument("--run-dir", default="runs", help="run store directory (default ./runs)")
     p.add_argument("--until", type=float, default=365 * 86400.0, help="last read, s after programming (default 1 year)")
@@ -42,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 2 <= args.points <= 100:
         p.error(f"--points must be in [2, 100], got {args.points}")
-    with RunStore(Path(args.run_dir) / "pcm-hil.sqlite") as store:
+    with open_store(args.run_dir) as store:
         info = store.run(args.run)
         if info["kind"] != "store" or "programmed" not in store.stages(args.run):
             p.error(f"run {args.run} is not a store run whose cells were programmed")
-        with chip_for_run(args, store, args.run) as chip:
+        with chip_for_run(ChipOptions.of(args), store, args.run) as chip:
             t_prog = store.stages(args.run)["programmed"]["t_chip_s"]
             start = max(chip.now() - t_prog, 1.0)
             if not args.until > start:
@@ -57,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 with tqdm(total=len(ages), desc="reads", disable=args.json or not sys.stderr.isatty()) as bar:
                     for age in ages:
                         wait_until(chip, t_prog + age)
-                        r = load_run(chip, store, args.run, args.run_dir)
+                        r = load_run(chip, store, args.run)
                         rows.append({"age_s": r["age_s"], "accuracy": r["accuracy_loaded"],
                                      "accuracy_uncompensated": r["accuracy_loaded_uncompensated"],
                                      "gain_median": float(np.median(r["drift_compensation"]["alpha"]))})

@@ -15,13 +15,13 @@ import sys
 import numpy as np
 import pandas as pd
 
-from pcm_hil.cli import add_chip_args, open_chip
+from pcm_hil.app import ChipOptions, chip_arguments, open_chip
 from pcm_hil.table import format_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_chip_args(p)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[chip_arguments()])
     p.add_argument("--amplitudes", type=float, nargs="+", default=[0.7, 0.85, 1.0, 1.2], help="SET amplitudes (V)")
     p.add_argument("--width", type=float, default=100e-9, help="SET width (s)")
     p.add_argument("--pulses", type=int, default=30, help="SET pulses per cell")
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="programming_curve", help="output prefix (.csv, .png)")
     args = p.parse_args(argv)
     rows = []
-    with open_chip(args) as chip:
+    with open_chip(ChipOptions.of(args)) as chip:
         for k, amp in enumerate(args.amplitudes):
             cells = np.arange(args.first_cell + k * args.cells, args.first_cell + (k + 1) * args.cells)
             chip.pulse(cells, "RESET", args.reset_amplitude, 50e-9)

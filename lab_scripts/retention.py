@@ -17,14 +17,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from pcm_hil_noisemodel.stats import cell_slopes
-from pcm_hil.cli import add_chip_args, open_chip
+from pcm_hil.app import ChipOptions, chip_arguments, open_chip
 from pcm_hil.program import program_verify
 from pcm_hil.table import format_table
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_chip_args(p)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                parents=[chip_arguments()])
     p.add_argument("--levels", type=float, nargs="+", default=[2.0, 6.0, 10.0, 14.0, 18.0], help="targets (µS)")
     p.add_argument("--cells", type=int, default=1000, help="cells per level")
     p.add_argument("--first-cell", type=int, default=0)
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = np.arange(args.first_cell, args.first_cell + n)
     target = np.repeat(args.levels, args.cells)
     rows = []
-    with open_chip(args) as chip:
+    with open_chip(ChipOptions.of(args)) as chip:
         res = program_verify(chip, cells, target, tolerance_us=args.tolerance)
         t_end = chip.now()
         with tqdm(total=args.until, desc="retention", unit="s", disable=not sys.stderr.isatty()) as bar:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,7 +25,7 @@ from . import __version__
 from .checkpoint import Interrupted, VerifyJournal, recording_outcome, wait_until
 from .chip import Chip, PulseKind
 from .program import VerifyConfig, program_verify
-from .store import RunStore
+from .run_store import RunStore
 
 Progress = Callable[[str, float, float], None]
 
@@ -123,9 +122,8 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     """
     if resume is not None:
         info = store.run(resume)
-        if info["kind"] == "calibration" and info["settings"].get("chip_id") not in (None, chip_id(chip)):
-            raise ValueError(f"run {resume} calibrated {info['settings']['chip_id']!r}, not this chip "
-                             f"({chip_id(chip)!r})")
+        if info["kind"] == "calibration":
+            chip.require_same_chip(info["settings"].get("chip_id"), f"calibration run {resume}")
         if info["kind"] == "calibration" and info["status"] == "done":  # nothing left to measure: refit
             cfg = _config_from_dict(info["settings"]["config"])
             cells = np.arange(cfg.first_cell, cfg.first_cell + cfg.cells, dtype=np.int64)
@@ -143,13 +141,11 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     report = progress or (lambda stage, done, total: None)
     if resume is None:
         settings = {"procedure": "calibration", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
-                    "chip_id": chip_id(chip), "config": asdict(cfg)}
+                    "chip_id": chip.chip_id(), "config": asdict(cfg)}
         run_id = store.create_run("calibration", settings)
     else:
         run_id = resume
-    if hasattr(chip, "state_file"):  # an emulated chip keeps its cells next to the run
-        chip.state_file = Path(store.path).parent / f"{run_id}-chip.npz"
-        chip.sync()
+    chip.attach_state(store.run_file(run_id, "chip"))  # an emulated chip keeps its cells next to the run
     with recording_outcome(store, run_id):
         _measure(chip, store, run_id, cells, cfg, vcfg, report, stop or (lambda: False))
         model = _fit(store, run_id, chip, cfg, cells)
@@ -160,7 +156,7 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
 def _fit(store: RunStore, run_id: str, chip: Chip, cfg: CalibrationConfig, cells: np.ndarray) -> NoiseModel:
     data = {t: store.read(run_id, t) for t in ("window", "programming", "trace", "read_noise", "retention", "faults")}
     return NoiseModel().fit(data, provenance={
-        "run_id": run_id, "software": f"pcm-hil {__version__}", "chip_id": chip_id(chip),
+        "run_id": run_id, "software": f"pcm-hil {__version__}", "chip_id": chip.chip_id(),
         "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)})
 
 
@@ -170,15 +166,6 @@ def _config_from_dict(d: dict[str, Any]) -> CalibrationConfig:
     for k in ("tolerances_us", "retention_s"):
         d[k] = tuple(d[k])
     return CalibrationConfig(**d)
-
-
-def chip_id(chip: Chip) -> str:
-    """A stable identity of the physical (or emulated) chip, for model provenance."""
-    info = chip.identity()
-    shape = "x".join(str(v) for v in info["geometry"].values())
-    if "seed" in info:
-        return f"emulated:{info.get('profile')}:seed={info['seed']}:{shape}"
-    return f"bench:{info.get('board', '?')}:{shape}"
 
 
 def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: CalibrationConfig,
@@ -307,9 +294,8 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
              progress: Progress | None = None) -> dict[str, Any]:
     """Program fresh cells and compare what they do with what the model predicts."""
     report = progress or (lambda stage, done, total: None)
-    if check_chip and model.provenance.get("chip_id") not in (None, chip_id(chip)):
-        raise ValueError(f"the noise model was fitted on {model.provenance['chip_id']!r}, "
-                         f"not on this chip ({chip_id(chip)!r})")
+    if check_chip:
+        chip.require_same_chip(model.provenance.get("chip_id"), "the noise model")
     model.sigma(model.levels_us_[0], tolerance_us)  # refuses an uncalibrated tolerance before any pulse
     model.expected_pulses(model.levels_us_[0], tolerance_us, max_pulses)
     if cells is None:

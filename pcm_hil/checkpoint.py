@@ -23,7 +23,7 @@ import pandas as pd
 
 from .chip import Chip
 from .program import VerifyState
-from .store import RunStore
+from .run_store import RunStore
 
 TABLE = "verify_checkpoint"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -220,6 +221,21 @@ class Chip(ABC):
     def identity(self) -> dict[str, Any]:
         """What this chip is, for run records."""
         return {"backend": type(self).__name__, "geometry": asdict(self.geometry), "limits": asdict(self.limits)}
+
+    def chip_id(self) -> str:
+        """A stable identity of the physical (or emulated) chip, recorded with every run and
+        noise model. Subclasses say which chip this is (not which instrument reaches it)."""
+        return f"{type(self).__name__}:" + "x".join(str(v) for v in self.geometry.shape)
+
+    def require_same_chip(self, recorded_id: str | None, what: str) -> None:
+        """Raise ``ValueError`` if ``what`` (a run, a noise model) was made on another chip;
+        records without an identity are accepted."""
+        if recorded_id not in (None, self.chip_id()):
+            raise ValueError(f"{what} was made on {recorded_id!r}, not on this chip ({self.chip_id()!r})")
+
+    def attach_state(self, path: "str | os.PathLike[str]") -> None:
+        """Keep the chip's state in ``path`` from now on (``sync`` writes it). A no-op on
+        hardware, whose cells keep their state; the emulator saves itself there."""
 
     def sync(self) -> None:
         """Make the chip's state durable before a checkpoint claims it. A no-op on hardware:

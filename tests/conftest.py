@@ -1,12 +1,19 @@
-"""Shared fixtures: chips for the interface suite, and the hardware opt-in."""
+"""Shared fixtures: chips for the interface suite, one calibrated noise model for the whole
+run, and the hardware opt-in."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
+from pcm_hil.calibrate import CalibrationConfig, run_calibration
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip
+from pcm_hil.run_store import RunStore
+from pcm_hil_noisemodel import NoiseModel
 
 SMALL = Geometry(2, 32, 64)  # 4096 cells
+STORE_GEOMETRY = Geometry(1, 128, 128)  # the chip the store and resume tests program (seed 2)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,3 +32,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def emulated() -> EmulatedChip:
     return EmulatedChip(SMALL, seed=7)
+
+
+@pytest.fixture(scope="session")
+def noise_file(tmp_path_factory) -> Path:
+    """A noise model calibrated once per test run on the last 8,000 cells of the store tests'
+    chip (``STORE_GEOMETRY``, seed 2), saved as JSON."""
+    d = tmp_path_factory.mktemp("noise")
+    with RunStore(d / "s.sqlite") as store:
+        _, model = run_calibration(EmulatedChip(STORE_GEOMETRY, seed=2), store,
+                                   CalibrationConfig(cells=8000, first_cell=8384, seed=2))
+    model.save(d / "noise.json")
+    return d / "noise.json"
+
+
+@pytest.fixture
+def noise(noise_file: Path) -> NoiseModel:
+    """The shared noise model, loaded fresh for each test."""
+    return NoiseModel.load(noise_file)

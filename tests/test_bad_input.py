@@ -18,7 +18,8 @@ import torch
 from pcm_hil import cli
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator.instruments import VirtualBench
-from pcm_hil.store import RunStore
+from pcm_hil.models import CHECKPOINTS
+from pcm_hil.run_store import RunStore
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
@@ -63,7 +64,7 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
     noise = json.loads((d / "noise.json").read_text())
     other_chip = {**noise, "provenance": {**noise["provenance"], "chip_id": "bench:OTHER:1x16x16"}}
     db = (d / "pcm-hil.sqlite").read_bytes()
-    sd = torch.load(Path(cli.__file__).parent / "checkpoints" / "mlp-digits.pt", weights_only=True)
+    sd = torch.load(CHECKPOINTS / "mlp-digits.pt", weights_only=True)
     (d / "evil.pt").write_bytes(pickle.dumps(_Evil()))
     torch.save({"fc9.weight": torch.zeros(3, 3)}, d / "foreign.pt")
     torch.save({k: v * float("nan") for k, v in sd.items()}, d / "nan.pt")
@@ -84,9 +85,9 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
         "resource-unresolvable": (["demo", "--bench", _write(d, "b7.toml", bench.replace(
             bench.split('resource = "')[1].split('"')[0], "socket://no-such-host.invalid:5025", 1))],
             "Name or service not known|cannot open serial resource"),
-        "tolerance-not-finite": (["demo", "--tolerance", "nan"], r"tolerance_us must be in \(0.0, 100.0\]"),
-        "retention-negative": (store + ["--retention", "-5"], r"retention_s must be in \[0, 10 years\]"),
-        "retention-infinite": (store + ["--retention", "inf"], r"retention_s must be in \[0, 10 years\]"),
+        "tolerance-not-finite": (["demo", "--tolerance", "nan"], r"argument --tolerance: must be in \(0, 100\], got nan"),
+        "retention-negative": (store + ["--retention", "-5"], r"argument --retention: must be in \[0, 10 years\]"),
+        "retention-infinite": (store + ["--retention", "inf"], r"argument --retention: must be in \[0, 10 years\]"),
         "budget-too-small": (store + ["--pulse-budget", "5"], "too small"),
         "noise-model-other-chip": ([*store[:4], _write(d, "n1.json", json.dumps(other_chip)), *store[5:]],
                                    "fitted on 'bench:OTHER"),
@@ -108,7 +109,7 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
                                       "not a loadable weights-only checkpoint"),
         "model-file-foreign-keys": (store + ["--checkpoint", str(d / "foreign.pt")], "fc9.weight|does not match"),
         "model-weights-nan": (store + ["--checkpoint", str(d / "nan.pt")], "NaN or infinite"),
-        "bn-samples-negative": (store + ["--bn-samples", "-1"], r"bn_samples must be an integer in \[0, 100000\]"),
+        "bn-samples-negative": (store + ["--bn-samples", "-1"], r"argument --bn-samples: must be in \[0, 100000\], got -1"),
         "model-unknown": ([*store[:2], "nope", *store[3:]], "unknown model 'nope'"),
         "own-model-no-checkpoint": ([*store[:2], _write(d, "net.py", "import torch.nn as nn\nclass Net(nn.Module):\n"
                                                        "    pass\n") + ":Net", *store[3:]],

@@ -16,7 +16,7 @@ from pcm_hil.calibrate import CalibrationConfig, run_calibration, validate
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip, preset
 from pcm_hil.emulator.chip import STUCK_NONE
-from pcm_hil.store import RunLocked, RunStore
+from pcm_hil.run_store import RunLocked, RunStore
 
 K = 5.0
 GEOM = Geometry(1, 128, 128)  # 16384 cells
@@ -156,7 +156,7 @@ import os, signal, sys
 from pcm_hil.calibrate import CalibrationConfig, run_calibration
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip
-from pcm_hil.store import RunStore
+from pcm_hil.run_store import RunStore
 
 stage_to_kill, at = sys.argv[2], float(sys.argv[3])
 

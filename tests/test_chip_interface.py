@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pcm_hil.chip import Geometry, PulseKind, SoftLimits
-from pcm_hil.bench_chip import BenchChip
+from pcm_hil.bench.chip import BenchChip
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.emulator.instruments import VirtualBench
 

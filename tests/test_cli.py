@@ -1,17 +1,41 @@
-"""The pcm-hil command, end to end, as a subprocess."""
+"""The pcm-hil command, end to end: in process (``main(argv)``), and as a real process
+where the process is the point (a server stopped by a signal)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pcm_hil.cli import main
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pcm_hil.cli", *args], capture_output=True, text=True, timeout=300)
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_demo_json() -> None:
+@pytest.fixture
+def run(capsys):
+    """``run(*argv)``: the command's exit code and what it printed."""
+
+    def call(*args: str) -> Ran:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse refuses an option
+            code = exc.code
+        out = capsys.readouterr()
+        return Ran(code, out.out, out.err)
+
+    return call
+
+
+def test_demo_json(run) -> None:
     r = run("demo", "--cells", "2000", "--levels", "4", "--json", "--seed", "3")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -22,15 +46,15 @@ def test_demo_json() -> None:
         assert lv["mean_us@86400s"] < lv["mean_us@20s"]
 
 
-def test_demo_table_and_bad_input() -> None:
+def test_demo_table_and_bad_input(run) -> None:
     r = run("demo", "--cells", "500", "--levels", "4")
     assert r.returncode == 0 and "per level" in r.stdout and "target_us" in r.stdout
     r = run("demo", "--levels", "0")
-    assert r.returncode == 2 and "--levels must be in [1, 64]" in r.stderr
+    assert r.returncode == 2 and "--levels: must be in [1, 64], got 0" in r.stderr
 
 
-def test_bench_emulator_json() -> None:
-    r = run("bench", "emulator", "--cells", "20000", "--repeats", "3", "--json")
+def test_benchmark_emulator_json(run) -> None:
+    r = run("benchmark", "emulator", "--cells", "20000", "--repeats", "3", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     for key in ("cell_iterations_per_s", "bytes_per_cell", "normal_draw_seconds", "iteration_over_normal_ratio"):
@@ -38,18 +62,18 @@ def test_bench_emulator_json() -> None:
     assert out["bytes_per_cell"] <= 64
 
 
-def test_profile_show() -> None:
+def test_profile_show(run) -> None:
     r = run("profile", "show", "hermes-14nm", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["g_max_us"] == 10.35
     r = run("profile", "show", "nope")
     assert r.returncode == 2 and "must be a preset (hermes-14nm, nandakumar-2018, pcm)" in r.stderr
 
 
-def test_emulate_serves_until_sigterm(tmp_path) -> None:
+def test_emulate_serves_until_sigterm(tmp_path, run) -> None:
     import signal
     import time
 
-    from pcm_hil.bench_chip import BenchChip
+    from pcm_hil.bench.chip import BenchChip
 
     ready, bench = tmp_path / "ready.json", tmp_path / "bench.toml"
     proc = subprocess.Popen([sys.executable, "-m", "pcm_hil.cli", "emulate", "--port", "0", "--geometry", "1", "8", "8",
@@ -76,7 +100,7 @@ def test_emulate_serves_until_sigterm(tmp_path) -> None:
     assert "board" in out and "pulse_generator" in out
 
 
-def test_bench_wire_json() -> None:
+def test_bench_alias_and_wire_json(run) -> None:
     r = run("bench", "wire", "--cells", "2000", "--repeats", "2", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -84,7 +108,7 @@ def test_bench_wire_json() -> None:
     assert out["ratio"] == out["cell_ops_per_s_block"] / out["cell_ops_per_s_single"]
 
 
-def test_calibrate_run_validate_and_export(tmp_path) -> None:
+def test_calibrate_run_validate_and_export(tmp_path, run) -> None:
     model, runs = tmp_path / "m.json", tmp_path / "runs"
     r = run("calibrate", "run", "--cells", "3000", "--out", str(model), "--run-dir", str(runs), "--json")
     assert r.returncode == 0, r.stderr
@@ -101,8 +125,9 @@ def test_calibrate_run_validate_and_export(tmp_path) -> None:
     assert r.returncode == 0 and (tmp_path / "x" / "programming.csv").exists()
 
 
-def test_bench_budgets_compares_every_strategy_on_real_programmings() -> None:
-    from pcm_hil.bench import budgets
+@pytest.mark.slow
+def test_benchmark_budgets_compares_every_strategy_on_real_programmings() -> None:
+    from pcm_hil.benchmarks import budgets
 
     r = budgets.run(model="mlp-digits", points=3, repeats=1)
     for name in ("importance", "uniform", "uniform_replicas"):

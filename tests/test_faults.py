@@ -10,8 +10,8 @@ import pytest
 
 from pcm_hil_drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, ProtocolError
 from pcm_hil_drivers.pcm_board import PCMBoard
-from pcm_hil.bench import faults as soak
-from pcm_hil.bench_chip import BenchChip, GaveUp, RetryPolicy
+from pcm_hil.benchmarks import faults as soak
+from pcm_hil.bench.chip import BenchChip, GaveUp, RetryPolicy
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator.instruments import VirtualBench
 from pcm_hil.emulator.instruments.faults import TRANSIENT_CODE, FaultPlan

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pcm_hil.bench_chip import BenchChip
+from pcm_hil.bench.chip import BenchChip
 from pcm_hil.program import program_verify
 
 pytestmark = pytest.mark.hardware

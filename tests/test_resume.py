@@ -18,15 +18,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pcm_hil.bench_chip import BenchChip, GaveUp, RetryPolicy
-from pcm_hil.calibrate import CalibrationConfig, run_calibration
+from pcm_hil.bench.chip import BenchChip, GaveUp, RetryPolicy
+from pcm_hil.calibrate import run_calibration
 from pcm_hil.checkpoint import TABLE
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.emulator.instruments import VirtualBench
 from pcm_hil.emulator.instruments.faults import FaultPlan
-from pcm_hil.pipeline import StoreConfig, resume_store_job, run_store_job
-from pcm_hil.store import RunLocked, RunStore
+from pcm_hil.store_job import StoreConfig, resume_store_job, run_store_job
+from pcm_hil.run_store import RunLocked, RunStore
 
 GEOM = Geometry(1, 128, 128)
 CFG = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, checkpoint_s=0.0,
@@ -37,11 +37,11 @@ import os, signal, sys
 from pcm_hil_noisemodel import NoiseModel
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip
-from pcm_hil.pipeline import StoreConfig, run_store_job
-from pcm_hil.store import RunStore
+from pcm_hil.store_job import StoreConfig, run_store_job
+from pcm_hil.run_store import RunStore
 
 run_dir, stage, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
-cfg = StoreConfig(**{k: v for k, v in %r.items()})
+cfg = StoreConfig.from_options(**%r)
 
 def progress(s, done, total):
     if s == stage and done >= at * total:
@@ -49,18 +49,8 @@ def progress(s, done, total):
 
 with RunStore(run_dir + "/s.sqlite") as store:
     run_store_job(EmulatedChip(Geometry(1, 128, 128), seed=2), NoiseModel.load(run_dir + "/noise.json"), store, cfg,
-                  run_dir, progress)
+                  progress)
 """ % CFG
-
-
-@pytest.fixture(scope="module")
-def noise_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("noise")
-    with RunStore(d / "s.sqlite") as store:
-        _, model = run_calibration(EmulatedChip(GEOM, seed=2), store, CalibrationConfig(cells=8000, first_cell=8384,
-                                                                                         seed=2))
-    model.save(d / "noise.json")
-    return d / "noise.json"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +59,7 @@ def uninterrupted(noise_file, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("clean")
     with RunStore(d / "s.sqlite") as store:
-        return run_store_job(EmulatedChip(GEOM, seed=2), NoiseModel.load(noise_file), store, StoreConfig(**CFG), d)
+        return run_store_job(EmulatedChip(GEOM, seed=2), NoiseModel.load(noise_file), store, StoreConfig.from_options(**CFG)).record
 
 
 def _kill(tmp_path, noise_file, stage: str, at: float) -> str:
@@ -101,7 +91,7 @@ def test_store_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path,
         done_before = _verified(store, run_id)
         stages_before = set(store.stages(run_id))
         reads_before = store.read(run_id, "readback")
-        r = resume_store_job(chip, store, run_id, tmp_path)
+        r = resume_store_job(chip, store, run_id).record
         assert store.run(run_id)["status"] == "done" and r["resumed"]
         assert len(store.read(run_id, "programmed")) == r["cells"]  # one row per cell, however often resumed
         reads_after = store.read(run_id, "readback")
@@ -138,7 +128,7 @@ def test_a_bench_that_goes_silent_gives_up_with_outputs_off_and_resumes(tmp_path
 
         t0 = time.monotonic()
         with pytest.raises(GaveUp), BenchChip(cfg, retry=policy) as chip:
-            run_store_job(chip, noise, store, StoreConfig(**CFG), tmp_path, progress=unplug)
+            run_store_job(chip, noise, store, StoreConfig.from_options(**CFG), progress=unplug)
         assert time.monotonic() - t0 < 120  # bounded: the policy's attempts × timeouts, not forever
         (run,) = store.runs().itertuples()
         assert run.status.startswith("failed: GaveUp")  # the reason is recorded
@@ -150,7 +140,7 @@ def test_a_bench_that_goes_silent_gives_up_with_outputs_off_and_resumes(tmp_path
         before = vb.chip.pulse_count.copy()
         vb.faults.plan = healthy  # cable back in
         with BenchChip(cfg, retry=policy) as chip:
-            r = resume_store_job(chip, store, run.run_id, tmp_path)
+            r = resume_store_job(chip, store, run.run_id).record
         assert store.run(run.run_id)["status"] == "done"
         assert done_before.size > 0
         bench_cells = chip.board_index(done_before)
@@ -231,8 +221,8 @@ def test_a_stop_request_ends_a_real_time_retention_wait_promptly(tmp_path, noise
     chip = EmulatedChip(GEOM, seed=2, real_time=True)
     with RunStore(tmp_path / "s.sqlite") as store:
         with pytest.raises(Interrupted, match="retention wait"):
-            run_store_job(chip, NoiseModel.load(noise_file), store, StoreConfig(**{**CFG, "retention_s": 86400.0}),
-                          tmp_path, progress=progress, stop=stop)
+            run_store_job(chip, NoiseModel.load(noise_file), store, StoreConfig.from_options(**{**CFG, "retention_s": 86400.0}),
+                          progress=progress, stop=stop)
         assert time.monotonic() - t_wait[0] < 5.0
         (run,) = store.runs().itertuples()
         assert run.status == "interrupted" and "programmed" in store.stages(run.run_id)

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from pcm_hil import allocation, cost
-from pcm_hil.calibrate import CalibrationConfig, run_calibration
 from pcm_hil.chip import Geometry
 from pcm_hil.coding import CODES, CodeConfig, decode, encode
 from pcm_hil.datasets import cifar10
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.models import load_model, load_state_dict
-from pcm_hil.pipeline import StoreConfig, load_run, run_store_job
-from pcm_hil.store import RunStore
+from pcm_hil.store_job import StoreConfig, allocation, cost, load_run, run_store_job
+from pcm_hil.store_job.inputs import ModelConfig, load_inputs
+from pcm_hil.run_store import RunStore
 
 GEOM = Geometry(1, 128, 128)
 
@@ -58,14 +57,6 @@ def test_replicas_follow_importance_and_respect_the_cell_budget() -> None:
     assert r[top].mean() > 2 * r[bottom].mean()
     with pytest.raises(ValueError, match="below one replica per weight"):
         allocation.replicas(weight, var, 2, 5000)
-
-
-@pytest.fixture(scope="module")
-def noise(tmp_path_factory):
-    chip = EmulatedChip(GEOM, seed=2)
-    with RunStore(tmp_path_factory.mktemp("n") / "s.sqlite") as store:
-        _, model = run_calibration(chip, store, CalibrationConfig(cells=8000, first_cell=8384, seed=2))
-    return model
 
 
 def test_allocation_respects_the_budget_and_favours_important_cells(noise) -> None:
@@ -141,13 +132,13 @@ def test_best_digital_picks_the_cheapest_option_that_reaches_the_accuracy() -> N
 def _store(tmp_path, noise, **kw):
     chip = EmulatedChip(GEOM, seed=2)
     store = RunStore(tmp_path / "s.sqlite")
-    cfg = StoreConfig(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, **kw)
-    return chip, store, cfg
+    opts = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, **kw)
+    return chip, store, opts
 
 
 def test_store_and_load_end_to_end(tmp_path, noise) -> None:
-    chip, store, cfg = _store(tmp_path, noise)
-    r = run_store_job(chip, noise, store, cfg, tmp_path)
+    chip, store, opts = _store(tmp_path, noise)
+    r = run_store_job(chip, noise, store, StoreConfig.from_options(**opts)).record
     for key in ("model", "weights", "cells", "digital_cells", "accuracy_reference", "accuracy_compressed",
                 "accuracy_stored", "retention_s", "pulses", "seconds", "memory_reduction"):
         assert key in r
@@ -161,7 +152,6 @@ def test_store_and_load_end_to_end(tmp_path, noise) -> None:
     assert r["yield"] > 0.9
     # the loop went for each cell's bias-compensated aim, and loose windows land on target on average
     lay, prog = store.read(r["run_id"], "layout"), store.read(r["run_id"], "programmed")
-    back = store.read(r["run_id"], "readback")
     conv = prog["converged"].to_numpy(bool)
     assert np.all(np.abs(prog["final_us"] - lay["aim_us"])[conv] <= lay["tolerance_us"][conv] + 1e-6)
     loose = conv & (lay["tolerance_us"] >= 2).to_numpy() & (lay["tensor"] >= 0).to_numpy()
@@ -171,16 +161,16 @@ def test_store_and_load_end_to_end(tmp_path, noise) -> None:
     # the layout in the run store reads the model back from the saved chip, in a new session
     chip.save_state(tmp_path / "chip.npz")
     again = EmulatedChip.load_state(tmp_path / "chip.npz")
-    loaded = load_run(again, store, r["run_id"], tmp_path)
+    loaded = load_run(again, store, r["run_id"])
     assert abs(loaded["accuracy_loaded"] - r["accuracy_stored"]) < 0.03
     store.close()
 
 
 def test_a_budget_too_small_fails_before_any_pulse(tmp_path, noise) -> None:
-    chip, store, cfg = _store(tmp_path, noise)
+    chip, store, opts = _store(tmp_path, noise)
     before, t0 = chip.true_conductance(), chip.now()
     with pytest.raises(ValueError, match="pulse budget 10 is too small"):
-        run_store_job(chip, noise, store, StoreConfig(**{**cfg.__dict__, "pulse_budget": 10.0}), tmp_path)
+        run_store_job(chip, noise, store, StoreConfig.from_options(**opts, pulse_budget=10.0))
     assert np.array_equal(chip.true_conductance(), before) and chip.now() == t0
     store.close()
 
@@ -189,7 +179,7 @@ def test_model_larger_than_the_chip_is_refused(tmp_path, noise) -> None:
     chip = EmulatedChip(Geometry(1, 16, 16), seed=2)
     before = chip.true_conductance()
     with RunStore(tmp_path / "s.sqlite") as store, pytest.raises(ValueError, match="needs .* cells"):
-        run_store_job(chip, noise, store, StoreConfig(model="mlp-digits", importance_samples=100), tmp_path)
+        run_store_job(chip, noise, store, StoreConfig.from_options(model="mlp-digits", importance_samples=100))
     assert np.array_equal(chip.true_conductance(), before)
 
 
@@ -197,9 +187,9 @@ def test_nan_weights_are_refused(tmp_path, noise) -> None:
     sd = load_model("mlp-digits").state_dict()
     sd["fc1.weight"][0, 0] = float("nan")
     torch.save(sd, tmp_path / "nan.pt")
-    chip, store, cfg = _store(tmp_path, noise)
+    chip, store, _ = _store(tmp_path, noise)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        run_store_job(chip, noise, store, StoreConfig(model="mlp-digits", checkpoint=str(tmp_path / "nan.pt")), tmp_path)
+        run_store_job(chip, noise, store, StoreConfig.from_options(model="mlp-digits", checkpoint=str(tmp_path / "nan.pt")))
     store.close()
 
 
@@ -317,22 +307,20 @@ def test_your_own_architecture_stores_and_loads(tmp_path, noise, monkeypatch) ->
         opt.step()
     torch.save(net.state_dict(), tmp_path / "tiny.pt")
     assert accuracy(net, test.x, test.y) > 0.9
-    chip, store, cfg = _store(tmp_path, noise, digital_baseline=False)
-    cfg = StoreConfig(**{**cfg.__dict__, "model": name, "checkpoint": str(tmp_path / "tiny.pt"),
-                         "data_dir": str(data)})
-    r = run_store_job(chip, noise, store, cfg, tmp_path)
+    chip, store, opts = _store(tmp_path, noise, digital_baseline=False)
+    cfg = StoreConfig.from_options(**{**opts, "model": name, "checkpoint": str(tmp_path / "tiny.pt"),
+                                      "data_dir": str(data)})
+    r = run_store_job(chip, noise, store, cfg).record
     assert r["weights"] == 64 * 24 + 24 * 10 and r["accuracy_reference"] == accuracy(net, test.x, test.y)
     assert r["accuracy_stored"] > r["accuracy_reference"] - 0.03
     # its BN statistics were re-estimated from the weights as read; the accuracy without is kept
     assert r["accuracy_stored"] >= r["accuracy_stored_without_bn_recalibration"] - 0.02
     monkeypatch.chdir("/")
-    assert abs(load_run(chip, store, r["run_id"], tmp_path)["accuracy_loaded"] - r["accuracy_stored"]) < 0.03
+    assert abs(load_run(chip, store, r["run_id"])["accuracy_loaded"] - r["accuracy_stored"]) < 0.03
     store.close()
 
 
 def test_your_own_architecture_without_its_files_is_refused(tmp_path) -> None:
-    from pcm_hil.pipeline import _dataset, check_model
-
     (tmp_path / "mynet.py").write_text(TINY_NET + "\nclass NeedsArgs(nn.Module):\n    def __init__(self, n):\n"
                                        "        super().__init__()\n")
     (tmp_path / "broken.py").write_text("import no_such_module_anywhere\n")
@@ -348,15 +336,16 @@ def test_your_own_architecture_without_its_files_is_refused(tmp_path) -> None:
     }
     for model, match in cases.items():
         with pytest.raises(ValueError, match=match):
-            check_model(StoreConfig(model=model))
+            load_inputs(ModelConfig(model))
     with pytest.raises(ValueError, match="give --data-dir with x_test.npy"):
-        check_model(StoreConfig(model=own, checkpoint=str(tmp_path / "tiny.pt")))
+        load_inputs(ModelConfig(own, checkpoint=str(tmp_path / "tiny.pt")))
     # test data only: tuned on one half, accuracy on the other, never on the same samples
     data = tmp_path / "data"
     data.mkdir()
     np.save(data / "x_test.npy", np.arange(100, dtype=np.float32)[:, None])
     np.save(data / "y_test.npy", np.zeros(100, np.int64))
-    tune, evaluate = _dataset(StoreConfig(model=own, data_dir=str(data)))
+    inputs = load_inputs(ModelConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
+    tune, evaluate = inputs.train, inputs.test
     assert len(tune) == len(evaluate) == 50 and not set(tune.x.ravel()) & set(evaluate.x.ravel())
 
 

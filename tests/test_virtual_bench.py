@@ -12,8 +12,8 @@ import pyvisa
 from pcm_hil_drivers import board_protocol as bp
 from pcm_hil_drivers.errors import ConnectionLost
 from pcm_hil_drivers.interrupt import deferred_sigint
-from pcm_hil.bench_chip import BenchChip
-from pcm_hil.bench_config import BenchConfig
+from pcm_hil.bench.chip import BenchChip
+from pcm_hil.bench.config import BenchConfig
 from pcm_hil.chip import Geometry, SoftLimits
 from pcm_hil.emulator.instruments import VirtualBench
 

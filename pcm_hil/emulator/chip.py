@@ -316,6 +316,14 @@ class EmulatedChip(Chip):
         """Stuck code per cell (0 none, 1 at RESET, 2 at SET, 3 at a random value); emulator-only."""
         return self.stuck[self.cells(cells)]
 
+    def chip_id(self) -> str:
+        shape = "x".join(str(v) for v in self.geometry.shape)
+        return f"emulated:{self.profile.name}:seed={self.seed}:{shape}"
+
+    def attach_state(self, path: "str | Path") -> None:
+        self.state_file = Path(path)
+        self.sync()
+
     def identity(self) -> dict[str, Any]:
         info = super().identity()
         info.update(profile=self.profile.name, seed=self.seed, real_time=self.real_time,

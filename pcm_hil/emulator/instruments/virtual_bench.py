@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...bench_config import BenchConfig, BoardConfig, ChipConfig, PulseGeneratorConfig, SMUConfig
+from ...bench.config import BenchConfig, BoardConfig, ChipConfig, PulseGeneratorConfig, SMUConfig
 from ...chip import Geometry, SoftLimits
 from .bench_model import BenchModel
 from .faults import FaultInjector, FaultPlan

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..bench_chip import BenchChip
-from ..bench_config import BenchConfig
+from ..bench.chip import BenchChip
+from ..bench.config import BenchConfig
 
 
 def _start_bench(seed: int, tmp: Path) -> tuple[subprocess.Popen, Path]:

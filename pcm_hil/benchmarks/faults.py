@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from ..bench_chip import BenchChip, RetryPolicy
+from ..bench.chip import BenchChip, RetryPolicy
 from ..checkpoint import VerifyJournal
 from ..chip import Geometry
 from ..emulator import EmulatedChip
 from ..emulator.instruments import VirtualBench
 from ..emulator.instruments.faults import FAULT_KINDS, FaultPlan
 from ..program import VerifyConfig, VerifyResult, program_verify
-from ..store import RunStore
+from ..run_store import RunStore
 
 
 class _Crash(Exception):

@@ -26,6 +26,9 @@ import numpy as np
 import pandas as pd
 
 SCHEMA_VERSION = 1
+# files a run keeps beside the store, by kind: name suffix
+RUN_FILES = {"chip": "-chip.npz", "noise": "-noise.json", "digital": "-digital.pt", "compressed": "-compressed.pt",
+             "report": ".png"}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _SQL_TYPES = {"i": "INTEGER", "u": "INTEGER", "b": "INTEGER", "f": "REAL"}
 
@@ -231,6 +234,13 @@ class RunStore:
             df.to_parquet(path, index=False) if fmt == "parquet" else df.to_csv(path, index=False)
             written.append(path)
         return written
+
+    def run_file(self, run_id: str, kind: str) -> Path:
+        """Where run ``run_id`` keeps its file of ``kind`` (see :data:`RUN_FILES`): the saved
+        emulated chip, the noise model used, the digital and compressed state dicts, the report."""
+        if kind not in RUN_FILES:
+            raise ValueError(f"run file kind must be one of {sorted(RUN_FILES)}, got {kind!r}")
+        return self.path.parent / f"{run_id}{RUN_FILES[kind]}"
 
     def close(self) -> None:
         for run_id in list(self._locks):

@@ -20,8 +20,8 @@ from pcm_hil_drivers.keithley2600 import Keithley2600
 from pcm_hil_drivers.keysight33500b import Keysight33500B
 from pcm_hil_drivers.pcm_board import PCMBoard
 
-from .bench_config import BenchConfig
-from .chip import Chip, PulseKind, PulseUncertain
+from .config import BenchConfig
+from ..chip import Chip, PulseKind, PulseUncertain
 
 TRANSIENT_CODES = {210}  # board: "transient fault, command not executed"
 
@@ -255,6 +255,12 @@ class BenchChip(Chip):
         self.pg.check_errors()
 
     # -- bookkeeping ----------------------------------------------------------------
+    def chip_id(self) -> str:
+        """The mounted chip as the bench file names it (``[chip] id``); without a name, the
+        board it sits on stands in for it."""
+        shape = "x".join(str(v) for v in self.geometry.shape)
+        return f"bench:{self.config.chip.id or self.board_idn}:{shape}"
+
     def identity(self) -> dict[str, Any]:
         info = super().identity()
         info.update(board=self.board_idn, bench=self.config.to_dict(), virtual_clock=self.virtual_clock)

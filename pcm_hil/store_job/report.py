@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .job import StoreOutcome
 
-def write_store_report(result: dict[str, Any], decoded: Any, path: str | Path) -> Path:
+
+def write_store_report(outcome: "StoreOutcome", path: str | Path) -> Path:
+    """Draw the PNG report of a finished store run to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = result["_cells"]
+    result, cells = outcome.record, outcome.per_cell
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.8))
     imp, err, tol = cells["importance"], np.abs(cells["error_weight"]), cells["tolerance_us"]
     a = ax[0]

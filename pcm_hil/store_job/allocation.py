@@ -1,4 +1,4 @@
-"""Program-and-verify effort per cell, from importance and the calibrated noise model.
+"""Stage 4 of the store job, allocation. Program-and-verify effort per cell, from importance and the calibrated noise model.
 
 Each option is a (tolerance, pulse cap) the noise model was calibrated for; the loop is
 pointed at the option's bias-compensated aim (``NoiseModel.aim``), so a loose window costs
@@ -18,6 +18,7 @@ points of accuracy). Loose tolerances are the cheap options instead.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,30 @@ import numpy as np
 from pcm_hil_noisemodel import NoiseModel
 
 DEFAULT_CAPS = (12, 20, 40)
+DEFAULT_BUDGET_TOLERANCE_US = 2.0  # no pulse budget given: what uniform ±this, cap 20 would spend
+ALLOCATIONS = ("importance", "uniform")
+
+
+@dataclass(frozen=True)
+class AllocationConfig:
+    """What the allocation stage reads. The budget counts SET pulses and RESETs of every
+    cell, reference cells included; without one, it is what every weight cell at
+    ±``DEFAULT_BUDGET_TOLERANCE_US`` µS, cap 20 would spend."""
+
+    allocation: str = "importance"
+    pulse_budget: float | None = None
+    target_loss: float | None = None  # instead of a budget: ½·Σ F·E[e²] (loss units)
+    caps: tuple[int, ...] = DEFAULT_CAPS
+
+    def __post_init__(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be 'importance' or 'uniform', got {self.allocation!r}")
+        if self.pulse_budget is not None and not (math.isfinite(self.pulse_budget) and self.pulse_budget > 0):
+            raise ValueError(f"pulse_budget must be a positive number, got {self.pulse_budget!r}")
+        if self.target_loss is not None and (self.allocation != "importance" or not self.target_loss > 0):
+            raise ValueError("target_loss needs importance allocation and a positive value")
+        if not self.caps or any(type(c) is not int or c < 1 for c in self.caps):
+            raise ValueError(f"caps must be positive integers, got {self.caps!r}")
 
 
 @dataclass
@@ -188,3 +213,35 @@ def _check_budget(table: Table, budget: float) -> None:
     if not np.isfinite(budget) or budget < need:
         raise ValueError(f"pulse budget {budget:.0f} is too small: programming every cell once needs at "
                          f"least {need:.0f} pulses")
+
+
+def tightest(opts: list[tuple[float, int]]) -> int:
+    """Index of the tightest, longest option: what reference cells get."""
+    return min(range(len(opts)), key=lambda i: (opts[i][0], -opts[i][1]))
+
+
+def plan_cells(noise: NoiseModel, targets_us: np.ndarray, importance: np.ndarray, reference: np.ndarray,
+               cfg: AllocationConfig) -> Plan:
+    """Every cell's program-and-verify setting: reference cells (``reference`` mask) always
+    the tightest (they calibrate every other read), weight cells by ``cfg`` under the budget
+    that is left."""
+    table = tables(noise, targets_us, options(noise, cfg.caps))
+    opts = table.options
+    tight = tightest(opts)
+    pulses_ref = table.pulses[reference, tight].sum()
+    cells = table[~reference]
+    budget = cfg.pulse_budget
+    if budget is None:
+        mid = min(range(len(opts)), key=lambda i: (abs(opts[i][0] - DEFAULT_BUDGET_TOLERANCE_US), abs(opts[i][1] - 20)))
+        budget = float(cells.pulses[:, mid].sum()) + pulses_ref
+    if budget - pulses_ref < cells.minimum_pulses():
+        raise ValueError(f"pulse budget {budget:.0f} is too small: programming every cell once needs at least "
+                         f"{cells.minimum_pulses() + pulses_ref:.0f} pulses")
+    if cfg.target_loss is not None:
+        wplan = allocate_for_loss(importance[~reference], cells, cfg.target_loss)
+    else:
+        pick = allocate if cfg.allocation == "importance" else uniform
+        wplan = pick(importance[~reference], cells, budget - pulses_ref)
+    choice = np.full(targets_us.size, tight)
+    choice[~reference] = wplan.choice
+    return table.plan(choice, wplan.lagrange)

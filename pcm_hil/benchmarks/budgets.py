@@ -21,14 +21,16 @@ import numpy as np
 
 from pcm_hil_noisemodel import NoiseModel
 
-from .. import allocation
 from ..calibrate import CalibrationConfig, run_calibration
-from ..coding import EncodedTensor
 from ..emulator import EmulatedChip
 from ..models import accuracy
-from ..pipeline import StoreConfig, _bn_recalibrated, _encode, compensate, decode_model, prepare
 from ..program import VerifyConfig, naive_config, program_verify
-from ..store import RunStore
+from ..run_store import RunStore
+from ..store_job import StoreConfig, prepare, verify_config
+from ..store_job import allocation
+from ..store_job.inputs import load_inputs
+from ..store_job.layout import Layout, encode
+from ..store_job.readback import bn_recalibrated, compensate, decode_model
 
 
 def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp: float = 0.5, repeats: int = 3,
@@ -38,12 +40,13 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     n = chip.geometry.n_cells
     with tempfile.TemporaryDirectory() as d, RunStore(f"{d}/s.sqlite") as store:
         _, noise = run_calibration(chip, store, CalibrationConfig(cells=20_000, first_cell=n - 20_000, seed=seed))
-    cfg = StoreConfig(model=model, sparsity=0.75, replicas_per_weight=replicas, seed=seed)
-    prep = prepare(cfg, noise, n, report)
-    target = prep.accuracy_reference - margin_pp / 100
-    base = VerifyConfig(**noise.provenance["config"]["verify"])
-    base = replace(base, n_avg=noise.n_avg_)
-    by_importance = _Layout(prep.encoded, prep.targets, prep.tensor_of, prep.importance, noise, cfg)
+    cfg = StoreConfig.from_options(model=model, sparsity=0.75, replicas_per_weight=replicas, seed=seed)
+    inputs = load_inputs(cfg.model)
+    prep = prepare(inputs, noise, cfg, n, report)
+    compressed, names = prep.compressed.model, inputs.names
+    target = inputs.accuracy_reference - margin_pp / 100
+    base = verify_config(noise)
+    by_importance = _Layout(prep.layout, noise, cfg)
     tight, table = by_importance.tight, by_importance.table
     w, ref = by_importance.weights, ~by_importance.weights
 
@@ -59,11 +62,10 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
             chip.wait(cfg.retention_s)
             reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
             corr, _ = compensate(reads, lay.targets[~lay.weights], reads[~lay.weights])
-            model_ = decode_model(prep.compressed, prep.names, lay.encoded, cfg.code, corr, lay.tensor_of,
-                                  res.converged)
-            _bn_recalibrated(model_, prep.train, cfg)  # as the store job's read-back (a no-op without BN)
+            model_ = decode_model(compressed, names, lay.encoded, cfg.layout.code, corr, lay.tensor_of, res.converged)
+            bn_recalibrated(model_, inputs.train, cfg.readback)  # as the store job's read-back (a no-op without BN)
             p.append(int(res.pulses.sum() + res.resets.sum() + cells.size))
-            a.append(accuracy(model_, prep.test.x, prep.test.y))
+            a.append(accuracy(model_, inputs.test.x, inputs.test.y))
         return float(np.mean(p)), float(np.mean(a))
 
     def sweep(lay: _Layout, pick: Callable, budget: float) -> dict[str, float]:
@@ -76,12 +78,9 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     layouts = [("importance", by_importance, allocation.allocate), ("uniform", by_importance, allocation.uniform)]
     if float(replicas).is_integer() and replicas > 1:
         # everything uniform: every kept weight the same number of cells, every cell the same setting
-        c = replace(cfg, code=replace(cfg.code, redundancy=int(replicas)), replicas_per_weight=1.0)
-        masks = {e.name: e.mask for e in prep.encoded}
-        enc, targets, _, tensor_of, importance, _ = _encode(c, noise, prep.compressed, prep.names, masks,
-                                                            prep.weight_imp, g_hi=prep.encoded[0].g_hi)
-        layouts.append(("uniform_replicas", _Layout(enc, targets, tensor_of, importance, noise, cfg),
-                        allocation.uniform))
+        c = replace(cfg.layout, code=replace(cfg.layout.code, redundancy=int(replicas)), replicas_per_weight=1.0)
+        lay = encode(compressed, names, prep.compressed.masks, prep.importance, noise, c, cfg.retention_s)
+        layouts.append(("uniform_replicas", _Layout(lay, noise, cfg), allocation.uniform))
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in layouts} | {"naive": []}
     lo = table[w].minimum_pulses()
     hi = float(table[w].pulses.max(axis=1).sum())
@@ -92,8 +91,8 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     # naive: a fixed-step loop (constant SET amplitude, no programming curve, aimed at the target), caps swept
     fixed = naive_config(base)
     for cap in (5, 10, 20, 40, 80):
-        caps = np.full(prep.targets.size, cap)
-        p, a = trial(by_importance, prep.targets, np.full(caps.size, 0.5), caps, replace(fixed, max_pulses=cap))
+        caps = np.full(prep.layout.targets.size, cap)
+        p, a = trial(by_importance, prep.layout.targets, np.full(caps.size, 0.5), caps, replace(fixed, max_pulses=cap))
         results["naive"].append({"cap": cap, "pulses": p, "accuracy": a})
 
     def needed(rows: list[dict[str, float]]) -> int | None:
@@ -107,9 +106,9 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     gains = [100 * (r["accuracy"] - np.interp(r["pulses"], *zip(*uni))) for r in results["importance"]
              if uni[0][0] <= r["pulses"] <= uni[-1][0]]
     return {
-        "benchmark": "budgets", "model": model, "seed": seed, "cells": int(prep.targets.size),
+        "benchmark": "budgets", "model": model, "seed": seed, "cells": int(prep.layout.targets.size),
         "replicas_per_weight": replicas, "repeats": repeats,
-        "accuracy_reference": prep.accuracy_reference, "accuracy_target": target,
+        "accuracy_reference": inputs.accuracy_reference, "accuracy_target": target,
         "pulses_importance": pi, "pulses_uniform": pu, "pulses_naive": pn,
         "pulse_ratio": (pu / pi) if pi and pu else None,
         # uniform replication as well as uniform settings: no use of importance anywhere
@@ -130,10 +129,9 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
 class _Layout:
     """Cells of one encoding of the model with their option table (reference cells tight)."""
 
-    def __init__(self, encoded: list[EncodedTensor], targets: np.ndarray, tensor_of: np.ndarray,
-                 importance: np.ndarray, noise: NoiseModel, cfg: StoreConfig) -> None:
-        self.encoded, self.targets, self.tensor_of, self.importance = encoded, targets, tensor_of, importance
-        self.weights = tensor_of >= 0
-        self.table = allocation.tables(noise, targets, allocation.options(noise, cfg.caps))
-        opts = self.table.options
-        self.tight = min(range(len(opts)), key=lambda i: (opts[i][0], -opts[i][1]))
+    def __init__(self, layout: Layout, noise: NoiseModel, cfg: StoreConfig) -> None:
+        self.encoded, self.targets, self.tensor_of = layout.encoded, layout.targets, layout.tensor_of
+        self.importance = layout.importance
+        self.weights = ~layout.reference
+        self.table = allocation.tables(noise, self.targets, allocation.options(noise, cfg.allocation.caps))
+        self.tight = allocation.tightest(self.table.options)

@@ -16,6 +16,7 @@ Example (``pcm-hil emulate --bench-file bench.toml`` writes one for the virtual 
     channel = 1
 
     [chip]
+    id = "wafer7-die12"                      # which chip is mounted: runs and noise models name it
     arrays = 4
     rows = 512
     cols = 512
@@ -40,7 +41,7 @@ from typing import Any
 
 from pcm_hil_drivers import keithley2600, keysight33500b, pcm_board
 
-from .chip import Geometry, SoftLimits
+from ..chip import Geometry, SoftLimits
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class PulseGeneratorConfig:
 
 @dataclass(frozen=True)
 class ChipConfig:
+    id: str = ""  # the mounted chip's name (wafer, die, package): what runs and noise models are tied to
     arrays: int = 4
     rows: int = 512
     cols: int = 512

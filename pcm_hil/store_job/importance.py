@@ -1,4 +1,4 @@
-"""Per-weight importance: how much the loss grows per unit squared error of each weight.
+"""Stage 2 of the store job, importance. Per-weight importance: how much the loss grows per unit squared error of each weight.
 
 ΔL ≈ ½ Σ_i F_i·E[e_i²]. ``fisher`` (default): diagonal empirical Fisher, the mean over a
 calibration batch of squared per-example gradients of the log-likelihood (torch.func
@@ -7,11 +7,15 @@ Rademacher z (negative entries set to 0). ``magnitude``: |w|, the cheap fallback
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
+
+from ..datasets import Split
 
 METHODS = ("fisher", "hessian", "magnitude")
 
@@ -69,3 +73,24 @@ def _hutchinson(model: nn.Module, names: list[str], x: torch.Tensor, y: torch.Te
         chunks += 1
     return {n: np.maximum((a / (samples * chunks)).detach().numpy().astype(np.float64), 0.0)
             for n, a in zip(names, acc)}
+
+
+@dataclass(frozen=True)
+class ImportanceConfig:
+    """What the importance stage reads."""
+
+    method: str = "fisher"
+    samples: int = 1000  # training examples the estimate averages over
+    seed: int = 0        # which examples
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"importance method must be one of {METHODS}, got {self.method!r}")
+        if type(self.samples) is not int or not 1 <= self.samples <= 1_000_000:
+            raise ValueError(f"importance samples must be an integer in [1, 1000000], got {self.samples!r}")
+
+
+def estimate(model: nn.Module, names: list[str], train: "Split", cfg: ImportanceConfig) -> dict[str, np.ndarray]:
+    """Importance of every stored weight, from ``cfg.samples`` training examples."""
+    cal = train.subset(min(cfg.samples, len(train)), seed=cfg.seed)
+    return importance(model, names, cal.x, cal.y, cfg.method)

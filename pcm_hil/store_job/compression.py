@@ -1,7 +1,10 @@
-"""Compression before storage: global magnitude pruning with fine-tuning, uniform quantization."""
+"""Stage 1 of the store job, compression: global magnitude pruning with (noise-aware)
+fine-tuning, and uniform quantization (the multilevel code stores quantized |w|)."""
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,3 +89,61 @@ def quantize(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
     qmax = 2 ** (bits - 1) - 1
     step = np.where(amax > 0, amax / qmax, 1.0)
     return np.round(w / step).clip(-qmax, qmax) * step
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """What the compression stage reads."""
+
+    sparsity: float = 0.0         # fraction of weights pruned, [0, 1)
+    finetune_epochs: int = 3
+    training_noise: float = 0.02  # fine-tuning noise, fraction of each tensor's max |w|
+    quantize_levels: int | None = None  # levels of |w| kept (the multilevel code); None: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        if type(self.finetune_epochs) is not int or not 0 <= self.finetune_epochs <= 1000:
+            raise ValueError(f"finetune_epochs must be an integer in [0, 1000], got {self.finetune_epochs!r}")
+        if not (math.isfinite(self.training_noise) and 0 <= self.training_noise <= 1):
+            raise ValueError(f"training_noise must be in [0, 1], got {self.training_noise!r}")
+
+
+@dataclass
+class Compressed:
+    """The compression stage's result: the model as it will be stored."""
+
+    model: nn.Module
+    masks: dict[str, np.ndarray] | None  # keep-masks per tensor; None when nothing was pruned
+
+
+def compress(model: nn.Module, names: list[str], x: np.ndarray, y: np.ndarray, cfg: CompressionConfig) -> Compressed:
+    """Prune and fine-tune ``model`` on (x, y), then quantize if the code stores levels."""
+    pruned, masks = prune_and_finetune(model, names, cfg.sparsity, x, y, cfg.finetune_epochs, seed=cfg.seed,
+                                       noise=cfg.training_noise)
+    if cfg.quantize_levels is not None:
+        pruned = quantized_copy(pruned, names, cfg.quantize_levels)
+    return Compressed(pruned, masks if cfg.sparsity > 0 else None)
+
+
+def quantized_copy(model: nn.Module, names: list[str], levels: int) -> nn.Module:
+    """The model with |w| on ``levels`` equally spaced levels per tensor (what multilevel stores)."""
+    q = copy.deepcopy(model)
+    p = dict(q.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            w = p[n].numpy()
+            step = np.abs(w).max() / (levels - 1) if np.abs(w).max() > 0 else 1.0
+            p[n].copy_(torch.from_numpy((np.sign(w) * np.round(np.abs(w) / step) * step).astype(np.float32)))
+    return q
+
+
+def with_quantized(model: nn.Module, names: list[str], bits: int) -> nn.Module:
+    """A copy of ``model`` whose named tensors are quantized to ``bits`` bits per output channel."""
+    m = copy.deepcopy(model)
+    p = dict(m.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            p[n].copy_(torch.from_numpy(quantize(p[n].numpy(), bits).astype(np.float32)))
+    return m

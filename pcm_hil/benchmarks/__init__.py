@@ -1,0 +1,1 @@
+"""Benchmarks behind ``pcm-hil bench ...`` (scripts and recorded figures live in ``bench/``)."""

@@ -1,0 +1,148 @@
+"""The ``pcm-hil`` command: parse, call the application layer, render. Nothing imports it."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from .. import __version__
+from . import commands
+from .options import (SECONDS_UP_TO_10_YEARS, SEED, Parser, chip_options, float_in, int_in, json_option,
+                      run_dir_option, seed_option)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="pcm-hil", description="Hardware-in-the-loop driver and controller for "
+                                "phase-change-memory test chips, with an emulated bench.")
+    p.add_argument("--version", action="version", version=f"pcm-hil {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    js, rd, chip = json_option(), run_dir_option(), chip_options()
+
+    d = sub.add_parser("demo", parents=[chip, js], help="program and read back an array; print per-level statistics")
+    d.add_argument("--cells", type=int_in(1, 100_000_000), default=20_000, help="cells to program (default 20000)")
+    d.add_argument("--levels", type=int_in(1, 64), default=8, help="target levels across the window (default 8)")
+    d.add_argument("--tolerance", type=float_in(0, 100, lo_open=True), default=0.5,
+                   help="verify tolerance in µS (default 0.5)")
+    d.add_argument("--read-after", type=SECONDS_UP_TO_10_YEARS, nargs="+", default=[20.0, 3600.0, 86400.0], metavar="S",
+                   help="read back this many seconds after programming (default 20 3600 86400)")
+    d.set_defaults(func=commands.demo)
+
+    b = sub.add_parser("benchmark", aliases=["bench"], parents=[js, seed_option()],
+                       help="benchmarks: printed figures, not pass/fail ('bench' is an alias)")
+    b.add_argument("what", choices=["emulator", "wire", "budgets", "faults"])
+    b.add_argument("--cells", type=int_in(1, 100_000_000), default=None,
+                   help="batch size (default: 1e6 emulator, 1e5 wire)")
+    b.add_argument("--repeats", type=int_in(1, 1000), default=7)
+    b.add_argument("--replicas", type=float_in(1, 8), default=2.0, help="budgets: mean replicas per kept weight (default 2)")
+    b.set_defaults(func=commands.benchmark)
+
+    e = sub.add_parser("emulate", parents=[js, seed_option("chip seed (default 0)")],
+                       help="serve the emulated board, SMU and pulse generator on loopback")
+    e.add_argument("--port", type=int_in(0, 65533), default=0, help="board port P (SMU P+1, PG P+2); 0 picks free ports")
+    e.add_argument("--host", default="127.0.0.1", help="loopback address to bind (never another)")
+    e.add_argument("--ready-file", metavar="F", help="write the resource strings as JSON here once serving")
+    e.add_argument("--bench-file", metavar="F", help="write a bench TOML file for these servers here")
+    e.add_argument("--geometry", type=int, nargs=3, default=[4, 512, 512], metavar=("ARRAYS", "ROWS", "COLS"))
+    e.add_argument("--profile", default="pcm", help="device profile: preset name or .toml/.json file")
+    e.add_argument("--fault-rate", type=float_in(0, 1), default=0.0, help="probability of a fault per board transaction")
+    e.add_argument("--faults", default="drop,delay,corrupt,truncate,error,silent,stuck",
+                   help="comma-separated fault kinds to inject")
+    e.add_argument("--fault-seed", type=SEED, default=0, help="seed of the fault draws")
+    e.add_argument("--fault-delay", type=float_in(0, 3600), default=2.0, help="seconds a delayed or silent board holds back")
+    e.set_defaults(func=commands.emulate)
+
+    c = sub.add_parser("calibrate", help="measure the chip and fit its noise model, or validate a model")
+    csub = c.add_subparsers(dest="action", required=True, parser_class=Parser)
+    cr = csub.add_parser("run", parents=[chip, rd, js], help="calibrate: measure and fit")
+    cr.add_argument("--cells", type=int_in(64, 10_000_000), default=20_000, help="cells to use (default 20000)")
+    cr.add_argument("--first-cell", type=int_in(0, 2**40), default=0, help="first cell index used (default 0)")
+    cr.add_argument("--out", default="noise-model.json", help="model file to write (JSON)")
+    cr.add_argument("--report", default=None, help="PNG report path (default next to --out; 'none' to skip)")
+    cr.add_argument("--resume", metavar="RUN", help="continue a calibration run that was stopped or killed")
+    cr.set_defaults(func=commands.calibrate, resume_command="pcm-hil calibrate run")
+    cv = csub.add_parser("validate", parents=[chip, js], help="program fresh cells and compare with the model")
+    cv.add_argument("model", help="noise model JSON file")
+    cv.add_argument("--cells", type=int_in(1, 10_000_000), default=10_000, help="fresh cells to program (default 10000)")
+    cv.add_argument("--tolerance", type=float_in(0, 10, lo_open=True), default=0.5,
+                    help="calibrated tolerance to validate (µS)")
+    cv.add_argument("--max-pulses", type=int_in(1, 1000), default=20, help="pulse cap to validate")
+    cv.set_defaults(func=commands.calibrate)
+
+    st = sub.add_parser("store", parents=[chip, rd, js], help="the main job: store a model in the chip and read it back")
+    st.add_argument("--model", default="lenet5-fmnist",
+                    help="registry model (default lenet5-fmnist), or your own architecture as file.py:Class or "
+                         "package.module:Class, built with no arguments (needs --checkpoint and --data-dir)")
+    st.add_argument("--checkpoint", help="your own state-dict checkpoint for that architecture")
+    st.add_argument("--data-dir", help="evaluation data: a cifar-10-batches-py directory, or x_test.npy/y_test.npy "
+                                       "(x_train.npy/y_train.npy too, for fine-tuning and importance)")
+    st.add_argument("--noise-model", help="calibrated noise model (default: calibrate now on the chip's last cells)")
+    st.add_argument("--code", default="sign", choices=["sign", "pair", "offset", "split", "multilevel"])
+    st.add_argument("--percentile", type=float_in(50, 100), default=99.5, help="clip |w| at this percentile per tensor")
+    st.add_argument("--sparsity", type=float_in(0, 0.999), default=0.75,
+                    help="magnitude pruning before storage (default 0.75)")
+    st.add_argument("--bn-samples", type=int_in(0, 100_000), default=1000,
+                    help="training inputs that re-estimate batch-norm statistics after read-back, for models "
+                         "with BN layers (default 1000; 0: keep the stored statistics)")
+    st.add_argument("--replicas", type=float_in(1, 8), default=2.0, help="mean replicas per kept weight, by importance")
+    st.add_argument("--importance", default="fisher", choices=["fisher", "hessian", "magnitude"])
+    st.add_argument("--allocation", default="importance", choices=["importance", "uniform"])
+    st.add_argument("--pulse-budget", type=float_in(0, 1e15, lo_open=True), default=None,
+                    help="total pulses (default: what uniform ±2 µS, cap 20 would spend)")
+    st.add_argument("--target-loss", type=float_in(0, 1e6, lo_open=True), default=None,
+                    help="instead of a pulse budget: the fewest pulses whose predicted loss increase stays below this")
+    st.add_argument("--retention", type=SECONDS_UP_TO_10_YEARS, default=86400.0,
+                    help="seconds between programming and read-back")
+    st.add_argument("--report", default=None, help="PNG report path (default RUN_DIR/RUN.png; 'none' to skip)")
+    st.add_argument("--resume", metavar="RUN", help="continue a store run that was stopped or killed "
+                                                     "(its settings are the run's own; other options are ignored)")
+    st.set_defaults(func=commands.store, resume_command="pcm-hil store")
+
+    ld = sub.add_parser("load", parents=[chip, rd, js], help="read a stored model back from the chip and evaluate it")
+    ld.add_argument("run", help="run id of a store run")
+    ld.add_argument("--wait", type=SECONDS_UP_TO_10_YEARS, default=0.0,
+                    help="let this many more seconds pass first (emulator)")
+    ld.set_defaults(func=commands.load)
+
+    r = sub.add_parser("runs", parents=[rd, js], help="list runs in the store or export one to Parquet/CSV")
+    r.add_argument("action", choices=["list", "export"])
+    r.add_argument("run", nargs="?", help="run id (for export)")
+    r.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    r.add_argument("--out", help="export directory (default RUN-FORMAT)")
+    r.set_defaults(func=commands.runs)
+
+    pr = sub.add_parser("profile", parents=[js], help="list or show emulator device profiles")
+    pr.add_argument("action", choices=["list", "show"])
+    pr.add_argument("name", nargs="?", default="pcm")
+    pr.set_defaults(func=commands.profile)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pcm_hil_drivers.errors import DriverError
+
+    from ..checkpoint import Interrupted
+    from ..run_store import RunLocked
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a refused option (2), or --help / --version (0)
+        return int(exc.code or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Interrupted as exc:
+        resume = f"{getattr(args, 'resume_command', 'pcm-hil')} --resume {exc.run_id}"
+        if getattr(args, "run_dir", "runs") != "runs":
+            resume += f" --run-dir {args.run_dir}"
+        print(f"pcm-hil: stopped during {exc.stage}; outputs are off. Continue with: {resume}", file=sys.stderr)
+        return 130
+    except (ValueError, RunLocked) as exc:
+        print(f"pcm-hil: error: {exc}", file=sys.stderr)
+        return 2
+    except DriverError as exc:  # the bench: unreachable, not answering, or an instrument error
+        notes = "".join(f"\n  {n}" for n in getattr(exc, "__notes__", []))
+        print(f"pcm-hil: instrument error ({type(exc).__name__}): {exc}{notes}", file=sys.stderr)
+        return 3
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("pcm-hil: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,193 @@
+"""The commands: each turns parsed options into configs, calls the application layer and
+prints its result (a table, or ``--json``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import app
+from ..app import ChipOptions, StageProgress
+from . import render
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], text: Callable[[], str]) -> None:
+    print(render.as_json(result) if args.json else text())
+
+
+def _bars(args: argparse.Namespace) -> StageProgress:
+    return StageProgress(not args.json and sys.stderr.isatty())
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path as a run records it: absolute, so that the run loads from any directory."""
+    return str(Path(path).resolve()) if path else None
+
+
+def demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..demo import DemoConfig, run_demo
+
+    with app.open_chip(ChipOptions.of(args)) as chip:
+        # the top level: 85 % of the device's saturation (the emulator's profile; 25 µS on a bench)
+        g_hi = 0.85 * getattr(getattr(chip, "profile", None), "g_max_us", 25.0)
+        cfg = DemoConfig(cells=args.cells, levels=args.levels, tolerance_us=args.tolerance,
+                         read_after_s=tuple(args.read_after), g_hi_us=g_hi)
+        with tqdm(total=min(cfg.cells, chip.geometry.n_cells), desc="program-and-verify", unit="cell",
+                  disable=args.json or not sys.stderr.isatty()) as bar:
+            r = run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n))
+    _emit(args, r, lambda: render.demo(r, args.seed))
+    return 0
+
+
+def benchmark(args: argparse.Namespace) -> int:
+    import importlib
+
+    bench = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.benchmarks.{args.what}")
+    if args.what in ("emulator", "wire"):
+        default_cells = 1_000_000 if args.what == "emulator" else 100_000
+        r = bench.run(cells=args.cells or default_cells, repeats=args.repeats, seed=args.seed)
+    elif args.what == "faults":
+        r = bench.run(seed=args.seed)
+    else:
+        with _bars(args) as bar:
+            r = bench.run(seed=args.seed, replicas=args.replicas, progress=bar)
+    _emit(args, r, lambda: render.benchmark(args.what, r))
+    return 0
+
+
+def profile(args: argparse.Namespace) -> int:
+    from ..emulator import preset_names, resolve
+
+    if args.action == "list":
+        names = preset_names()
+        _emit(args, {"presets": names}, lambda: "\n".join(names))
+        return 0
+    prof = resolve(args.name)
+    _emit(args, prof.to_dict(), lambda: render.profile(prof.describe(), prof.name))
+    return 0
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    from pcm_hil_noisemodel import NoiseModel
+
+    from ..calibrate import CalibrationConfig, run_calibration, validate
+    from ..checkpoint import StopRequest
+
+    if args.action == "validate":
+        model = NoiseModel.load(args.model)
+        with app.open_chip(ChipOptions.of(args)) as chip, _bars(args) as bar:
+            r = validate(chip, model, n_cells=args.cells, tolerance_us=args.tolerance, max_pulses=args.max_pulses,
+                         progress=bar)
+        _emit(args, r, lambda: render.validation(r, args.model, args.tolerance, args.max_pulses))
+        return 0
+    cfg = CalibrationConfig(cells=args.cells, first_cell=args.first_cell, seed=args.seed)
+    with app.open_store(args.run_dir) as store, app.chip_for_run(ChipOptions.of(args), store, args.resume) as chip, \
+            StopRequest() as stop, _bars(args) as bar:
+        run_id, model = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume)
+        model.save(args.out)
+        report = None
+        if args.report != "none":
+            from pcm_hil_noisemodel.report import write_report
+
+            data = {t: store.read(run_id, t) for t in ("programming", "retention", "trace")}
+            report = str(write_report(model, data, args.report or str(args.out).removesuffix(".json") + ".png"))
+    summary = {"run_id": run_id, "model": str(args.out), "report": report, "store": str(store.path), **model.summary()}
+    _emit(args, summary, lambda: render.calibration(summary, model, args.cells))
+    return 0
+
+
+def store(args: argparse.Namespace) -> int:
+    from ..calibrate import run_calibration
+    from ..checkpoint import StopRequest
+    from ..coding import CodeConfig
+    from ..models import own_model_name
+    from ..store_job import StoreConfig, resume_store_job, run_store_job
+    from ..store_job.inputs import load_inputs
+
+    cfg = StoreConfig.from_options(
+        model=own_model_name(args.model), checkpoint=_absolute(args.checkpoint), data_dir=_absolute(args.data_dir),
+        code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity, importance=args.importance,
+        allocation=args.allocation, pulse_budget=args.pulse_budget, target_loss=args.target_loss,
+        replicas_per_weight=args.replicas, retention_s=args.retention, bn_samples=args.bn_samples, seed=args.seed)
+    with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
+            StopRequest() as stop, _bars(args) as bar:
+        if args.resume and rs.run(args.resume)["kind"] == "calibration":
+            # killed while calibrating on the spot: finish that calibration, then store
+            _, noise = run_calibration(chip, rs, progress=bar, stop=stop, resume=args.resume)
+            out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop)
+        elif args.resume:
+            out = resume_store_job(chip, rs, args.resume, progress=bar, stop=stop)
+        else:
+            inputs = load_inputs(cfg.model)  # checked before any pulse
+            noise = app.noise_model_for(chip, rs, args.noise_model, seed=args.seed, progress=bar, stop=stop)
+            out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop, inputs=inputs)
+        r = out.record
+        if args.report != "none":
+            from ..store_job.report import write_store_report
+
+            r["report"] = str(write_store_report(out, args.report or rs.run_file(r["run_id"], "report")))
+    _emit(args, r, lambda: render.store(r))
+    return 0
+
+
+def load(args: argparse.Namespace) -> int:
+    from ..store_job import load_run
+
+    with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.run) as chip:
+        if args.wait:
+            chip.wait(args.wait)
+        r = load_run(chip, rs, args.run)
+    _emit(args, r, lambda: render.load(r))
+    return 0
+
+
+def runs(args: argparse.Namespace) -> int:
+    with app.open_store(args.run_dir) as rs:
+        if args.action == "list":
+            table = rs.runs()
+            _emit(args, {"runs": table.to_dict(orient="records")}, lambda: render.runs(table))
+            return 0
+        if not args.run:
+            raise ValueError("runs export needs a RUN id (see 'pcm-hil runs list')")
+        written = rs.export(args.run, args.out or f"{args.run}-{args.format}", args.format)
+    _emit(args, {"files": [str(p) for p in written]}, lambda: "\n".join(str(p) for p in written))
+    return 0
+
+
+def emulate(args: argparse.Namespace) -> int:
+    import json
+    import signal
+    import threading
+
+    from ..chip import Geometry
+    from ..emulator.instruments import VirtualBench
+
+    ports = (0, 0, 0) if args.port == 0 else (args.port, args.port + 1, args.port + 2)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    geometry = Geometry(*args.geometry)
+    faults = None
+    if args.fault_rate > 0:
+        from ..emulator.instruments.faults import FaultPlan
+
+        faults = FaultPlan(rate=args.fault_rate, kinds=tuple(args.faults.split(",")), seed=args.fault_seed,
+                           delay_s=args.fault_delay, silent_s=args.fault_delay)
+    with VirtualBench(geometry, profile=args.profile, seed=args.seed, host=args.host, ports=ports,
+                      faults=faults) as vb:
+        if args.bench_file:
+            vb.bench_config().save(args.bench_file)
+        if args.ready_file:
+            vb.write_ready_file(args.ready_file)
+        if args.json:
+            print(json.dumps(vb.addresses), flush=True)
+        else:
+            print(render.emulate(vb.addresses, f"virtual bench ({geometry.arrays}×{geometry.rows}×{geometry.cols} "
+                                               f"cells, profile {vb.chip.profile.name}, seed {args.seed}); "
+                                               "Ctrl-C to stop"), flush=True)
+        stop.wait()
+    print("virtual bench stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,149 @@
+"""Results as text for the terminal: one function per command, from the result record
+alone (``--json`` prints the record itself)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..table import format_table
+
+
+def as_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, default=_json_default)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def demo(r: dict[str, Any], seed: int) -> str:
+    s, per_level = r["summary"], r["per_level"]
+    return "\n".join([
+        f"pcm-hil {__version__}: programmed {r['cells']} cells to {r['levels']} levels on {r['backend']}"
+        f" (tolerance ±{r['verify']['tolerance_us']} µS, seed {seed})",
+        f"yield {s['yield']:.1%}, {s['pulses_total']} SET pulses (mean {s['pulses_mean']:.2f}, p95 "
+        f"{s['pulses_p95']:.0f}), {s['resets_total']} RESET restarts, {s['seconds']:.2f} s",
+        "",
+        format_table(list(per_level[0].keys()), [list(row.values()) for row in per_level],
+                     title="per level (converged cells, reads averaged ×%d)" % r["verify"]["n_avg"]),
+    ])
+
+
+def benchmark(what: str, r: dict[str, Any]) -> str:
+    if what == "emulator":
+        return format_table(["figure", "value"], [
+            ["cell-iterations/s (SET+read, ascending batch)", r["cell_iterations_per_s"]],
+            ["cell-iterations/s (shuffled batch)", r["cell_iterations_per_s_shuffled"]],
+            ["bytes per cell", r["bytes_per_cell"]],
+            ["one normal draw per cell (s)", r["normal_draw_seconds"]],
+            ["iteration / normal draw", r["iteration_over_normal_ratio"]],
+        ], title=f"emulator benchmark, {r['cells']} cells, median of {r['repeats']}")
+    if what == "wire":
+        return format_table(["figure", "value"], [
+            ["cell ops/s, batched blocks", r["cell_ops_per_s_block"]],
+            ["cell ops/s, one cell per transaction", r["cell_ops_per_s_single"]],
+            ["ratio", r["ratio"]],
+        ], title=f"wire benchmark over loopback, median of {r['repeats']}")
+    if what == "faults":
+        return format_table(["figure", "value"], [[k, r[k]] for k in (
+            "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "crashes",
+            "runs_resumed", "measurements_lost", "cells_diverged", "cells_made_stuck", "yield", "yield_uninterrupted",
+            "yield_excluding_stuck", "seconds")], title=f"fault soak on the virtual bench, rate {r['fault_rate']}")
+    rows = [[name.replace("_", " "), r[f"pulses_{name}"]] for name in ("importance", "uniform", "uniform_replicas", "naive")]
+    rows += [["uniform / importance", r["pulse_ratio"]], ["uniform replicas / importance", r["pulse_ratio_all_uniform"]],
+             ["bound: uniform / cheapest plan", r["pulse_ratio_bound"]]]
+    return format_table(["strategy", "pulses to stay within 0.5 pp"], rows,
+                        title=f"budgets, {r['model']}, {r['cells']} cells, target {r['accuracy_target']:.2%}")
+
+
+def profile(rows: list[tuple], name: str) -> str:
+    return format_table(["field", "value", "unit", "source"], [list(r) for r in rows], title=f"profile {name}")
+
+
+def calibration(summary: dict[str, Any], model: Any, cells: int) -> str:
+    p = model.programming_
+    rows = []
+    for ti, tol in enumerate(model.tolerances_us_):
+        for li, lv in enumerate(model.levels_us_):
+            nu = model.drift_["nu_mean"]
+            rows.append([tol, lv, int(p["n"][ti][li]), p["converged_cdf"][ti][li][-1], p["sigma_us"][ti][li],
+                         p["offset_us"][ti][li], float(model.expected_pulses(lv, tol, model.max_pulses_)),
+                         nu[li] if li < len(nu) else float("nan")])
+    rn, f, w = model.read_noise_, model.faults_, model.window_
+    report = summary.get("report")
+    return "\n".join([
+        f"calibration {summary['run_id']}: {cells} cells, model written to {summary['model']}"
+        + (f", report {report}" if report else ""),
+        f"window: floor {w['g_floor_us']:.3g} µS, saturation {w['g_sat_us']:.3g} µS (device spread {w['g_sat_spread']:.1%})",
+        f"read noise per read: σ = {rn['a']:.4f}·G + {rn['b_us']:.3f} µS (±{rn['a_se']:.4f}, ±{rn['b_us_se']:.3f}); "
+        f"averaging exponent {rn['averaging_exponent']:.3f} ± {rn['averaging_exponent_se']:.3f}",
+        f"faults: at RESET {f['reset']:.3%}, at SET {f['set']:.3%}, random {f['random']:.3%} of {f['cells']} cells",
+        "",
+        format_table(["tol_us", "level_us", "cells", "yield", "sigma_us", "offset_us", "pulses", "nu"], rows,
+                     title=f"programming (cap {model.max_pulses_}, error {model.t0_s_:g} s after P&V) and drift"),
+    ])
+
+
+def validation(r: dict[str, Any], model_path: str, tolerance_us: float, max_pulses: int) -> str:
+    rows = [[x["level_us"], x["cells"], x["sigma_us"], x["sigma_predicted_us"], x["pulses"], x["pulses_predicted"],
+             x["nu_mean"], x["nu_predicted"], x["ks"]] for x in r["per_level"]]
+    return "\n".join([
+        f"validation of {model_path} on {r['cells']} fresh cells (from {r['first_cell']}), "
+        f"±{tolerance_us} µS, cap {max_pulses}",
+        f"worst level: σ error {r['sigma_rel_error_max']:.1%}, pulses error {r['pulses_rel_error']:.1%}, "
+        f"KS {r['ks_max']:.3f}; drift ν error {r['drift_nu_rel_error']:.1%}",
+        "",
+        format_table(["level_us", "cells", "sigma", "sigma_pred", "pulses", "pulses_pred", "nu", "nu_pred", "ks"], rows),
+    ])
+
+
+def store(r: dict[str, Any]) -> str:
+    mr = r["memory_reduction"]
+    best = r["best_digital"]
+    rows = [
+        ["accuracy: reference (float)", f"{r['accuracy_reference']:.2%}"],
+        ["accuracy: compressed, stored digitally", f"{r['accuracy_compressed']:.2%}"],
+        [f"accuracy: stored, read after {r['retention_s']:g} s", f"{r['accuracy_stored']:.2%}"],
+        *([["  the same, keeping the stored BN statistics", f"{r['accuracy_stored_without_bn_recalibration']:.2%}"]]
+          if "accuracy_stored_without_bn_recalibration" in r else []),
+        ["weights / cells / digital cells", f"{r['weights']} / {r['cells']} / {r['digital_cells']:.0f}"],
+        ["cells per weight (all costs)", f"{r['cells_per_weight']:.3f}"],
+        ["pulses (SET + RESET), yield", f"{r['pulses']:,}, {r['yield']:.2%}"],
+        ["reduction vs fp32 on SLC + ECC", f"{mr['fp32_slc_ecc']:.1f}×"],
+        ["reduction vs compressed on SLC + ECC", f"{mr['compressed_slc_ecc']:.1f}×"],
+        ["reduction vs best digital on MLC + ECC",
+         "n/a" if mr["best_digital_mlc_ecc"] is None else f"{mr['best_digital_mlc_ecc']:.2f}×"
+         + (f" ({best['bits']} bits, {best['sparsity']:.0%} pruned)" if best else "")],
+        ["seconds", f"{r['seconds']:.1f}"],
+    ]
+    text = format_table(["", ""], rows, title=f"stored {r['model']} as run {r['run_id']} ({r['code']['code']} code, "
+                                              f"{r['allocation']} allocation)")
+    lost = r["accuracy_reference"] - r["accuracy_compressed"]
+    if lost > 0.02:
+        text += (f"\nnote: compression alone cost {lost:.1%} (pruning {r['sparsity']:.0%} of the weights); "
+                 "a smaller model may need a lower --sparsity")
+    return text
+
+
+def load(r: dict[str, Any]) -> str:
+    at_store = r["accuracy_stored_at_store_time"]
+    return format_table(["", ""], [["accuracy read back now", f"{r['accuracy_loaded']:.2%}"],
+                                   ["accuracy at store time", "n/a" if at_store is None else f"{at_store:.2%}"],
+                                   ["reference accuracy", "n/a" if r["accuracy_reference"] is None
+                                    else f"{r['accuracy_reference']:.2%}"],
+                                   ["cells read", r["cells"]]], title=f"loaded {r['model']} from run {r['run_id']}")
+
+
+def runs(table: Any) -> str:
+    return format_table(list(table.columns), table.values.tolist()) if len(table) else "no runs"
+
+
+def emulate(addresses: dict[str, str], title: str) -> str:
+    return format_table(["instrument", "resource"], list(addresses.items()), title=title)

@@ -1,0 +1,10 @@
+"""The store job: a trained network into the chip and back, in stages.
+
+``job`` orchestrates; each stage module takes only its own config:
+``inputs`` (network and data) → ``compression`` → ``importance`` → ``layout`` →
+``allocation`` → program-and-verify → ``readback`` → ``baselines`` (with ``cost``);
+``prediction`` runs the read-back chain on noise-model draws; ``report`` draws the PNG.
+"""
+from .job import StoreConfig, StoreOutcome, load_run, prepare, resume_store_job, run_store_job, verify_config
+
+__all__ = ["StoreConfig", "StoreOutcome", "load_run", "prepare", "resume_store_job", "run_store_job", "verify_config"]

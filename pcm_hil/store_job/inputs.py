@@ -1,0 +1,70 @@
+"""The store job's inputs: the trained network and its data, loaded and checked once per
+job, before any pulse (a typo costs no calibration)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import datasets
+from ..models import accuracy, load_model, spec
+from .compression import analog_parameters
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to store: a registry name, or your own ``file.py:Class`` with a
+    state-dict ``checkpoint`` and a ``data_dir`` (x_test.npy, y_test.npy, optionally
+    x_train.npy, y_train.npy; or a cifar-10-batches-py directory)."""
+
+    name: str = "lenet5-fmnist"
+    checkpoint: str | None = None
+    data_dir: str | None = None
+
+
+@dataclass
+class Inputs:
+    """The trained network, the names of the tensors stored in cells, and its data."""
+
+    model: nn.Module
+    names: list[str]
+    train: datasets.Split
+    test: datasets.Split
+    accuracy_reference: float
+
+
+def load_inputs(cfg: ModelConfig) -> Inputs:
+    """Load and check the network and its data; ValueError names what is wrong."""
+    model = load_model(cfg.name, cfg.checkpoint)
+    if not spec(cfg.name).dataset and not (cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists()):
+        raise ValueError(f"{cfg.name} is your own architecture: give --data-dir with x_test.npy and y_test.npy "
+                         "(and x_train.npy, y_train.npy for fine-tuning and importance)")
+    names = analog_parameters(model)
+    params = dict(model.named_parameters())
+    for n in names:
+        if not torch.isfinite(params[n]).all():
+            raise ValueError(f"model weights {n} hold NaN or infinite values")
+    train, test = _dataset(cfg)
+    return Inputs(model, names, train, test, accuracy(model, test.x, test.y))
+
+
+def _dataset(cfg: ModelConfig) -> tuple[datasets.Split, datasets.Split]:
+    if cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists():
+        d = Path(cfg.data_dir)
+
+        def load(name: str) -> np.ndarray:
+            return np.load(d / name, allow_pickle=False)
+
+        test = datasets.Split(load("x_test.npy").astype(np.float32), load("y_test.npy").astype(np.int64))
+        if (d / "x_train.npy").exists():
+            return datasets.Split(load("x_train.npy").astype(np.float32), load("y_train.npy").astype(np.int64)), test
+        # no training data: fine-tune and estimate importance on one half, report accuracy on the
+        # other, so that no accuracy is measured on data the model was tuned with
+        idx = np.random.default_rng(0).permutation(len(test))
+        half = len(test) // 2
+        return (datasets.Split(test.x[idx[:half]], test.y[idx[:half]]),
+                datasets.Split(test.x[idx[half:]], test.y[idx[half:]]))
+    return datasets.load(spec(cfg.name).dataset, cfg.data_dir)

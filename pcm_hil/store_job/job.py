@@ -1,0 +1,370 @@
+"""The store job: store a trained network in the chip and read it back.
+
+A short orchestration over the stages, each taking only its own config:
+inputs (network and data, loaded once) → compression → importance → layout (codes,
+replicas, reference cells) → allocation (program-and-verify settings under a pulse
+budget) → program (checkpointed) → wait the retention time → read-back (drift
+compensation, decoding, batch-norm re-estimation) → baselines and cost accounting.
+The layout goes to the run store before the first pulse, so ``load_run`` reads the model
+back later and ``resume_store_job`` continues a run that was stopped or killed.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pcm_hil_noisemodel import NoiseModel
+
+from .. import __version__, coding
+from ..checkpoint import Interrupted, VerifyJournal, recording_outcome, wait_until
+from ..chip import Chip
+from ..coding import CodeConfig
+from ..models import accuracy, load_state_dict
+from ..program import VerifyConfig, program_verify
+from ..run_store import RunStore
+from . import allocation, baselines, layout as layout_stage, readback
+from .allocation import AllocationConfig, Plan
+from .baselines import BaselineConfig
+from .compression import Compressed, CompressionConfig, compress
+from .importance import ImportanceConfig, estimate
+from .inputs import Inputs, ModelConfig, load_inputs
+from .layout import Layout, LayoutConfig
+from .prediction import accuracy_curve
+from .readback import ReadbackConfig
+
+Progress = Callable[[str, float, float], None]
+
+
+def _silent(stage: str, done: float, total: float) -> None:
+    """A progress callback that shows nothing."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The store job's settings: one config per stage, and the job's own."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    readback: ReadbackConfig = field(default_factory=ReadbackConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    retention_s: float = 86400.0  # programming to read-back
+    first_cell: int = 0
+    checkpoint_s: float = 1.0     # program-and-verify state is saved at least this often
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.retention_s, (int, float)) and 0 <= self.retention_s <= 10 * 365 * 86400):
+            raise ValueError(f"retention_s must be in [0, 10 years], got {self.retention_s!r}")
+        if not (isinstance(self.checkpoint_s, (int, float)) and 0 <= self.checkpoint_s <= 3600):
+            raise ValueError(f"checkpoint_s must be in [0, 3600] s, got {self.checkpoint_s!r}")
+        if type(self.first_cell) is not int or self.first_cell < 0:
+            raise ValueError("first_cell must be a non-negative integer")
+
+    # the flat option names of the command line (and of run records before the stages)
+    _STAGE_OF = {
+        "model": ("model", "name"), "checkpoint": ("model", "checkpoint"), "data_dir": ("model", "data_dir"),
+        "sparsity": ("compression", "sparsity"), "finetune_epochs": ("compression", "finetune_epochs"),
+        "training_noise": ("compression", "training_noise"),
+        "importance": ("importance", "method"), "importance_samples": ("importance", "samples"),
+        "code": ("layout", "code"), "replicas_per_weight": ("layout", "replicas_per_weight"),
+        "max_replicas": ("layout", "max_replicas"), "reference_cells_per_level": ("layout", "reference_cells_per_level"),
+        "g_hi_fraction": ("layout", "g_hi_fraction"),
+        "allocation": ("allocation", "allocation"), "pulse_budget": ("allocation", "pulse_budget"),
+        "target_loss": ("allocation", "target_loss"), "caps": ("allocation", "caps"),
+        "bn_samples": ("readback", "bn_samples"), "digital_baseline": ("baselines", "search"),
+    }
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "StoreConfig":
+        """A config from flat option names (``sparsity=0.5, code=CodeConfig("pair"), seed=1``);
+        ``seed`` seeds every stage that draws."""
+        unknown = set(options) - set(cls._STAGE_OF) - {f.name for f in fields(cls) if f.type != "dict"}
+        if unknown:
+            raise ValueError(f"unknown store option(s): {', '.join(sorted(unknown))}")
+        staged: dict[str, dict[str, Any]] = {"model": {}, "compression": {}, "importance": {}, "layout": {},
+                                              "allocation": {}, "readback": {}, "baselines": {}}
+        own = {}
+        for k, v in options.items():
+            if k in cls._STAGE_OF:
+                stage, name = cls._STAGE_OF[k]
+                staged[stage][name] = v
+            else:
+                own[k] = v
+        seed = own.get("seed", 0)
+        lay = staged["layout"]
+        if isinstance(lay.get("code"), dict):
+            lay["code"] = CodeConfig(**lay["code"])
+        if "caps" in staged["allocation"]:
+            staged["allocation"]["caps"] = tuple(staged["allocation"]["caps"])
+        code = lay.get("code", CodeConfig())
+        levels = code.levels if code.code == "multilevel" else None
+        return cls(model=ModelConfig(**staged["model"]),
+                   compression=CompressionConfig(**staged["compression"], quantize_levels=levels, seed=seed),
+                   importance=ImportanceConfig(**staged["importance"], seed=seed), layout=LayoutConfig(**lay),
+                   allocation=AllocationConfig(**staged["allocation"]),
+                   readback=ReadbackConfig(**staged["readback"], seed=seed),
+                   baselines=BaselineConfig(**staged["baselines"]), **own)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StoreConfig":
+        """The config a run recorded (``asdict`` of a StoreConfig, or the flat form of older runs)."""
+        if not isinstance(d.get("model"), dict):
+            return cls.from_options(**d)
+        lay = dict(d["layout"])
+        lay["code"] = CodeConfig(**lay["code"])
+        alloc = dict(d["allocation"])
+        alloc["caps"] = tuple(alloc["caps"])
+        return cls(model=ModelConfig(**d["model"]), compression=CompressionConfig(**d["compression"]),
+                   importance=ImportanceConfig(**d["importance"]), layout=LayoutConfig(**lay),
+                   allocation=AllocationConfig(**alloc), readback=ReadbackConfig(**d["readback"]),
+                   baselines=BaselineConfig(**d["baselines"]),
+                   **{k: d[k] for k in ("retention_s", "first_cell", "checkpoint_s", "seed")})
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the first pulse."""
+
+    inputs: Inputs
+    compressed: Compressed
+    importance: dict[str, np.ndarray]
+    layout: Layout
+    plan: Plan
+    accuracy_compressed: float
+
+
+@dataclass
+class StoreOutcome:
+    """A finished store run: its record (JSON-able, also in the run store), the network as
+    decoded from the chip, and per-cell figures for the report."""
+
+    record: dict[str, Any]
+    decoded: nn.Module
+    per_cell: dict[str, np.ndarray]
+
+
+def verify_config(noise: NoiseModel) -> VerifyConfig:
+    """The program-and-verify settings the noise model was measured with."""
+    v = (noise.provenance.get("config") or {}).get("verify")
+    return replace(VerifyConfig(**v) if v else VerifyConfig(), n_avg=noise.n_avg_)
+
+
+def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, progress: Progress = _silent
+            ) -> Prepared:
+    """Compression, importance, layout and allocation; raises ValueError before any pulse."""
+    progress("prepare", 0, 4)
+    compressed = compress(inputs.model, inputs.names, inputs.train.x, inputs.train.y, cfg.compression)
+    acc_comp = accuracy(compressed.model, inputs.test.x, inputs.test.y)
+    progress("prepare", 1, 4)
+    imp = estimate(compressed.model, inputs.names, inputs.train, cfg.importance)
+    progress("prepare", 2, 4)
+    lay = layout_stage.encode(compressed.model, inputs.names, compressed.masks, imp, noise, cfg.layout,
+                              cfg.retention_s)
+    if cfg.first_cell + lay.targets.size > n_cells:
+        raise ValueError(f"the model needs {lay.targets.size} cells from cell {cfg.first_cell}; "
+                         f"the chip has {n_cells} cells")
+    plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation)
+    progress("prepare", 4, 4)
+    return Prepared(inputs, compressed, imp, lay, plan, acc_comp)
+
+
+def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConfig, progress: Progress | None = None,
+                  stop: Callable[[], bool] | None = None, inputs: Inputs | None = None) -> StoreOutcome:
+    """Store ``cfg.model`` on ``chip``. ``inputs``: the network and data if already loaded.
+
+    The run checkpoints as it goes (layout, per-cell program-and-verify state, programmed
+    table, read-back); :func:`resume_store_job` continues it after a kill. ``stop()`` is
+    polled between transactions; when it returns True the run ends with
+    :class:`~pcm_hil.checkpoint.Interrupted`, resumable.
+    """
+    report = progress or _silent
+    t_start = time.monotonic()
+    torch.manual_seed(cfg.seed)
+    inputs = inputs or load_inputs(cfg.model)
+    prep = prepare(inputs, noise, cfg, chip.geometry.n_cells, report)
+    cells = np.arange(cfg.first_cell, cfg.first_cell + prep.layout.targets.size, dtype=np.int64)
+    vcfg = replace(verify_config(noise), max_pulses=int(prep.plan.max_pulses.max()))
+    settings = {"procedure": "store", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
+                "chip_id": chip.chip_id(), "config": asdict(cfg), "verify": asdict(vcfg),
+                "noise_model": noise.provenance, "tensors": prep.layout.tensor_info()}
+    run_id = store.create_run("store", settings)
+    with recording_outcome(store, run_id):
+        chip.attach_state(store.run_file(run_id, "chip"))  # an emulated chip keeps its cells next to the run
+        noise.save(store.run_file(run_id, "noise"))
+        _write_layout(store, run_id, prep, cells)
+    return _program_and_read(chip, noise, store, cfg, run_id, prep, cells, vcfg, report, stop, t_start, False)
+
+
+def resume_store_job(chip: Chip, store: RunStore, run_id: str, progress: Progress | None = None,
+                     stop: Callable[[], bool] | None = None) -> StoreOutcome:
+    """Continue a store run that was killed or stopped: cells already verified are not
+    pulsed again, cells in flight are re-verified first, finished stages are skipped."""
+    report = progress or _silent
+    t_start = time.monotonic()
+    info = store.run(run_id)
+    if info["kind"] == "store":
+        chip.require_same_chip(info["settings"].get("chip_id"), f"store run {run_id}")
+    store.resume_run(run_id, "store")
+    with recording_outcome(store, run_id):
+        if "layout" not in store.stages(run_id):
+            raise ValueError(f"run {run_id} stopped before its layout was written, so nothing was programmed: "
+                             "start a new run instead")
+        noise = NoiseModel.load(store.run_file(run_id, "noise"))
+        cfg, prep = _restore(store, run_id, noise, info)
+        vcfg = VerifyConfig(**info["settings"]["verify"])
+        cells = store.read(run_id, "layout")["cell"].to_numpy(np.int64)
+        chip.attach_state(store.run_file(run_id, "chip"))
+    return _program_and_read(chip, noise, store, cfg, run_id, prep, cells, vcfg, report, stop, t_start, True)
+
+
+def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConfig, run_id: str,
+                      prep: Prepared, cells: np.ndarray, vcfg: VerifyConfig, report: Progress,
+                      stop: Callable[[], bool] | None, t_start: float, resumed: bool) -> StoreOutcome:
+    inputs, lay = prep.inputs, prep.layout
+    with recording_outcome(store, run_id):
+        if "programmed" not in store.stages(run_id):
+            journal = VerifyJournal(store, run_id, "program", cells, every_s=cfg.checkpoint_s, sync=chip.sync)
+            res = program_verify(chip, cells, prep.plan.aim_us, vcfg, tolerance_us=prep.plan.tolerance_us,
+                                 max_pulses=prep.plan.max_pulses, progress=lambda d, t: report("program", d, t),
+                                 state=journal.load(), checkpoint=journal, stop=stop)
+            if res.stop_reason == "interrupted":
+                raise Interrupted(run_id, "program-and-verify")
+            chip.sync()
+            store.append(run_id, "programmed", pd.DataFrame({
+                "cell": cells, "final_us": res.final_us, "pulses": res.pulses, "resets": res.resets,
+                "converged": res.converged.astype(np.int64), "t_read_s": res.state.t_read_s}),
+                stage="programmed", info={"t_chip_s": chip.now()})
+        _wait_retention(chip, store.stages(run_id)["programmed"]["t_chip_s"] + cfg.retention_s, stop, run_id, report)
+        prog = store.read(run_id, "programmed")
+        if "readback" in store.stages(run_id):  # read before a kill: the reads are kept, not repeated
+            reads = store.read(run_id, "readback")["read_us"].to_numpy(np.float64)
+        else:
+            reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
+        back = readback.evaluate_reads(reads, prep.compressed.model, inputs.names, lay, cfg.layout.code,
+                                       prog["converged"].to_numpy(bool), inputs.train, inputs.test, cfg.readback)
+        if "readback" not in store.stages(run_id):
+            store.append(run_id, "readback", pd.DataFrame({"cell": cells, "read_us": reads,
+                                                           "corrected_us": back.corrected_us,
+                                                           "t_chip_s": chip.now()}), stage="readback")
+        set_pulses, resets = int(prog["pulses"].sum()), int(prog["resets"].sum())
+        record: dict[str, Any] = {
+            **back.figures, "run_id": run_id, "model": cfg.model.name, "weights": lay.weights,
+            "cells": int(cells.size), "retention_s": cfg.retention_s, "pulses": set_pulses + resets + int(cells.size),
+            "pulses_planned": prep.plan.pulses, "set_pulses": set_pulses, "resets": resets + int(cells.size),
+            "code": coding.describe(cfg.layout.code), "allocation": cfg.allocation.allocation,
+            "sparsity": cfg.compression.sparsity, "accuracy_reference": inputs.accuracy_reference,
+            "accuracy_compressed": prep.accuracy_compressed, "resumed": resumed,
+            "yield": float(prog["converged"].mean())}
+        record.update(baselines.costs(inputs, prep.compressed.model, lay, int(cells.size), record["accuracy_stored"],
+                                      cfg.compression, _quantize_bits(cfg.layout.code), cfg.readback, cfg.baselines))
+        report("accuracy curve", 0, 1)
+        record["accuracy_curve"] = accuracy_curve(inputs, prep.compressed, prep.importance, noise, cfg.layout,
+                                                  cfg.readback, cfg.retention_s, seed=cfg.seed)
+        record["seconds"] = time.monotonic() - t_start
+        chip.sync()
+        record["chip_state"] = str(store.run_file(run_id, "chip"))
+    store.finish(run_id, result=record)
+    ref = lay.reference
+    per_cell = {"importance": lay.importance[~ref], "error_weight": (back.corrected_us - lay.targets)[~ref] * lay.gains,
+                "tolerance_us": prep.plan.tolerance_us[~ref]}
+    return StoreOutcome(record, back.decoded, per_cell)
+
+
+def _quantize_bits(code: CodeConfig) -> int | None:
+    """Bits per stored weight of the compressed model kept digital: None (fp32) unless multilevel."""
+    return code.levels.bit_length() if code.code == "multilevel" else None
+
+
+def _wait_retention(chip: Chip, t_chip_s: float, stop: Callable[[], bool] | None, run_id: str,
+                    report: Progress) -> None:
+    """Wait (by the chip's clock) until ``t_chip_s``, showing progress, honouring a stop request."""
+    total = max(0.0, t_chip_s - chip.now())
+
+    def between(now: float) -> None:
+        if stop is not None and stop():
+            raise Interrupted(run_id, "retention wait")
+        report("retention", total - max(0.0, t_chip_s - now), total)
+
+    wait_until(chip, t_chip_s, between)
+
+
+def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarray) -> None:
+    """Everything a later ``load`` or ``--resume`` needs, written before the first pulse; the
+    ``layout`` stage is marked in the same transaction as the layout table."""
+    model, names = prep.compressed.model, prep.inputs.names
+    digital = {n: t.detach().clone() for n, t in model.state_dict().items() if n not in names}
+    _save_torch(digital, store.run_file(run_id, "digital"))
+    _save_torch(model.state_dict(), store.run_file(run_id, "compressed"))
+    side, table = prep.layout.to_tables(cells, prep.plan)
+    store.append(run_id, "side", side)
+    store.append(run_id, "layout", table, stage="layout", info={
+        "accuracy_reference": prep.inputs.accuracy_reference, "accuracy_compressed": prep.accuracy_compressed,
+        "side_bits": baselines.side_bits(prep.layout, prep.inputs.model, names),
+        "tensor_side_bits": prep.layout.side_bits, "lagrange": prep.plan.lagrange})
+
+
+def _save_torch(obj: Any, path: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _stored_layout(store: RunStore, run_id: str, info: dict[str, Any], cfg: StoreConfig) -> Layout:
+    return Layout.from_tables(store.read(run_id, "side"), store.read(run_id, "layout"), info["settings"]["tensors"],
+                              cfg.layout.code, cfg.compression.sparsity > 0,
+                              store.stages(run_id).get("layout", {}).get("tensor_side_bits", 0.0))
+
+
+def _restore(store: RunStore, run_id: str, noise: NoiseModel, info: dict[str, Any]) -> tuple[StoreConfig, Prepared]:
+    """The run's :class:`Prepared` rebuilt from the store and its files (no re-training)."""
+    cfg = StoreConfig.from_dict(info["settings"]["config"])
+    lay = _stored_layout(store, run_id, info, cfg)
+    done = store.stages(run_id)["layout"]
+    inputs = load_inputs(cfg.model)
+    model = copy.deepcopy(inputs.model)
+    model.load_state_dict(load_state_dict(store.run_file(run_id, "compressed")), strict=True)
+    masks = {e.name: e.mask for e in lay.encoded} if cfg.compression.sparsity > 0 else None
+    imp = estimate(model, inputs.names, inputs.train, cfg.importance)
+    table = store.read(run_id, "layout")
+    plan = Plan(table["tolerance_us"].to_numpy(), table["max_pulses"].to_numpy(np.int64),
+                table["expected_pulses"].to_numpy(), table["expected_sq_error_us2"].to_numpy(),
+                table["aim_us"].to_numpy(), allocation.options(noise, cfg.allocation.caps),
+                np.zeros(len(table), np.int64), done["lagrange"])
+    return cfg, Prepared(inputs, Compressed(model, masks), imp, lay, plan, done["accuracy_compressed"])
+
+
+def load_run(chip: Chip, store: RunStore, run_id: str) -> dict[str, Any]:
+    """Read a stored model back from the chip using the layout in the run store."""
+    info = store.run(run_id)
+    if info["kind"] != "store":
+        raise ValueError(f"run {run_id} is a {info['kind']} run, not a stored model")
+    chip.require_same_chip(info["settings"].get("chip_id"), f"store run {run_id}")
+    cfg = StoreConfig.from_dict(info["settings"]["config"])
+    lay = _stored_layout(store, run_id, info, cfg)
+    inputs = load_inputs(cfg.model)
+    model = inputs.model
+    model.load_state_dict({**model.state_dict(), **load_state_dict(store.run_file(run_id, "digital"))}, strict=True)
+    cells = store.read(run_id, "layout")["cell"].to_numpy()
+    reads = chip.read(cells, n_avg=int(info["settings"]["verify"]["n_avg"])).astype(np.float64)
+    programmed = store.read(run_id, "programmed")
+    trusted = programmed["converged"].to_numpy(bool) if len(programmed) == cells.size else None
+    back = readback.evaluate_reads(reads, model, inputs.names, lay, cfg.layout.code, trusted, inputs.train,
+                                   inputs.test, cfg.readback)
+    stored = info.get("result") or {}
+    programmed_at = store.stages(run_id).get("programmed", {}).get("t_chip_s")
+    return {"run_id": run_id, "model": cfg.model.name, "cells": int(cells.size), "chip_time_s": chip.now(),
+            "age_s": None if programmed_at is None else chip.now() - programmed_at,
+            "accuracy_loaded": back.figures["accuracy_stored"],
+            "accuracy_loaded_uncompensated": back.figures["accuracy_stored_uncompensated"],
+            "accuracy_stored_at_store_time": stored.get("accuracy_stored"),
+            "accuracy_reference": stored.get("accuracy_reference"), "drift_compensation": back.figures["drift_compensation"]}

@@ -1,0 +1,174 @@
+"""Stage 3 of the store job, layout: which cell holds what.
+
+Encodes every stored tensor with its code (scales, signs, masks), places replicas by
+importance × predicted error, appends the reference cells that calibrate drift at read
+time, and converts the result to and from run-store tables (``to_tables``/``from_store``)
+so a later ``load`` or ``--resume`` rebuilds it without re-training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from pcm_hil_noisemodel import NoiseModel
+
+from .. import coding
+from ..coding import CodeConfig
+from .allocation import replicas as allocate_replicas
+
+REF_FRACTIONS = (0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # reference levels, fractions of g_hi
+
+
+@dataclass(frozen=True)
+class LayoutConfig:
+    """What the layout stage reads."""
+
+    code: CodeConfig = field(default_factory=CodeConfig)
+    replicas_per_weight: float = 1.0  # mean replicas per kept weight, placed by importance
+    max_replicas: int = 8
+    reference_cells_per_level: int = 32
+    g_hi_fraction: float = 1.0  # top of the used window, fraction of the calibrated top level
+
+    def __post_init__(self) -> None:
+        if type(self.max_replicas) is not int or not 1 <= self.max_replicas <= 64:
+            raise ValueError(f"max_replicas must be an integer in [1, 64], got {self.max_replicas!r}")
+        if not (math.isfinite(self.replicas_per_weight) and 1.0 <= self.replicas_per_weight <= self.max_replicas):
+            raise ValueError(f"replicas_per_weight must be in [1, {self.max_replicas}], got {self.replicas_per_weight!r}")
+        if type(self.reference_cells_per_level) is not int or not 1 <= self.reference_cells_per_level <= 10_000:
+            raise ValueError("reference_cells_per_level must be an integer in [1, 10000]")
+        if not 0 < self.g_hi_fraction <= 1:
+            raise ValueError(f"g_hi_fraction must be in (0, 1], got {self.g_hi_fraction!r}")
+
+    def g_hi(self, noise: NoiseModel) -> float:
+        """Top of the used window (µS), from the calibrated levels."""
+        return self.g_hi_fraction * noise.levels_us_[-1]
+
+
+@dataclass
+class Layout:
+    """Every cell of a stored model, in programming order (weights, then reference cells)."""
+
+    encoded: list[coding.EncodedTensor]
+    targets: np.ndarray     # µS per cell
+    weight_of: np.ndarray   # per cell: weight index within its tensor (−1 for reference cells)
+    tensor_of: np.ndarray   # per cell: tensor index (−1 for reference cells)
+    importance: np.ndarray  # per cell: F·gain² (0 for reference cells)
+    side_bits: float        # digital side information of the tensors (masks, signs, scales)
+
+    @property
+    def reference(self) -> np.ndarray:
+        """Mask of the reference cells."""
+        return self.tensor_of < 0
+
+    @property
+    def weights(self) -> int:
+        return int(sum(e.weights for e in self.encoded))
+
+    @property
+    def gains(self) -> np.ndarray:
+        """Weight per µS of every weight cell (layout order, reference cells excluded)."""
+        return np.concatenate([e.gains for e in self.encoded])
+
+    def tensor_info(self) -> list[dict[str, Any]]:
+        """Per tensor: name, shape, scale and g_hi, as the run's settings record them."""
+        return [{"name": e.name, "shape": list(e.shape), "scale": e.scale, "g_hi": e.g_hi} for e in self.encoded]
+
+    def to_tables(self, cells: np.ndarray, plan: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The ``side`` table (per weight: kept, sign, replicas) and the ``layout`` table (per
+        cell: tensor, weight, role, gain, target and the planned program-and-verify setting)."""
+        rows = []
+        for k, enc in enumerate(self.encoded):
+            keep = enc.mask.ravel() if enc.mask is not None else np.ones(enc.weights, bool)
+            neg = np.zeros(enc.weights, bool)
+            reps = np.zeros(enc.weights, np.int64)
+            reps[keep] = enc.replicas
+            if enc.signs is not None:
+                neg[keep] = enc.signs
+            rows.append(pd.DataFrame({"tensor": k, "weight_index": np.arange(enc.weights),
+                                      "keep": keep.astype(np.int64), "negative": neg.astype(np.int64),
+                                      "replicas": reps}))
+        n_ref = int(self.reference.sum())
+        owner = np.concatenate([e.owner for e in self.encoded] + [np.full(n_ref, -1)])
+        role = np.concatenate([e.role for e in self.encoded] + [np.full(n_ref, -1)])
+        gain = np.concatenate([self.gains, np.ones(n_ref)])
+        layout = pd.DataFrame({
+            "cell": cells, "tensor": self.tensor_of, "weight": self.weight_of, "owner": owner,
+            "role": role.astype(np.int64), "gain": gain, "target_us": self.targets, "importance": self.importance,
+            "tolerance_us": plan.tolerance_us, "max_pulses": plan.max_pulses,
+            "expected_pulses": plan.expected_pulses, "expected_sq_error_us2": plan.expected_sq_error,
+            "aim_us": plan.aim_us})
+        return pd.concat(rows, ignore_index=True), layout
+
+    @classmethod
+    def from_tables(cls, side: pd.DataFrame, layout: pd.DataFrame, tensors: list[dict[str, Any]],
+                    code: CodeConfig, pruned: bool, side_bits: float) -> "Layout":
+        """The layout as :meth:`to_tables` wrote it (``tensors``: :meth:`tensor_info`)."""
+        if layout.empty or side.empty:
+            raise ValueError("the run has no complete layout in the store")
+        encoded = []
+        for k, t in enumerate(tensors):
+            sd = side[side["tensor"] == k].sort_values("weight_index")
+            lay = layout[layout["tensor"] == k]
+            keep = sd["keep"].to_numpy(bool)
+            encoded.append(coding.EncodedTensor(
+                t["name"], tuple(t["shape"]), t["scale"], t["g_hi"], keep.reshape(t["shape"]) if pruned else None,
+                sd["negative"].to_numpy(bool)[keep] if code.sign_bits else None, sd["replicas"].to_numpy()[keep],
+                lay["target_us"].to_numpy(), lay["owner"].to_numpy(), lay["role"].to_numpy(),
+                lay["gain"].to_numpy() if "gain" in lay else np.ones(len(lay))))
+        return cls(encoded, layout["target_us"].to_numpy(), layout["weight"].to_numpy(),
+                   layout["tensor"].to_numpy(), layout["importance"].to_numpy(), side_bits)
+
+
+def encode(model: nn.Module, names: list[str], masks: dict[str, np.ndarray] | None, importance: dict[str, np.ndarray],
+           noise: NoiseModel, cfg: LayoutConfig, retention_s: float) -> Layout:
+    """Cells of every stored tensor of ``model`` plus the reference cells."""
+    g_hi = cfg.g_hi(noise)
+    params = dict(model.named_parameters())
+    tensors = {n: params[n].detach().numpy() for n in names}
+    replicas = _replicas(cfg, noise, g_hi, tensors, masks, importance, retention_s)
+    encoded, targets, weight_of, tensor_of, cell_imp = [], [], [], [], []
+    side = 0.0
+    for k, n in enumerate(names):
+        enc = coding.encode(n, tensors[n], cfg.code, g_hi, None if masks is None else masks[n], replicas[n])
+        encoded.append(enc)
+        kept = np.flatnonzero(enc.mask.ravel()) if enc.mask is not None else np.arange(enc.weights)
+        targets.append(enc.targets_us)
+        weight_of.append(kept[enc.owner])
+        tensor_of.append(np.full(enc.cells, k))
+        cell_imp.append(importance[n].ravel()[kept][enc.owner] * enc.gains ** 2)
+        side += sum(coding.side_bits(enc, cfg.code).values())
+    ref = np.repeat(np.array(REF_FRACTIONS) * g_hi, cfg.reference_cells_per_level)
+    return Layout(encoded, np.concatenate([*targets, ref]), np.concatenate([*weight_of, np.full(ref.size, -1)]),
+                  np.concatenate([*tensor_of, np.full(ref.size, -1)]), np.concatenate([*cell_imp, np.zeros(ref.size)]),
+                  side)
+
+
+def _replicas(cfg: LayoutConfig, noise: NoiseModel, g_hi: float, tensors: dict[str, np.ndarray],
+              masks: dict[str, np.ndarray] | None, imp: dict[str, np.ndarray], retention_s: float
+              ) -> dict[str, np.ndarray | int]:
+    """Replicas per kept weight: uniform, or by importance × predicted error after retention."""
+    code = cfg.code
+    if not code.replicable or cfg.replicas_per_weight == 1.0:
+        return {n: code.redundancy if code.replicable else 1 for n in tensors}
+    tol = 0.5 if 0.5 in noise.tolerances_us_ else noise.tolerances_us_[0]
+    cap = min(20, noise.max_pulses_)
+    weight, var, sizes = [], [], []
+    for n, w in tensors.items():
+        v = coding.kept_values(w, None if masks is None else masks[n])
+        s = coding.scale_of(v, code, g_hi)
+        span = g_hi / 2 if code.code == "offset" else g_hi
+        a = np.clip(v / s, -span, span)
+        g = a + span if code.code == "offset" else np.abs(a)
+        var.append(noise.sq_error_after(g, tol, cap, retention_s))
+        keep = imp[n].ravel() if masks is None else imp[n].ravel()[masks[n].ravel()]
+        weight.append(keep * s ** 2)
+        sizes.append(v.size)
+    weight_all, var_all = np.concatenate(weight), np.concatenate(var)
+    per = code.cells_per_replica
+    r = allocate_replicas(weight_all, var_all, per, cfg.replicas_per_weight * weight_all.size * per, cfg.max_replicas)
+    return dict(zip(tensors, np.split(r, np.cumsum(sizes)[:-1])))

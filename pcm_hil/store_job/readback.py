@@ -1,0 +1,112 @@
+"""Stage 6 of the store job, read-back: read the cells, compensate drift with the reference
+cells, decode the weights, re-estimate batch-norm statistics; and the same chain on
+noise-model draws instead of a chip (``predicted_accuracy``)."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pcm_hil_noisemodel import NoiseModel
+
+from .. import coding
+from ..coding import CodeConfig
+from ..datasets import Split
+from ..models import accuracy, batchnorms, recalibrate_batchnorm
+from .layout import Layout
+
+
+@dataclass(frozen=True)
+class ReadbackConfig:
+    """What the read-back stage reads."""
+
+    bn_samples: int = 1000  # training inputs that re-estimate batch-norm statistics (0: off)
+    seed: int = 0           # which inputs
+
+    def __post_init__(self) -> None:
+        if type(self.bn_samples) is not int or not 0 <= self.bn_samples <= 100_000:
+            raise ValueError(f"bn_samples must be an integer in [0, 100000], got {self.bn_samples!r}")
+
+
+def compensate(reads: np.ndarray, ref_targets: np.ndarray, ref_reads: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Drift compensation from reference cells: a gain α(G) per reference level, interpolated in G."""
+    levels = np.unique(ref_targets)
+    med_read = np.array([np.median(ref_reads[ref_targets == lv]) for lv in levels])
+    alpha = levels / med_read
+    order = np.argsort(med_read)
+    a = np.interp(reads, med_read[order], alpha[order])
+    return reads * a, {"levels_us": levels.tolist(), "median_read_us": med_read.tolist(), "alpha": alpha.tolist()}
+
+
+def decode_model(model: nn.Module, names: list[str], encoded: list[coding.EncodedTensor], code: CodeConfig,
+                 reads: np.ndarray, tensor_of: np.ndarray, trusted: np.ndarray | None = None) -> nn.Module:
+    """A copy of ``model`` with its stored tensors decoded from ``reads`` (cells in layout
+    order); ``trusted`` marks the cells that verified (see :func:`coding.decode`)."""
+    out = copy.deepcopy(model)
+    p = dict(out.named_parameters())
+    trusted = np.ones(reads.size, bool) if trusted is None else np.asarray(trusted, bool)
+    with torch.no_grad():
+        for k, (n, enc) in enumerate(zip(names, encoded)):
+            w = coding.decode(enc, reads[tensor_of == k], code, trusted[tensor_of == k])
+            p[n].copy_(torch.from_numpy(w.astype(np.float32)))
+    return out
+
+
+def bn_recalibrated(model: nn.Module, train: Split, cfg: ReadbackConfig) -> nn.Module:
+    """``model`` with its batch-norm statistics re-estimated from ``cfg.bn_samples`` training
+    inputs (a fixed subset); unchanged without BN layers or with 0."""
+    if cfg.bn_samples:
+        recalibrate_batchnorm(model, train.subset(min(cfg.bn_samples, len(train)), seed=cfg.seed).x)
+    return model
+
+
+@dataclass
+class ReadBack:
+    """What read-back measured, and the decoded network."""
+
+    figures: dict[str, Any]
+    decoded: nn.Module
+    corrected_us: np.ndarray
+
+
+def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout: Layout, code: CodeConfig,
+                   trusted: np.ndarray | None, train: Split, test: Split, cfg: ReadbackConfig) -> ReadBack:
+    """Compensate, decode and score reads of every cell of ``layout`` (µS, layout order)."""
+    ref = layout.reference
+    corrected, comp = compensate(reads, layout.targets[ref], reads[ref])
+    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
+    raw = decode_model(model, names, layout.encoded, code, reads, layout.tensor_of, trusted)
+    every = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of)
+    out: dict[str, Any] = {}
+    if cfg.bn_samples and batchnorms(decoded):
+        out["accuracy_stored_without_bn_recalibration"] = accuracy(decoded, test.x, test.y)
+        bn_recalibrated(decoded, train, cfg)
+    out["accuracy_stored"] = accuracy(decoded, test.x, test.y)
+    out["accuracy_stored_uncompensated"] = accuracy(raw, test.x, test.y)
+    out["accuracy_stored_all_replicas"] = accuracy(every, test.x, test.y)
+    out["drift_compensation"] = comp
+    err = corrected[~ref] - layout.targets[~ref]
+    out["error_us"] = {"rms": float(np.sqrt(np.mean(err ** 2))), "p50_abs": float(np.median(np.abs(err))),
+                       "p99_abs": float(np.percentile(np.abs(err), 99))}
+    return ReadBack(out, decoded, corrected)
+
+
+def predicted_accuracy(noise: NoiseModel, layout: Layout, model: nn.Module, names: list[str], code: CodeConfig,
+                       train: Split, test: Split, cfg: ReadbackConfig, retention_s: float,
+                       tolerance_us: float, max_pulses: int, seed: int = 0, draws: int = 3) -> float:
+    """Accuracy after ``retention_s`` predicted by the noise model (no chip): the mean over
+    ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp)."""
+    rng = np.random.default_rng(seed)
+    ref = layout.reference
+    accs = []
+    for _ in range(draws):
+        reads = noise.sample(noise.aim(layout.targets, tolerance_us), tolerance_us, max_pulses,
+                             elapsed_s=retention_s, seed=rng)
+        corr, _ = compensate(reads, layout.targets[ref], reads[ref])
+        decoded = decode_model(model, names, layout.encoded, code, corr, layout.tensor_of)
+        accs.append(accuracy(bn_recalibrated(decoded, train, cfg), test.x, test.y))
+    return float(np.mean(accs))
