@@ -88,7 +88,7 @@ def noise_model_for(chip: Chip, store: RunStore, path: str | None, seed: int = 0
     the chip's last cells."""
     if path:
         model = NoiseModel.load(path)
-        chip.require_same_chip(model.provenance.get("chip_id"), f"noise model {path}")
+        chip.require_same_chip(model.provenance.get("chip_id"), f"noise model {path} was fitted")
         return model
     n = chip.geometry.n_cells
     cells = min(CALIBRATION_CELLS, n // 4)

@@ -123,7 +123,7 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     if resume is not None:
         info = store.run(resume)
         if info["kind"] == "calibration":
-            chip.require_same_chip(info["settings"].get("chip_id"), f"calibration run {resume}")
+            chip.require_same_chip(info["settings"].get("chip_id"), f"calibration run {resume} was measured")
         if info["kind"] == "calibration" and info["status"] == "done":  # nothing left to measure: refit
             cfg = _config_from_dict(info["settings"]["config"])
             cells = np.arange(cfg.first_cell, cfg.first_cell + cfg.cells, dtype=np.int64)
@@ -295,7 +295,7 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
     """Program fresh cells and compare what they do with what the model predicts."""
     report = progress or (lambda stage, done, total: None)
     if check_chip:
-        chip.require_same_chip(model.provenance.get("chip_id"), "the noise model")
+        chip.require_same_chip(model.provenance.get("chip_id"), "the noise model was fitted")
     model.sigma(model.levels_us_[0], tolerance_us)  # refuses an uncalibrated tolerance before any pulse
     model.expected_pulses(model.levels_us_[0], tolerance_us, max_pulses)
     if cells is None:

@@ -228,10 +228,10 @@ class Chip(ABC):
         return f"{type(self).__name__}:" + "x".join(str(v) for v in self.geometry.shape)
 
     def require_same_chip(self, recorded_id: str | None, what: str) -> None:
-        """Raise ``ValueError`` if ``what`` (a run, a noise model) was made on another chip;
-        records without an identity are accepted."""
+        """Raise ``ValueError`` if a record was made on another chip; ``what`` says what was done
+        ("run R was stored"); records without an identity are accepted."""
         if recorded_id not in (None, self.chip_id()):
-            raise ValueError(f"{what} was made on {recorded_id!r}, not on this chip ({self.chip_id()!r})")
+            raise ValueError(f"{what} on {recorded_id!r}, not on this chip ({self.chip_id()!r})")
 
     def attach_state(self, path: "str | os.PathLike[str]") -> None:
         """Keep the chip's state in ``path`` from now on (``sync`` writes it). A no-op on

@@ -344,6 +344,9 @@ def test_your_own_architecture_without_its_files_is_refused(tmp_path) -> None:
     data.mkdir()
     np.save(data / "x_test.npy", np.arange(100, dtype=np.float32)[:, None])
     np.save(data / "y_test.npy", np.zeros(100, np.int64))
+    with pytest.raises(ValueError, match="do not fit the network"):  # 1 feature for a 64-input network
+        load_inputs(ModelConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
+    np.save(data / "x_test.npy", np.repeat(np.arange(100, dtype=np.float32)[:, None], 64, axis=1))
     inputs = load_inputs(ModelConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
     tune, evaluate = inputs.train, inputs.test
     assert len(tune) == len(evaluate) == 50 and not set(tune.x.ravel()) & set(evaluate.x.ravel())

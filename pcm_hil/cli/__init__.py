@@ -10,7 +10,7 @@ from .options import (SECONDS_UP_TO_10_YEARS, SEED, Parser, chip_options, float_
                       run_dir_option, seed_option)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     p = Parser(prog="pcm-hil", description="Hardware-in-the-loop driver and controller for "
                                 "phase-change-memory test chips, with an emulated bench.")
     p.add_argument("--version", action="version", version=f"pcm-hil {__version__}")

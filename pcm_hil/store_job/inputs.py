@@ -48,7 +48,11 @@ def load_inputs(cfg: ModelConfig) -> Inputs:
         if not torch.isfinite(params[n]).all():
             raise ValueError(f"model weights {n} hold NaN or infinite values")
     train, test = _dataset(cfg)
-    return Inputs(model, names, train, test, accuracy(model, test.x, test.y))
+    try:
+        acc = accuracy(model, test.x, test.y)
+    except RuntimeError as exc:  # shapes or dtypes the network does not take
+        raise ValueError(f"the data of {cfg.name} do not fit the network: {exc}") from None
+    return Inputs(model, names, train, test, acc)
 
 
 def _dataset(cfg: ModelConfig) -> tuple[datasets.Split, datasets.Split]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -71,6 +71,7 @@ class StoreConfig:
             raise ValueError("first_cell must be a non-negative integer")
 
     # the flat option names of the command line (and of run records before the stages)
+    _OWN = ("retention_s", "first_cell", "checkpoint_s", "seed")
     _STAGE_OF = {
         "model": ("model", "name"), "checkpoint": ("model", "checkpoint"), "data_dir": ("model", "data_dir"),
         "sparsity": ("compression", "sparsity"), "finetune_epochs": ("compression", "finetune_epochs"),
@@ -88,7 +89,7 @@ class StoreConfig:
     def from_options(cls, **options: Any) -> "StoreConfig":
         """A config from flat option names (``sparsity=0.5, code=CodeConfig("pair"), seed=1``);
         ``seed`` seeds every stage that draws."""
-        unknown = set(options) - set(cls._STAGE_OF) - {f.name for f in fields(cls) if f.type != "dict"}
+        unknown = set(options) - set(cls._STAGE_OF) - set(cls._OWN)
         if unknown:
             raise ValueError(f"unknown store option(s): {', '.join(sorted(unknown))}")
         staged: dict[str, dict[str, Any]] = {"model": {}, "compression": {}, "importance": {}, "layout": {},
@@ -128,7 +129,7 @@ class StoreConfig:
                    importance=ImportanceConfig(**d["importance"]), layout=LayoutConfig(**lay),
                    allocation=AllocationConfig(**alloc), readback=ReadbackConfig(**d["readback"]),
                    baselines=BaselineConfig(**d["baselines"]),
-                   **{k: d[k] for k in ("retention_s", "first_cell", "checkpoint_s", "seed")})
+                   **{k: d[k] for k in cls._OWN})
 
 
 @dataclass
@@ -213,7 +214,7 @@ def resume_store_job(chip: Chip, store: RunStore, run_id: str, progress: Progres
     t_start = time.monotonic()
     info = store.run(run_id)
     if info["kind"] == "store":
-        chip.require_same_chip(info["settings"].get("chip_id"), f"store run {run_id}")
+        chip.require_same_chip(info["settings"].get("chip_id"), f"run {run_id} was stored")
     store.resume_run(run_id, "store")
     with recording_outcome(store, run_id):
         if "layout" not in store.stages(run_id):
@@ -348,7 +349,7 @@ def load_run(chip: Chip, store: RunStore, run_id: str) -> dict[str, Any]:
     info = store.run(run_id)
     if info["kind"] != "store":
         raise ValueError(f"run {run_id} is a {info['kind']} run, not a stored model")
-    chip.require_same_chip(info["settings"].get("chip_id"), f"store run {run_id}")
+    chip.require_same_chip(info["settings"].get("chip_id"), f"run {run_id} was stored")
     cfg = StoreConfig.from_dict(info["settings"]["config"])
     lay = _stored_layout(store, run_id, info, cfg)
     inputs = load_inputs(cfg.model)
