@@ -83,8 +83,8 @@ def parse_block(payload: bytes, start: int = 0) -> tuple[bytes, int]:
     """The data of the definite-length block at ``payload[start]`` and the index just after it.
 
     The header is parsed by :func:`pyvisa.util.parse_ieee_block_header`; on top, the board
-    accepts only a digit 1-9 followed by that many decimal digits (no indefinite ``#0``
-    block, no hex digit count), and the announced bytes must all be there.
+    wants all the announced length digits, decimal (no indefinite ``#0`` block, no sign or
+    space, which ``int()`` would take), and all the announced bytes.
     """
     try:
         offset, length = visa_util.parse_ieee_block_header(payload[start:], length_before_block=0,
@@ -92,7 +92,7 @@ def parse_block(payload: bytes, start: int = 0) -> tuple[bytes, int]:
     except (ValueError, RuntimeError) as exc:
         raise ProtocolError(f"bad block header: {exc}") from None
     digits = payload[start + 2:start + offset]
-    if length < 0 or not 0 < len(digits) == offset - 2 <= 9 or not digits.isdigit():
+    if len(digits) != offset - 2 or not digits.isdigit():  # refuses #0 (indefinite), signs, spaces, cut-off digits
         raise ProtocolError("bad block header: expected '#', a digit 1-9 and that many decimal digits of length")
     begin, end = start + offset, start + offset + length
     if end > len(payload):

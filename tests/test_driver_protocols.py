@@ -100,7 +100,7 @@ SMU_SET = [  # (property, value, message)
     ("smua.source_function", "voltage", "smua.source.func = smua.OUTPUT_DCVOLTS"),
     ("smub.source_function", "current", "smub.source.func = smub.OUTPUT_DCAMPS"),
     ("smua.source_voltage_v", 0.2, "smua.source.levelv = 0.2"),
-    ("smub.source_voltage_v", -1.5, "smub.source.levelv = -1.5"),
+    ("smub.source_voltage_v", -1.23456, "smub.source.levelv = -1.23456"),  # 6 significant digits
     ("smua.compliance_current_a", 1e-4, "smua.source.limiti = 0.0001"),
     ("smua.nplc", 1, "smua.measure.nplc = 1"),
     ("smua.output_enabled", True, "smua.source.output = 1"),
@@ -461,11 +461,19 @@ def test_board_check_errors() -> None:
             board.check_errors()
 
 
-def test_board_corrupted_reply_is_a_protocol_error_and_input_is_discarded() -> None:
+def test_board_corrupted_reply_is_a_protocol_error() -> None:
     bad_crc = board_frame(b"1,4,4")[:-9] + b"DEADBEEF\n"
     with expected_protocol(PCMBoard, framed([(b"CHIP:GEOM?", b"!raw:" + bad_crc)])) as board:
         with pytest.raises(ProtocolError, match="CRC mismatch"):
             board.geometry
+
+
+def test_board_discards_the_rest_of_a_bad_reply() -> None:
+    pairs = framed([(b"*IDN?", b"!raw:HELLO WORLD, NOT A FRAME\n"), (b"SYST:CLK?", b"1.5")])
+    with expected_protocol(PCMBoard, pairs) as board:
+        with pytest.raises(ProtocolError, match="bad frame header b'HELLO WOR'"):
+            board.idn
+        assert board.clock_s == 1.5
 
 
 def test_board_truncated_reply_is_a_timeout() -> None:
@@ -504,6 +512,7 @@ def test_blocks_are_ieee_definite_length() -> None:
     (b"X #19abc", "announces 9 bytes, only 3 present"),
     (b"X #0abc", "bad block header"),  # indefinite length: not in the protocol
     (b"X #2+3abc", "bad block header"),  # a sign is no digit
+    (b"X #512", "bad block header"),  # length digits cut off
     (b"X #A0000000000", "bad block header"),  # a hex digit count
     (b"X #13abcd", "expected ',' after a block"),
     (b"X #13abc,", "trailing ','"),

@@ -102,14 +102,16 @@ def test_board_frames_on_the_wire() -> None:
 
 
 def test_board_corrupted_then_truncated_reply_over_a_socket() -> None:
-    """A bad CRC is a ProtocolError, a frame cut short a timeout (not short data); the link stays usable."""
+    """A bad CRC or header is a ProtocolError, a frame cut short a timeout (not short data); the link stays usable."""
     bad_crc = board_frame(b"1,4,4")[:-9] + b"DEADBEEF\n"
-    pairs = [(b"CHIP:GEOM?", b"!raw:" + bad_crc), (b"*IDN?", b"!raw:$00000020PCMHIL,PCM"),
-             (b"SYST:CLK?", b"1.5")]
+    pairs = [(b"CHIP:GEOM?", b"!raw:" + bad_crc), (b"SYST:ERR?", b"!raw:HELLO WORLD, NOT A FRAME\n"),
+             (b"*IDN?", b"!raw:$00000020PCMHIL,PCM"), (b"SYST:CLK?", b"1.5")]
     with scripted_server(pairs, framed=True) as port:
         board = PCMBoard.from_resource(f"socket://127.0.0.1:{port}", timeout_s=0.3)
         with pytest.raises(ProtocolError, match="CRC mismatch"):
             board.geometry
+        with pytest.raises(ProtocolError, match="bad frame header"):  # the rest of it is discarded
+            board.next_error()
         start = time.monotonic()
         with pytest.raises(InstrumentTimeout, match="got 10 of 41 bytes within 0.3 s"):
             board.idn
