@@ -169,10 +169,11 @@ class Instrument(CommonBase):
         ``timeout_s``: per-read timeout (s); ``backend``: the pyvisa backend; ``kwargs``
         go to the constructor. The connection is closed again if the constructor fails.
         """
-        return cls._on(VisaTransport(resource, timeout_s=timeout_s, backend=backend), **kwargs)
+        return cls._built_on(VisaTransport(resource, timeout_s=timeout_s, backend=backend), **kwargs)
 
     @classmethod
-    def _on(cls, transport: Any, **kwargs: Any) -> Self:
+    def _built_on(cls, transport: Any, **kwargs: Any) -> Self:
+        """``cls(transport, **kwargs)``; the transport is closed if that fails."""
         try:
             return cls(transport, **kwargs)
         except BaseException:

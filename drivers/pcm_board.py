@@ -51,7 +51,7 @@ class PCMBoard(Instrument):
 
         ``timeout_s``: per-read timeout (s); ``baudrate``: serial line rate (baud).
         """
-        return cls._on(SerialTransport(resource, timeout_s=timeout_s, baudrate=baudrate), name=name)
+        return cls._built_on(SerialTransport(resource, timeout_s=timeout_s, baudrate=baudrate), name=name)
 
     # -- transactions ---------------------------------------------------------------
     def transact(self, payload: bytes) -> bytes:
