@@ -8,10 +8,11 @@ and nothing is sent.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Self, Sequence
 
 from .errors import InstrumentError
 from .interrupt import deferred_sigint
+from .transport import VisaTransport
 
 Validator = Callable[[Any, Any], Any]
 
@@ -137,7 +138,12 @@ class Channel(CommonBase):
 
 
 class Instrument(CommonBase):
-    """A message-based instrument over a :class:`~pcm_hil_drivers.transport.VisaTransport`.
+    """A message-based instrument on a transport passed in (PyMeasure's ``Instrument(adapter, name)``).
+
+    ``transport`` is a :class:`~pcm_hil_drivers.transport.MessageTransport` (or, for the
+    board, a :class:`~pcm_hil_drivers.transport.ByteTransport`): a real connection, or an
+    in-memory :class:`~pcm_hil_drivers.testing.ProtocolAdapter` in tests.
+    :meth:`from_resource` opens the usual connection from an address string.
 
     Every driver is a context manager; :meth:`shutdown` is idempotent and leaves the
     outputs off. ``write``/``ask`` hold the connection's lock and defer Ctrl-C until the
@@ -146,9 +152,33 @@ class Instrument(CommonBase):
 
     name = "instrument"
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Any, name: str | None = None) -> None:
+        if isinstance(transport, (str, bytes)):
+            raise TypeError(f"{type(self).__name__} takes a transport, not the address {transport!r}: "
+                            f"use {type(self).__name__}.from_resource({transport!r})")
         self.transport = transport
+        if name is not None:
+            self.name = name
         self._closed = False
+
+    @classmethod
+    def from_resource(cls, resource: str, timeout_s: float = 5.0, backend: str = "@py", **kwargs: Any) -> Self:
+        """Open ``resource`` with pyvisa (LF terminators both ways) and build the driver on it.
+
+        ``resource``: a VISA address, e.g. ``TCPIP::192.168.0.5::5025::SOCKET``;
+        ``timeout_s``: per-read timeout (s); ``backend``: the pyvisa backend; ``kwargs``
+        go to the constructor. The connection is closed again if the constructor fails.
+        """
+        return cls._built_on(VisaTransport(resource, timeout_s=timeout_s, backend=backend), **kwargs)
+
+    @classmethod
+    def _built_on(cls, transport: Any, **kwargs: Any) -> Self:
+        """``cls(transport, **kwargs)``; the transport is closed if that fails."""
+        try:
+            return cls(transport, **kwargs)
+        except BaseException:
+            transport.close()
+            raise
 
     def write(self, command: str) -> None:
         with self.transport.lock, deferred_sigint():
@@ -161,11 +191,15 @@ class Instrument(CommonBase):
 
     @property
     def timeout_s(self) -> float:
+        """Per-read timeout of the connection (s), 0.001 … 3600."""
         return self.transport.timeout_s
 
     @timeout_s.setter
     def timeout_s(self, value: float) -> None:
-        self.transport.timeout_s = strict_range(value, (0.001, 3600.0))
+        try:
+            self.transport.timeout_s = strict_range(value, (0.001, 3600.0))
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}.timeout_s: {exc}") from None
 
     def next_error(self) -> tuple[int, str]:  # pragma: no cover - per driver
         raise NotImplementedError

@@ -9,13 +9,16 @@ Every message, in both directions, is one frame::
 ``L + 9`` more, so a truncated frame is a timeout and a corrupted one a checksum error.
 
 The payload is SCPI-like text, ``HEADER[ ARG[,ARG...]]``; an argument may be an IEEE
-488.2 definite-length block ``#<n><len><bytes>`` carrying little-endian arrays.
+488.2 definite-length block ``#<n><len><bytes>`` carrying little-endian arrays. Blocks
+are written and their headers parsed by :mod:`pyvisa.util`; this module adds only what
+the board's strictness needs on top (definite length, decimal digits, whole records).
 """
 from __future__ import annotations
 
 import zlib
 
 import numpy as np
+from pyvisa import util as visa_util
 
 from .errors import ProtocolError
 
@@ -71,12 +74,30 @@ def decode_frame(frame: bytes) -> bytes:
 
 
 def encode_block(data: bytes | np.ndarray) -> bytes:
-    """IEEE 488.2 definite-length block ``#<n><len><bytes>``."""
-    raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-    length = str(len(raw)).encode()
-    if len(length) > 9:
-        raise ValueError("block too long for a definite-length header")
-    return b"#%d%s%s" % (len(length), length, raw)
+    """IEEE 488.2 definite-length block ``#<n><len><bytes>`` of ``data``'s raw bytes (arrays as they are laid out)."""
+    raw = np.ascontiguousarray(data).tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    return visa_util.to_ieee_block(raw, datatype="B")
+
+
+def parse_block(payload: bytes, start: int = 0) -> tuple[bytes, int]:
+    """The data of the definite-length block at ``payload[start]`` and the index just after it.
+
+    The header is parsed by :func:`pyvisa.util.parse_ieee_block_header`; on top, the board
+    wants all the announced length digits, decimal (no indefinite ``#0`` block, no sign or
+    space, which ``int()`` would take), and all the announced bytes.
+    """
+    try:
+        offset, length = visa_util.parse_ieee_block_header(payload[start:], length_before_block=0,
+                                                           raise_on_late_block=True)
+    except (ValueError, RuntimeError) as exc:
+        raise ProtocolError(f"bad block header: {exc}") from None
+    digits = payload[start + 2:start + offset]
+    if len(digits) != offset - 2 or not digits.isdigit():  # refuses #0 (indefinite), signs, spaces, cut-off digits
+        raise ProtocolError("bad block header: expected '#', a digit 1-9 and that many decimal digits of length")
+    begin, end = start + offset, start + offset + length
+    if end > len(payload):
+        raise ProtocolError(f"block announces {length} bytes, only {len(payload) - begin} present")
+    return payload[begin:end], end
 
 
 def split_payload(payload: bytes) -> tuple[str, list[str | bytes]]:
@@ -93,18 +114,8 @@ def split_payload(payload: bytes) -> tuple[str, list[str | bytes]]:
     i, n = space + 1, len(payload)
     while i <= n:
         if i < n and payload[i:i + 1] == b"#":
-            if i + 2 > n or not payload[i + 1:i + 2].isdigit() or payload[i + 1:i + 2] == b"0":
-                raise ProtocolError("bad block header: expected '#' and a digit 1-9")
-            nd = int(payload[i + 1:i + 2])
-            digits = payload[i + 2:i + 2 + nd]
-            if len(digits) != nd or not digits.isdigit():
-                raise ProtocolError("bad block length field")
-            start = i + 2 + nd
-            end = start + int(digits)
-            if end > n:
-                raise ProtocolError(f"block announces {int(digits)} bytes, only {n - start} present")
-            args.append(payload[start:end])
-            i = end
+            block, i = parse_block(payload, i)
+            args.append(block)
             if i < n and payload[i:i + 1] != b",":
                 raise ProtocolError("expected ',' after a block")
             i += 1
@@ -124,8 +135,17 @@ def split_payload(payload: bytes) -> tuple[str, list[str | bytes]]:
 
 
 def array_from_block(block: bytes | str, dtype: np.dtype, what: str) -> np.ndarray:
+    """A block argument's data (from :func:`split_payload`) as a read-only array of ``dtype``."""
     if not isinstance(block, bytes):
         raise ProtocolError(f"{what}: expected a binary block")
     if len(block) % dtype.itemsize:
         raise ProtocolError(f"{what}: block of {len(block)} bytes is not a whole number of {dtype.itemsize}-byte items")
     return np.frombuffer(block, dtype=dtype)
+
+
+def array_from_reply(reply: bytes, dtype: np.dtype, what: str) -> np.ndarray:
+    """A reply payload that is exactly one block, as an array of ``dtype``."""
+    block, end = parse_block(reply)
+    if end != len(reply):
+        raise ProtocolError(f"{what}: {len(reply) - end} unexpected bytes after the block")
+    return array_from_block(block, dtype, what)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .base import Channel, Instrument, strict_discrete_set, strict_range
 from .errors import ProtocolError
-from .transport import VisaTransport
+from .transport import MessageTransport
 
 VOLTAGE_RANGE_V = (-200.0, 200.0)
 CURRENT_LIMIT_RANGE_A = (10e-9, 1.5)
@@ -61,14 +61,13 @@ class SMUChannel(Channel):
 
 
 class Keithley2600(Instrument):
-    """Keithley 2600B SourceMeter, e.g. ``Keithley2600("TCPIP::192.168.0.5::5025::SOCKET")``."""
+    """Keithley 2600B SourceMeter, e.g. ``Keithley2600.from_resource("TCPIP::192.168.0.5::5025::SOCKET")``."""
 
     name = "keithley2600"
 
-    def __init__(self, resource: str, timeout_s: float = 5.0, channels: tuple[str, ...] = ("a", "b"),
-                 backend: str = "@py") -> None:
-        super().__init__(VisaTransport(resource, timeout_s=timeout_s, backend=backend))
-        self.resource = resource
+    def __init__(self, transport: MessageTransport, channels: tuple[str, ...] = ("a", "b"),
+                 name: str | None = None) -> None:
+        super().__init__(transport, name)
         for ch in channels:
             setattr(self, f"smu{ch}", SMUChannel(self, ch))
         self.channels = tuple(getattr(self, f"smu{ch}") for ch in channels)

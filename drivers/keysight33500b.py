@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .base import Channel, Instrument, strict_discrete_set, strict_range
 from .errors import ProtocolError
-from .transport import VisaTransport
+from .transport import MessageTransport
 
 LEVEL_RANGE_V = (-10.0, 10.0)  # into high impedance
 WIDTH_RANGE_S = (16e-9, 1e6)
@@ -94,14 +94,13 @@ class PulseChannel(Channel):
 
 
 class Keysight33500B(Instrument):
-    """Keysight 33500B waveform generator, e.g. ``Keysight33500B("TCPIP::192.168.0.6::5025::SOCKET")``."""
+    """Keysight 33500B waveform generator, e.g. ``Keysight33500B.from_resource("TCPIP::192.168.0.6::5025::SOCKET")``."""
 
     name = "keysight33500b"
 
-    def __init__(self, resource: str, timeout_s: float = 5.0, channels: tuple[int, ...] = (1, 2),
-                 backend: str = "@py") -> None:
-        super().__init__(VisaTransport(resource, timeout_s=timeout_s, backend=backend))
-        self.resource = resource
+    def __init__(self, transport: MessageTransport, channels: tuple[int, ...] = (1, 2),
+                 name: str | None = None) -> None:
+        super().__init__(transport, name)
         for ch in channels:
             setattr(self, f"ch{ch}", PulseChannel(self, ch))
         self.channels = tuple(getattr(self, f"ch{ch}") for ch in channels)

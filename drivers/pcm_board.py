@@ -1,13 +1,14 @@
 """Driver for the PCM test chip's controller board (framed SCPI-like protocol over serial).
 
-``PCMBoard("socket://127.0.0.1:5025")`` reaches the emulated board;
-``PCMBoard("/dev/ttyUSB0")`` a real one. The command set is in docs/protocol.md.
+``PCMBoard.from_resource("socket://127.0.0.1:5025")`` reaches the emulated board;
+``PCMBoard.from_resource("/dev/ttyUSB0")`` a real one; ``PCMBoard(transport)`` takes any
+:class:`~pcm_hil_drivers.transport.ByteTransport`. The command set is in docs/protocol.md.
 The driver knows cells as (array, row, col) addresses and flat board indices, never
 what a cell stores.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from . import board_protocol as bp
 from .base import CommonBase, Instrument, strict_discrete_set, strict_int_range, strict_range
 from .errors import DriverError, InstrumentError, ProtocolError
 from .interrupt import deferred_sigint
-from .transport import SerialTransport
+from .transport import ByteTransport, SerialTransport
 
 AMPLITUDE_RANGE_V = (0.0, 5.0)
 WIDTH_RANGE_S = (10e-9, 100e-6)
@@ -39,10 +40,18 @@ class PCMBoard(Instrument):
 
     name = "pcm-board"
 
-    def __init__(self, resource: str, timeout_s: float = 5.0, baudrate: int = 921_600) -> None:
-        self.resource = resource
-        super().__init__(SerialTransport(resource, timeout_s=timeout_s, baudrate=baudrate))
+    def __init__(self, transport: ByteTransport, name: str | None = None) -> None:
+        super().__init__(transport, name)
         self._geometry: tuple[int, int, int] | None = None
+
+    @classmethod
+    def from_resource(cls, resource: str, timeout_s: float = 5.0, baudrate: int = 921_600,  # type: ignore[override]
+                      name: str | None = None) -> Self:
+        """Open ``resource`` with pySerial (``/dev/ttyUSB0``, ``socket://host:port``) and build the driver.
+
+        ``timeout_s``: per-read timeout (s); ``baudrate``: serial line rate (baud).
+        """
+        return cls._built_on(SerialTransport(resource, timeout_s=timeout_s, baudrate=baudrate), name=name)
 
     # -- transactions ---------------------------------------------------------------
     def transact(self, payload: bytes) -> bytes:
@@ -156,7 +165,7 @@ class PCMBoard(Instrument):
         idx = self._cells(cells)
         n_avg = self._n_avg(n_avg)
         reply = self.transact(b"BULK:MEAS:G? %d,%s" % (n_avg, bp.encode_block(idx.astype(bp.CELL_DTYPE))))
-        values = bp.array_from_block(bp.split_payload(b"X " + reply)[1][0], bp.VALUE_DTYPE, "BULK:MEAS:G?")
+        values = bp.array_from_reply(reply, bp.VALUE_DTYPE, "BULK:MEAS:G?")
         if values.size != idx.size:
             raise ProtocolError(f"BULK:MEAS:G?: asked for {idx.size} cells, got {values.size} values")
         return values.astype(np.float32)

@@ -1,14 +1,55 @@
 """Transports: a pyserial port or a pyvisa resource, each with one lock per connection.
 
+A driver is built on a transport passed in (``PCMBoard(SerialTransport(url))``) or opens
+the usual one itself (``PCMBoard.from_resource(url)``); tests pass an in-memory
+:class:`~pcm_hil_drivers.testing.ProtocolAdapter` instead. What a driver needs of its
+transport is :class:`MessageTransport` (text instruments) or :class:`ByteTransport`
+(the framed board).
+
 Timeouts are in seconds here (pyvisa wants ms: converted). A read that times out raises
 :class:`InstrumentTimeout` instead of returning short data.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, ContextManager, Protocol
 
 from .errors import ConnectionLost, InstrumentTimeout
+
+
+class _Transport(Protocol):
+    lock: ContextManager[Any]  # one per connection: held for a whole transaction
+    url: str  # the resource it was opened on, for messages
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @timeout_s.setter
+    def timeout_s(self, value: float) -> None: ...
+
+    def discard_input(self) -> None:
+        """Drop whatever is buffered (after an error, to resynchronise)."""
+
+    def close(self) -> None: ...
+
+
+class MessageTransport(_Transport, Protocol):
+    """Terminated text messages (SCPI, TSP): what :class:`VisaTransport` provides."""
+
+    def write(self, message: str) -> None:
+        """Send one message; the transport adds the terminator."""
+
+    def read(self) -> str:
+        """One whole message, terminator removed; :class:`InstrumentTimeout` if none arrives."""
+
+
+class ByteTransport(_Transport, Protocol):
+    """A byte stream: what :class:`SerialTransport` provides."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def read_exact(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or :class:`InstrumentTimeout` (short data is never returned)."""
 
 
 class SerialTransport:

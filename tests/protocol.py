@@ -1,9 +1,9 @@
-"""``expected_protocol``: a scripted instrument on a real loopback socket.
+"""Helpers for driver tests: board frames built independently, and a scripted loopback server.
 
-Like PyMeasure's helper of the same name, a test lists (sent, reply) message pairs; the
-server checks every message the driver sends against the next pair, answers with its
-reply (None: no reply), and the test fails unless every pair was consumed. Messages are
-real bytes on a real TCP connection: LF-terminated lines, or board frames.
+Single-property protocol tests run in memory (:mod:`pcm_hil_drivers.testing`); for the
+board their pairs are whole frames, made by :func:`framed`. :func:`scripted_server` is
+the same (sent, reply) script on a real TCP connection, for what only a real connection
+shows: terminators, timeouts, short reads and the board's framing on the wire.
 """
 from __future__ import annotations
 
@@ -22,10 +22,28 @@ def board_frame(payload: bytes) -> bytes:
     return b"$" + b"%08X" % len(payload) + payload + b"%08X" % zlib.crc32(payload) + b"\n"
 
 
+def framed(pairs: Sequence[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes | None]]:
+    """Board (command, reply) payload pairs as frame pairs for an in-memory ProtocolAdapter.
+
+    A reply starting with ``b"!raw:"`` is used as raw bytes (corrupted or truncated frames).
+    """
+    return [(board_frame(sent), None if reply is None else
+             reply.removeprefix(b"!raw:") if reply.startswith(b"!raw:") else board_frame(reply))
+            for sent, reply in pairs]
+
+
+def _as_bytes(message: bytes | str) -> bytes:
+    return message.encode() if isinstance(message, str) else message
+
+
 class _Script(threading.Thread):
-    def __init__(self, pairs: Sequence[tuple[bytes | str, bytes | str | None]], framed: bool) -> None:
+    """Serves one connection: whole frames (framed) or LF-terminated lines, compared byte for byte."""
+
+    def __init__(self, pairs: Sequence[tuple[bytes | str, bytes | str | None]], framed_mode: bool) -> None:
         super().__init__(daemon=True)
-        self.pairs, self.framed = list(pairs), framed
+        self.framed = framed_mode
+        self.pairs = framed([(_as_bytes(s), None if r is None else _as_bytes(r)) for s, r in pairs]) if framed_mode \
+            else [(_as_bytes(s), None if r is None else _as_bytes(r) + b"\n") for s, r in pairs]
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.sock.settimeout(10)
@@ -34,19 +52,16 @@ class _Script(threading.Thread):
         self.stop = threading.Event()
 
     def _read_message(self, conn: socket.socket, buf: bytearray) -> bytes | None:
+        """The next whole frame, or the next line without its LF; None at EOF."""
         while True:
             if self.framed:
                 m = FRAME.match(bytes(buf[:9]))
-                if m:
-                    n = int(m.group(1), 16)
-                    if len(buf) >= 9 + n + 9:
-                        frame = bytes(buf[:18 + n])
-                        del buf[:18 + n]
-                        payload = frame[9:9 + n]
-                        if frame[-9:] != b"%08X\n" % zlib.crc32(payload):
-                            raise AssertionError(f"bad CRC in frame {frame[:40]!r}")
-                        return payload
-                elif len(buf) >= 9:
+                if m and len(buf) >= 18 + int(m.group(1), 16):
+                    n = 18 + int(m.group(1), 16)
+                    frame = bytes(buf[:n])
+                    del buf[:n]
+                    return frame
+                if not m and len(buf) >= 9:
                     raise AssertionError(f"not a board frame: {bytes(buf[:20])!r}")
             else:
                 i = buf.find(b"\n")
@@ -59,10 +74,21 @@ class _Script(threading.Thread):
                 return None
             buf.extend(chunk)
 
+    def _accept(self) -> socket.socket | None:
+        """The driver's connection, even one made just before the test ended; None if there was none."""
+        self.sock.settimeout(0.05)
+        while True:
+            try:
+                return self.sock.accept()[0]
+            except socket.timeout:
+                if self.stop.is_set():
+                    return None
+            except OSError:
+                return None
+
     def run(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
+        conn = self._accept()
+        if conn is None:
             return
         buf = bytearray()
         with conn:
@@ -70,23 +96,23 @@ class _Script(threading.Thread):
             try:
                 for sent, reply in self.pairs:
                     got = self._read_message(conn, buf)
-                    expected = sent.encode() if isinstance(sent, str) else sent
-                    if got != expected:
-                        self.failure = f"message {self.consumed}: expected {expected!r}, got {got!r}"
+                    if got != sent:
+                        self.failure = f"message {self.consumed}: expected {sent!r}, got {got!r}"
                         return
                     self.consumed += 1
                     if reply is not None:
-                        raw = reply.encode() if isinstance(reply, str) else reply
-                        conn.sendall(board_frame(raw) if self.framed and not raw.startswith(b"!raw:") else
-                                     raw.removeprefix(b"!raw:") if self.framed else raw + b"\n")
-                # anything more the driver sends is a failure too
+                        conn.sendall(reply)
+                # anything more the driver sends is a failure too, up to what arrived before the end
                 conn.settimeout(0.02)
-                while not self.stop.is_set():
+                while True:
                     if buf:
                         raise AssertionError(f"unexpected extra message {bytes(buf[:60])!r}")
+                    stopping = self.stop.is_set()
                     try:
                         chunk = conn.recv(1 << 16)
                     except socket.timeout:
+                        if stopping:
+                            return
                         continue
                     if not chunk:
                         return
@@ -96,12 +122,12 @@ class _Script(threading.Thread):
 
 
 @contextmanager
-def expected_protocol(pairs: Sequence[tuple[bytes | str, bytes | str | None]], framed: bool = False
-                      ) -> Iterator[int]:
+def scripted_server(pairs: Sequence[tuple[bytes | str, bytes | str | None]], framed: bool = False
+                    ) -> Iterator[int]:
     """Yield the port of a scripted server; on exit assert every pair was consumed.
 
-    In framed mode a reply starting with ``b"!raw:"`` is sent as raw bytes (to script
-    corrupted or truncated frames).
+    Line mode: messages are LF-terminated text. Framed mode: pairs are payloads, sent and
+    expected as board frames (see :func:`framed`, also for raw replies).
     """
     script = _Script(pairs, framed)
     script.start()
@@ -109,8 +135,8 @@ def expected_protocol(pairs: Sequence[tuple[bytes | str, bytes | str | None]], f
         yield script.port
     finally:
         script.stop.set()
+        script.join(timeout=12)
         script.sock.close()
-        script.join(timeout=10)
     assert script.failure is None, script.failure
     assert script.consumed == len(script.pairs), (
         f"only {script.consumed} of {len(script.pairs)} message pairs were consumed")

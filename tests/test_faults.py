@@ -35,7 +35,7 @@ TYPED = {
 def test_each_wire_fault_is_a_typed_driver_error(kind: str) -> None:
     plan = FaultPlan(rate=1.0, kinds=(kind,), delay_s=3 * TIMEOUT_S, silent_s=3 * TIMEOUT_S)
     with VirtualBench(GEOM, seed=1, faults=plan, frame_timeout_s=1.0) as vb:
-        board = PCMBoard(vb.addresses["board"], timeout_s=TIMEOUT_S)
+        board = PCMBoard.from_resource(vb.addresses["board"], timeout_s=TIMEOUT_S)
         try:
             with pytest.raises(TYPED[kind]) as info:
                 board.bulk_measure_g(np.arange(16), 1)

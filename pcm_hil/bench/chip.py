@@ -71,7 +71,7 @@ class BenchChip(Chip):
 
     def _open(self) -> None:
         cfg = self.config
-        self.board = PCMBoard(cfg.board.resource, timeout_s=cfg.board.timeout_s)
+        self.board = PCMBoard.from_resource(cfg.board.resource, timeout_s=cfg.board.timeout_s)
         self.board_idn, (arrays, rows, cols) = self._transact(
             "identify", lambda: (self.board.idn, self.board.geometry), idempotent=True)
         self._transact("setup", lambda: self._setup_board(reset=True), idempotent=True)
@@ -81,7 +81,7 @@ class BenchChip(Chip):
         self._board_shape = (arrays, rows, cols)
         self._wiring = np.asarray(cfg.wiring_arrays, dtype=np.int64)
         if cfg.smu:
-            self.smu = Keithley2600(cfg.smu.resource, timeout_s=cfg.smu.timeout_s)
+            self.smu = Keithley2600.from_resource(cfg.smu.resource, timeout_s=cfg.smu.timeout_s)
             ch = self._smu_channel
             ch.output_enabled = False
             ch.source_function = "voltage"
@@ -90,7 +90,8 @@ class BenchChip(Chip):
             ch.nplc = cfg.smu.nplc
             self.smu.check_errors()
         if cfg.pulse_generator:
-            self.pg = Keysight33500B(cfg.pulse_generator.resource, timeout_s=cfg.pulse_generator.timeout_s)
+            self.pg = Keysight33500B.from_resource(cfg.pulse_generator.resource,
+                                                   timeout_s=cfg.pulse_generator.timeout_s)
             self._pg_channel.output_enabled = False
             self._pg_settings: tuple[float, float, float] | None = None
             self.pg.check_errors()
@@ -112,7 +113,7 @@ class BenchChip(Chip):
             self.board.transport.close()
         except OSError:
             pass
-        self.board = PCMBoard(self.config.board.resource, timeout_s=self.config.board.timeout_s)
+        self.board = PCMBoard.from_resource(self.config.board.resource, timeout_s=self.config.board.timeout_s)
         self._setup_board(reset=False)
 
     def _log(self, what: str, exc: Exception, attempt: int) -> None:

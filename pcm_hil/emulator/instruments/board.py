@@ -4,15 +4,23 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from pyvisa import util as visa_util
 
 from pcm_hil_drivers import board_protocol as bp
 from pcm_hil_drivers.errors import ProtocolError
-from pcm_hil_drivers.pcm_board import AMPLITUDE_RANGE_V, COMPLIANCE_RANGE_A, N_AVG_RANGE, READ_BIAS_RANGE_V, WIDTH_RANGE_S
 
 from ... import __version__
 from .bench_model import BenchModel, ErrorQueue
 
 KINDS = {"SET": "SET", "RES": "RESET", "RESET": "RESET"}
+
+# The emulated board's own ranges, as the instrument documents them (docs/protocol.md).
+# It models the instrument: the driver checks its own copy independently.
+AMPLITUDE_RANGE_V = (0.0, 5.0)  # on-board pulse amplitude
+WIDTH_RANGE_S = (10e-9, 100e-6)  # on-board pulse width
+COMPLIANCE_RANGE_A = (1e-6, 10e-3)  # current compliance of on-board pulses
+READ_BIAS_RANGE_V = (0.01, 1.0)  # read bias of on-board reads
+N_AVG_RANGE = (1, 1024)  # reads averaged per MEAS:G?
 
 
 class BoardCommandError(Exception):
@@ -224,7 +232,7 @@ class BoardEmulator:
         if cells.size and cells.max() >= self.model.chip.geometry.n_cells:
             raise BoardCommandError(-222, f"Data out of range;cell accepted [0, {self.model.chip.geometry.n_cells - 1}]")
         g = self.model.chip.read(cells, n_avg=n_avg) if cells.size else np.empty(0, np.float32)
-        return bp.encode_block(np.ascontiguousarray(g, dtype=bp.VALUE_DTYPE))
+        return visa_util.to_ieee_block(np.asarray(g, dtype=np.float32), datatype="f")  # little-endian float32
 
     def _emu_wait(self, args: list) -> bytes:
         self._nargs(args, 1)
