@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .stats import bootstrap_se, cell_slopes, chi2_per_dof_limit, poly_design, sigma_se, wls
 
@@ -79,7 +80,7 @@ class NoiseModel:
         sat = df["g_sat_us"].to_numpy(float)
         self.window_ = {"g_floor_us": float(np.median(df["g_floor_us"])), "g_sat_us": float(np.median(sat)),
                         "g_sat_spread": float(np.std(sat) / np.median(sat)),
-                        "g_sat_us_se": float(1.253 * np.std(sat) / math.sqrt(len(sat)))}
+                        "g_sat_us_se": float(math.sqrt(math.pi / 2) * np.std(sat) / math.sqrt(len(sat)))}  # SE of a median
 
     @staticmethod
     def _after_each_pulse(trace: pd.DataFrame, cells: np.ndarray, cap: int) -> np.ndarray:
@@ -130,7 +131,7 @@ class NoiseModel:
             resets[ti, li] = g["resets"].mean()
             ok = err[conv]
             if ok.size >= 3:
-                offset[ti, li], offset_se[ti, li] = ok.mean(), ok.std(ddof=1) / math.sqrt(ok.size)
+                offset[ti, li], offset_se[ti, li] = ok.mean(), stats.sem(ok)
                 sigma[ti, li] = ok.std(ddof=1)
                 sig_se[ti, li] = sigma_se(sigma[ti, li], ok.size)
             # errors of the cells that a cap c stops unconverged: still running at c (their
@@ -205,7 +206,7 @@ class NoiseModel:
             var_nu = max(float(np.var(nu, ddof=1) - np.mean(se ** 2)), 0.0)
             levels.append(float(lv))
             mean.append(float(nu.mean()))
-            mean_se.append(float(nu.std(ddof=1) / math.sqrt(nu.size)))
+            mean_se.append(float(stats.sem(nu)))
             s = math.sqrt(var_nu)
             std.append(s)
             std_se.append(float(np.var(nu, ddof=1) * math.sqrt(2 / (nu.size - 1)) / (2 * max(s, 1e-6))))

@@ -1,11 +1,11 @@
 """PNG report of a calibration: σ vs level, error histograms, drift, convergence."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .model import NoiseModel
 
@@ -46,7 +46,7 @@ def write_report(model: NoiseModel, data: dict[str, pd.DataFrame], path: str | P
         b.hist(err, bins=40, density=True, alpha=0.45, color=colors[i], label=f"{lv:.3g} µS")
         xs = np.linspace(err.min(), err.max(), 200)
         mu, sd = float(model.offset(lv, tol)), float(model.sigma(lv, tol))
-        b.plot(xs, np.exp(-0.5 * ((xs - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)), color=colors[i])
+        b.plot(xs, stats.norm.pdf(xs, mu, sd), color=colors[i])
     b.set(xlabel="error (µS)", ylabel="density", title=f"error at t0, ±{tol:g} µS, with fitted density")
     b.legend(fontsize=8)
 

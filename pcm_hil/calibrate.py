@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ks_2samp
 
 from pcm_hil_noisemodel import NoiseModel
-from pcm_hil_noisemodel.stats import cell_slopes, ks_two_sample
+from pcm_hil_noisemodel.stats import cell_slopes
 
 from . import __version__
 from .checkpoint import Interrupted, VerifyJournal, recording_outcome, wait_until
@@ -356,7 +357,7 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
             "yield_predicted": float(model.p_converged(lv, tolerance_us, max_pulses)),
             "sigma_us": s_meas, "sigma_predicted_us": s_pred, "sigma_rel_error": abs(s_meas - s_pred) / s_pred,
             "pulses": p_meas, "pulses_predicted": p_pred, "pulses_rel_error": abs(p_meas - p_pred) / p_pred,
-            "ks": ks_two_sample(err[m], drawn),
+            "ks": float(ks_2samp(err[m], drawn).statistic),
             "nu_mean": float(nu.mean()), "nu_predicted": float(model.nu_mean(lv)),
             "nu_rel_error": abs(float(nu.mean()) - float(model.nu_mean(lv))) / float(model.nu_mean(lv)),
         })
