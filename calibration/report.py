@@ -21,14 +21,13 @@ def write_report(model: NoiseModel, data: dict[str, pd.DataFrame], path: str | P
     prog = data["programming"]
     fig, ax = plt.subplots(2, 2, figsize=(12, 9))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    levels = np.asarray(model.levels_us_)
+    levels = model.levels_us_
     fine = np.linspace(levels[0], levels[-1], 200)
 
     # (a) σ vs level
     a = ax[0, 0]
     for i, tol in enumerate(model.tolerances_us_):
-        s = np.asarray(model.programming_["sigma_us"])[i]
-        se = np.asarray(model.programming_["sigma_us_se"])[i]
+        s, se = model.programming_.sigma_us[i], model.programming_.sigma_us_se[i]
         a.errorbar(levels, s, yerr=se, fmt="o", color=colors[i], label=f"±{tol:g} µS measured")
         fit, band = model.sigma(fine, tol, with_se=True)
         a.plot(fine, fit, color=colors[i])
@@ -65,7 +64,7 @@ def write_report(model: NoiseModel, data: dict[str, pd.DataFrame], path: str | P
 
     # (d) convergence
     d = ax[1, 1]
-    cdf = np.asarray(model.programming_["converged_cdf"])
+    cdf = model.programming_.converged_cdf
     k = np.arange(cdf.shape[2])
     for i, t in enumerate(model.tolerances_us_):
         d.plot(k, cdf[i].mean(axis=0), color=colors[i], label=f"P(converged by k), ±{t:g} µS")

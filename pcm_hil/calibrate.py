@@ -138,7 +138,7 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     if cfg.first_cell + cfg.cells > n:
         raise ValueError(f"cells [{cfg.first_cell}, {cfg.first_cell + cfg.cells}) do not fit the chip's {n} cells")
     cells = np.arange(cfg.first_cell, cfg.first_cell + cfg.cells, dtype=np.int64)
-    vcfg = replace(cfg.verify, max_pulses=cfg.max_pulses, n_avg=cfg.n_avg)
+    vcfg = _sweep_verify(cfg)
     chip.limits.check_pulse(np.array([_max_drive_amplitude(vcfg)]), np.array([vcfg.set_width_s]))
     chip.limits.check_pulse(np.array([vcfg.reset_amplitude_v]), np.array([vcfg.reset_width_s]))
     report = progress or (lambda stage, done, total: None)
@@ -158,11 +158,17 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     return run_id, model
 
 
+def _sweep_verify(cfg: CalibrationConfig) -> VerifyConfig:
+    """The loop settings of the level sweep: the configured ones at the calibration's cap and averaging."""
+    return replace(cfg.verify, max_pulses=cfg.max_pulses, n_avg=cfg.n_avg)
+
+
 def _fit(store: RunStore, run_id: str, chip: Chip, cfg: CalibrationConfig, cells: np.ndarray) -> NoiseModel:
     data = {t: store.read(run_id, t) for t in ("window", "programming", "trace", "read_noise", "retention", "faults")}
     return NoiseModel().fit(data, provenance={
         "run_id": run_id, "software": f"pcm-hil {__version__}", "chip_id": chip_id(chip),
-        "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)})
+        "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)},
+        verify_settings=asdict(_sweep_verify(cfg)))
 
 
 def _config_from_dict(d: dict[str, Any]) -> CalibrationConfig:
