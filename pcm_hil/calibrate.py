@@ -329,8 +329,7 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
     cells = chip.cells(cells)
     levels = np.asarray(model.levels_us_)
     target = levels[np.random.default_rng(seed).permutation(cells.size) % levels.size]
-    vcfg = replace(VerifyConfig(**{k: v for k, v in model.provenance.get("config", {}).get("verify", {}).items()})
-                   if model.provenance.get("config") else VerifyConfig(), max_pulses=max_pulses, n_avg=model.n_avg_)
+    vcfg = replace(VerifyConfig.measured_with(model), max_pulses=max_pulses)
     res = program_verify(chip, cells, target, vcfg, tolerance_us=tolerance_us,
                          progress=lambda d, t: report("program-and-verify", d, t))
     t_last = res.state.t_read_s

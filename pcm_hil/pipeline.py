@@ -329,8 +329,7 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
     torch.manual_seed(cfg.seed)
     prep = prepare(cfg, noise, chip.geometry.n_cells, report)
     cells = np.arange(cfg.first_cell, cfg.first_cell + prep.targets.size, dtype=np.int64)
-    vcfg = VerifyConfig(**noise.provenance["config"]["verify"]) if noise.provenance.get("config") else VerifyConfig()
-    vcfg = replace(vcfg, n_avg=noise.n_avg_, max_pulses=int(prep.plan.max_pulses.max()))
+    vcfg = replace(VerifyConfig.measured_with(noise), max_pulses=int(prep.plan.max_pulses.max()))
     settings = {"procedure": "store", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
                 "chip_id": chip_id(chip), "config": asdict(cfg), "verify": asdict(vcfg),
                 "noise_model": noise.provenance,

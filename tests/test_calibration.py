@@ -17,6 +17,7 @@ from pcm_hil.calibrate import CalibrationConfig, run_calibration, validate
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip, preset
 from pcm_hil.emulator.chip import STUCK_NONE
+from pcm_hil.program import VerifyConfig
 from pcm_hil.store import RunLocked, RunStore
 
 K = 5.0
@@ -84,6 +85,7 @@ def test_model_carries_the_verify_settings_it_was_measured_with(pcm) -> None:
     _, model, _ = pcm
     sweep = replace(CalibrationConfig().verify, max_pulses=CalibrationConfig().max_pulses, n_avg=model.n_avg_)
     assert model.verify_settings_ == asdict(sweep)
+    assert VerifyConfig.measured_with(model) == sweep
 
 
 def test_other_profile_gives_different_parameters(pcm, tmp_path) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from pcm_hil.program import VerifyConfig
 from pcm_hil_noisemodel import Faults, NoiseModel, Programming, Window, fit_faults, fit_window
 from pcm_hil_noisemodel.stats import bootstrap_se, cell_slopes, chi2_per_dof_limit
 
@@ -143,6 +144,18 @@ def test_unknown_schema_or_version_is_refused_naming_what_is_read(v1, tmp_path) 
     path.write_text(json.dumps({**d, "verify_settings": {**d["verify_settings"], "n_avg": 4}}))
     with pytest.raises(ValueError, match="verify_settings n_avg is 4"):
         NoiseModel.load(path)
+
+
+def test_verify_config_measured_with_the_model(v1) -> None:
+    cfg = VerifyConfig.measured_with(v1)
+    assert cfg == VerifyConfig(**v1.verify_settings_)
+    assert cfg.max_pulses == 12 and cfg.n_avg == v1.n_avg_
+    bare = NoiseModel.from_parts(v1.window_, v1.programming_, v1.read_noise_, v1.drift_, v1.faults_)
+    assert VerifyConfig.measured_with(bare) == VerifyConfig(n_avg=v1.n_avg_)  # no record: the loop's defaults
+    odd = NoiseModel.from_parts(v1.window_, v1.programming_, v1.read_noise_, v1.drift_, v1.faults_,
+                                {"warp_factor": 9.0})
+    with pytest.raises(ValueError, match="verify settings do not fit this loop"):
+        VerifyConfig.measured_with(odd)
 
 
 def test_summary_is_plain_json(v1) -> None:

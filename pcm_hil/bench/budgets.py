@@ -41,8 +41,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     cfg = StoreConfig(model=model, sparsity=0.75, replicas_per_weight=replicas, seed=seed)
     prep = prepare(cfg, noise, n, report)
     target = prep.accuracy_reference - margin_pp / 100
-    base = VerifyConfig(**noise.provenance["config"]["verify"])
-    base = replace(base, n_avg=noise.n_avg_)
+    base = VerifyConfig.measured_with(noise)
     by_importance = _Layout(prep.encoded, prep.targets, prep.tensor_of, prep.importance, noise, cfg)
     tight, table = by_importance.tight, by_importance.table
     w, ref = by_importance.weights, ~by_importance.weights
