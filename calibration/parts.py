@@ -82,7 +82,7 @@ class Part:
             return NotImplemented
         return all(np.array_equal(getattr(self, f.name), getattr(other, f.name), equal_nan=True) for f in fields(self))
 
-    __hash__ = None  # type: ignore[assignment]  # mutable-free but holds arrays: not hashable
+    __hash__ = None  # type: ignore[assignment]  # equality is by array value
 
     def __repr__(self) -> str:
         def short(v: Any) -> str:
@@ -182,7 +182,7 @@ class ReadNoise(Part):
     """White read noise per read, σ(G) = a·G + b, and how averaging n reads reduces it (n^−k)."""
 
     name: ClassVar[str] = "read_noise"
-    a: float = _field("1", minimum=0.0)
+    a: float = _field("1")  # may come out slightly negative where the noise barely depends on G
     b_us: float = _field("µS")
     a_se: float = _field("1", minimum=0.0)
     b_us_se: float = _field("µS", minimum=0.0)
