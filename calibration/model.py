@@ -1,17 +1,22 @@
 """The fitted cell noise model of one chip.
 
 ``NoiseModel().fit(data)`` takes tidy DataFrames (see :data:`TABLES`), in the spirit of
-scikit-learn: fitted parameters are attributes ending in ``_``, each with its standard
-error; ``save``/``load`` write JSON with units, a schema version and provenance.
+scikit-learn, and returns itself; the fitted parts are attributes ending in ``_``, each a
+typed dataclass of :mod:`.parts` with units, shapes and standard errors:
+``window_`` (:class:`Window`), ``programming_`` (:class:`Programming`), ``read_noise_``
+(:class:`ReadNoise`), ``drift_`` (:class:`Drift`), ``faults_`` (:class:`Faults`), and
+``verify_settings_``: the program-and-verify settings the chip was measured with.
+``save``/``load`` write JSON (schema version 2, with units and shapes) and read versions
+2 and 1.
 
 What it predicts, for a target G (µS), a verify tolerance (µS, one of the calibrated
 ones) and a pulse cap (≤ the calibrated cap):
 
 - ``p_converged``: probability that program-and-verify converges within the cap;
 - ``expected_pulses``: mean SET pulses + RESETs spent;
-- ``offset``/``sigma``: mean and spread of the error seen ``t0_s`` after programming
+- ``offset``/``sigma``: mean and spread of the error seen ``t0_s_`` after programming
   (reads averaged ``n_avg_`` times), for converged cells;
-- drift: ν mean and spread vs level, with reference time ``t0_s``; extra log-normal
+- drift: ν mean and spread vs level, with reference time ``t0_s_``; extra log-normal
   spread growing with ln(t/t0) (1/f noise);
 - ``read_sigma``: per-read noise σ(G) = a·G + b, and the averaging exponent;
 - ``sample``: realistic read-back values for targets, settings and elapsed time.
@@ -27,216 +32,118 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .stats import bootstrap_se, cell_slopes, chi2_per_dof_limit, poly_design, sigma_se, wls
+from .parts import (FAULT_KINDS, OPTIONAL_TABLES, PARTS, TABLES, Drift, Faults, Programming, ReadNoise, Window,
+                    fit_drift, fit_faults, fit_programming, fit_read_noise, fit_window)
+from .stats import chi2_per_dof_limit, poly_design
 
 SCHEMA = "pcm-hil/noise-model"
-SCHEMA_VERSION = 1
-TABLES = {
-    "window": ["cell", "g_floor_us", "g_sat_us"],
-    "programming": ["cell", "level_us", "tolerance_us", "pulses", "resets", "converged", "g_t0_us", "age_s", "n_avg"],
-    "read_noise": ["cell", "level_us", "n_avg", "rep", "g_us"],
-    "retention": ["cell", "level_us", "read_idx", "age_s", "g_us", "n_avg"],
-    "faults": ["cell", "kind"],
-}
-OPTIONAL_TABLES = {"trace": ["cell", "iteration", "event", "value"]}
-UNITS = {"conductance": "µS", "time": "s", "tolerance": "µS", "drift_exponent": "1", "pulses": "count"}
-FAULT_KINDS = ("reset", "set", "random")
-SIGMA_DEGREE = 3
+SCHEMA_VERSION = 2
+READS_VERSIONS = (1, 2)
+V1_UNITS = {"conductance": "µS", "time": "s", "tolerance": "µS", "drift_exponent": "1", "pulses": "count"}
+
+__all__ = ["NoiseModel", "SCHEMA", "SCHEMA_VERSION", "TABLES", "OPTIONAL_TABLES", "FAULT_KINDS"]
 
 
 class NoiseModel:
     """Cell noise model fitted from pcm_hil_noisemodel measurements."""
 
+    window_: Window
+    programming_: Programming
+    read_noise_: ReadNoise
+    drift_: Drift
+    faults_: Faults
+
     def __init__(self) -> None:
         self.provenance: dict[str, Any] = {}
+        self.verify_settings_: dict[str, float] = {}
         self.fitted_ = False
 
     # ------------------------------------------------------------------ fitting ------
-    def fit(self, data: dict[str, pd.DataFrame], provenance: dict[str, Any] | None = None) -> "NoiseModel":
-        """Fit every part of the model from the calibration tables (dict name → DataFrame)."""
-        for name, cols in TABLES.items():
+    def fit(self, data: dict[str, pd.DataFrame], provenance: dict[str, Any] | None = None,
+            verify_settings: dict[str, float] | None = None) -> "NoiseModel":
+        """Fit every part from the calibration tables (dict name → DataFrame).
+
+        ``provenance``: where the data came from (run id, chip id, settings); ``verify_settings``:
+        the program-and-verify settings the level sweep ran with (name → value; units as
+        the loop's own: V, s, µS, counts), kept as :attr:`verify_settings_`.
+        """
+        for name in TABLES:
             if name not in data:
                 raise ValueError(f"calibration data lacks the {name!r} table")
-            missing = [c for c in cols if c not in data[name].columns]
-            if missing:
-                raise ValueError(f"table {name!r} lacks column(s): {', '.join(missing)}")
-            if data[name].empty:
-                raise ValueError(f"table {name!r} is empty")
-        self.provenance = dict(provenance or {})
-        self.provenance.setdefault("fitted", time.strftime("%Y-%m-%dT%H:%M:%S"))
-        self._fit_window(data["window"])
-        trace = data.get("trace")
-        if trace is not None and any(c not in trace.columns for c in OPTIONAL_TABLES["trace"]):
-            raise ValueError(f"table 'trace' needs columns {OPTIONAL_TABLES['trace']}")
-        self._fit_programming(data["programming"], trace)
-        self._fit_read_noise(data["read_noise"])
-        self._fit_drift(data["retention"])
-        self._fit_faults(data["faults"])
+        window = fit_window(data["window"])
+        programming = fit_programming(data["programming"], window.g_sat_us, data.get("trace"))
+        provenance = dict(provenance or {})
+        provenance.setdefault("fitted", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return self._set(window, programming, fit_read_noise(data["read_noise"]),
+                         fit_drift(data["retention"], programming.t0_s, window.g_sat_us), fit_faults(data["faults"]),
+                         verify_settings or {}, provenance)
+
+    @classmethod
+    def from_parts(cls, window: Window, programming: Programming, read_noise: ReadNoise, drift: Drift,
+                   faults: Faults, verify_settings: dict[str, float] | None = None,
+                   provenance: dict[str, Any] | None = None) -> "NoiseModel":
+        """A fitted model from its parts (as :meth:`fit` would set them)."""
+        return cls()._set(window, programming, read_noise, drift, faults, verify_settings or {}, provenance or {})
+
+    def _set(self, window: Window, programming: Programming, read_noise: ReadNoise, drift: Drift, faults: Faults,
+             verify_settings: dict[str, float], provenance: dict[str, Any]) -> "NoiseModel":
+        for part, cls in zip((window, programming, read_noise, drift, faults), PARTS.values()):
+            if not isinstance(part, cls):
+                raise TypeError(f"{cls.name} must be a {cls.__name__}, got {type(part).__name__}")
+        self.verify_settings_ = _checked_settings(verify_settings, programming.n_avg)
+        try:  # as it reads back from JSON (tuples become lists), so that a saved model equals its load
+            self.provenance = json.loads(json.dumps(provenance, allow_nan=True))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"provenance must be JSON-serializable: {exc}") from None
+        if not isinstance(self.provenance, dict):
+            raise ValueError("noise model provenance must be an object")
+        self.window_, self.programming_, self.read_noise_, self.drift_, self.faults_ = (
+            window, programming, read_noise, drift, faults)
         self.fitted_ = True
         return self
 
-    def _fit_window(self, df: pd.DataFrame) -> None:
-        sat = df["g_sat_us"].to_numpy(float)
-        self.window_ = {"g_floor_us": float(np.median(df["g_floor_us"])), "g_sat_us": float(np.median(sat)),
-                        "g_sat_spread": float(np.std(sat) / np.median(sat)),
-                        "g_sat_us_se": float(1.253 * np.std(sat) / math.sqrt(len(sat)))}
+    # the programming part's axes and conditions, as the predictions take them
+    @property
+    def levels_us_(self) -> np.ndarray:
+        """Calibrated target levels (µS), shape (levels,)."""
+        return self.programming_.levels_us
 
-    @staticmethod
-    def _after_each_pulse(trace: pd.DataFrame, cells: np.ndarray, cap: int) -> np.ndarray:
-        """Verify read after the k-th SET pulse of each cell (rows: cells, columns k = 1..cap)."""
-        out = np.full((cells.size, cap + 1), np.nan)
-        sets = trace[trace["event"] == "set"].sort_values(["cell", "iteration"])
-        if sets.empty:
-            return out
-        k = sets.groupby("cell").cumcount().to_numpy() + 1
-        reads = trace[trace["event"] == "read"].set_index(["cell", "iteration"])["value"]
-        key = pd.MultiIndex.from_arrays([sets["cell"].to_numpy(), sets["iteration"].to_numpy() + 1])
-        after = reads.reindex(key).to_numpy()
-        row = pd.Index(cells).get_indexer(sets["cell"].to_numpy())
-        keep = (row >= 0) & (k <= cap)
-        out[row[keep], k[keep]] = after[keep]
-        return out
+    @property
+    def tolerances_us_(self) -> np.ndarray:
+        """Calibrated verify tolerances (µS), shape (tolerances,)."""
+        return self.programming_.tolerances_us
 
-    def _fit_programming(self, df: pd.DataFrame, trace: pd.DataFrame | None = None) -> None:
-        levels = np.sort(df["level_us"].unique())
-        tols = np.sort(df["tolerance_us"].unique())
-        if levels.size < 2:
-            raise ValueError("programming data need at least two target levels")
-        self.levels_us_ = levels.tolist()
-        self.tolerances_us_ = tols.tolist()
-        self.n_avg_ = int(df["n_avg"].iloc[0])
-        self.t0_s_ = float(np.median(df["age_s"]))
-        cap = int(df["pulses"].max())
-        self.max_pulses_ = cap
-        T, L = tols.size, levels.size
-        shape = (T, L)
-        offset, offset_se, sigma, sig_se, n = (np.full(shape, np.nan) for _ in range(5))
-        resets = np.zeros(shape)
-        pmf = np.zeros((T, L, cap + 1))
-        conv_cdf = np.zeros((T, L, cap + 1))
-        failed_q = np.full((T, L, cap + 1, 11), np.nan)
-        after = self._after_each_pulse(trace, df["cell"].to_numpy(), cap) if trace is not None else None
-        qs = np.linspace(0, 1, 11)
-        for (ti, t), (li, lv) in ((a, b) for a in enumerate(tols) for b in enumerate(levels)):
-            g = df[(df["tolerance_us"] == t) & (df["level_us"] == lv)]
-            if g.empty:
-                raise ValueError(f"no cells at level {lv} µS, tolerance {t} µS")
-            pulses = g["pulses"].to_numpy(int)
-            conv = g["converged"].to_numpy(bool)
-            err = g["g_t0_us"].to_numpy(float) - lv
-            n[ti, li] = len(g)
-            pmf[ti, li] = np.bincount(pulses, minlength=cap + 1)[: cap + 1] / len(g)
-            conv_cdf[ti, li] = np.cumsum(np.bincount(pulses[conv], minlength=cap + 1)[: cap + 1]) / len(g)
-            resets[ti, li] = g["resets"].mean()
-            ok = err[conv]
-            if ok.size >= 3:
-                offset[ti, li], offset_se[ti, li] = ok.mean(), ok.std(ddof=1) / math.sqrt(ok.size)
-                sigma[ti, li] = ok.std(ddof=1)
-                sig_se[ti, li] = sigma_se(sigma[ti, li], ok.size)
-            # errors of the cells that a cap c stops unconverged: still running at c (their
-            # state after the c-th pulse, from the trace) or failed earlier (final error)
-            rows = np.flatnonzero(((df["tolerance_us"] == t) & (df["level_us"] == lv)).to_numpy())
-            for c in range(1, cap + 1):
-                running = pulses > c
-                stopped = ~conv & (pulses <= c)
-                e = err[stopped]
-                if after is not None and running.any():
-                    e = np.concatenate([e, after[rows[running], c] - lv])
-                elif running.any():
-                    e = np.concatenate([e, err[running & ~conv]])
-                e = e[np.isfinite(e)]
-                if e.size >= 3:
-                    failed_q[ti, li, c] = np.quantile(e, qs)
-        # smooth σ(x) per tolerance with a weighted cubic in x (4 parameters on ≥ 8 levels)
-        x = levels / self.window_["g_sat_us"]
-        deg = min(SIGMA_DEGREE, L - 1)
-        sigma_fit = []
-        for ti in range(T):
-            good = np.isfinite(sigma[ti])
-            fit = wls(poly_design(x[good], deg), sigma[ti, good], sig_se[ti, good])
-            sigma_fit.append({"coef": fit.coef.tolist(), "cov": fit.cov.tolist(), "chi2_per_dof": fit.chi2_per_dof})
-        self.programming_ = {
-            "n": n.tolist(), "offset_us": offset.tolist(), "offset_us_se": offset_se.tolist(),
-            "sigma_us": sigma.tolist(), "sigma_us_se": sig_se.tolist(), "sigma_fit": sigma_fit,
-            "pulse_pmf": pmf.tolist(), "converged_cdf": conv_cdf.tolist(), "resets_mean": resets.tolist(),
-            "failed_error_quantiles_us": failed_q.tolist(),
-        }
+    @property
+    def max_pulses_(self) -> int:
+        """Largest SET-pulse cap calibrated."""
+        return self.programming_.max_pulses
 
-    def _fit_read_noise(self, df: pd.DataFrame) -> None:
-        one = df[df["n_avg"] == 1]
-        if one.empty:
-            raise ValueError("read-noise data need reads with n_avg = 1")
-        per_cell = []
-        for n_avg, part in df.groupby("n_avg"):
-            wide = part.pivot_table(index="cell", columns="rep", values="g_us").to_numpy(float)
-            # successive differences remove what changes slowly (drift, 1/f): white noise only
-            s = np.std(np.diff(wide, axis=1), axis=1, ddof=1) / math.sqrt(2.0)
-            per_cell.append(pd.DataFrame({"n_avg": n_avg, "g": wide.mean(axis=1), "sigma": s}))
-        cells = pd.concat(per_cell, ignore_index=True)
-        c1 = cells[cells["n_avg"] == 1]
-        fit = wls(poly_design(c1["g"].to_numpy(), 1), c1["sigma"].to_numpy())
-        b, a = fit.coef
-        result = {"a": float(a), "b_us": float(b), "a_se": float(fit.se[1]), "b_us_se": float(fit.se[0]),
-                  "averaging_exponent": 0.5, "averaging_exponent_se": float("nan"), "averaging_n": 1}
-        multi = cells[cells["n_avg"] > 1]
-        if not multi.empty:
-            n = int(multi["n_avg"].max())
-            sn = multi[multi["n_avg"] == n]
-            pred1 = fit.predict(poly_design(sn["g"].to_numpy(), 1))
-            ratios = sn["sigma"].to_numpy() / pred1
-            k = lambda r: -math.log(max(float(np.mean(r)), 1e-12)) / math.log(n)  # noqa: E731
-            result.update(averaging_exponent=k(ratios), averaging_exponent_se=bootstrap_se(ratios, k),
-                          averaging_n=n)
-        self.read_noise_ = result
+    @property
+    def n_avg_(self) -> int:
+        """Reads averaged per read in the calibration (verify and t0 reads)."""
+        return self.programming_.n_avg
 
-    def _fit_drift(self, df: pd.DataFrame) -> None:
-        t0 = self.t0_s_
-        levels, mean, mean_se, std, std_se, growth, growth_se = [], [], [], [], [], [], []
-        for lv, part in df.groupby("level_us"):
-            wide_g = part.pivot_table(index="cell", columns="read_idx", values="g_us")
-            ages = part.pivot_table(index="cell", columns="read_idx", values="age_s")
-            ok = np.all(wide_g.to_numpy() > 0, axis=1) & np.all(np.isfinite(wide_g.to_numpy()), axis=1)
-            if ok.sum() < 10 or wide_g.shape[1] < 3:
-                continue
-            lg = np.log(wide_g.to_numpy()[ok])
-            lt = np.log(ages.to_numpy()[ok] / t0)
-            slope, se = cell_slopes(lt, lg)
-            nu = -slope
-            var_nu = max(float(np.var(nu, ddof=1) - np.mean(se ** 2)), 0.0)
-            levels.append(float(lv))
-            mean.append(float(nu.mean()))
-            mean_se.append(float(nu.std(ddof=1) / math.sqrt(nu.size)))
-            s = math.sqrt(var_nu)
-            std.append(s)
-            std_se.append(float(np.var(nu, ddof=1) * math.sqrt(2 / (nu.size - 1)) / (2 * max(s, 1e-6))))
-            # spread of ln G across cells: V(ℓ) = V0 + σ_ν²ℓ² + γℓ; γ is the 1/f growth per unit ln t
-            ell = lt.mean(axis=0)
-            v = np.var(lg, axis=0, ddof=1)
-            later = ell > 0.05
-            excess = v[later] - v[0] - var_nu * ell[later] ** 2
-            gam = float(np.sum(excess * ell[later]) / np.sum(ell[later] ** 2)) if later.any() else 0.0
-            growth.append(max(gam, 0.0))
-            growth_se.append(float(np.std(excess / ell[later], ddof=1) / math.sqrt(later.sum())) if later.sum() > 1
-                             else float("nan"))
-        if len(levels) < 2:
-            raise ValueError("retention data need at least two levels with ≥10 cells and ≥3 read times")
-        lx = np.log(np.asarray(levels) / self.window_["g_sat_us"])
-        mfit = wls(poly_design(lx, 1), np.asarray(mean), np.asarray(mean_se))
-        self.drift_ = {
-            "t0_s": t0, "levels_us": levels, "nu_mean": mean, "nu_mean_se": mean_se, "nu_std": std,
-            "nu_std_se": std_se, "growth_per_ln_t": growth, "growth_per_ln_t_se": growth_se,
-            "nu_mean_vs_ln_x": {"slope": float(mfit.coef[1]), "intercept": float(mfit.coef[0]),
-                                "slope_se": float(mfit.se[1]), "intercept_se": float(mfit.se[0])},
-        }
+    @property
+    def t0_s_(self) -> float:
+        """Delay (s) after programming at which the errors were read; drift reference time."""
+        return self.programming_.t0_s
 
-    def _fit_faults(self, df: pd.DataFrame) -> None:
-        n = len(df)
-        out: dict[str, Any] = {"cells": n}
-        for kind in FAULT_KINDS:
-            f = float((df["kind"] == kind).mean())
-            out[kind] = f
-            out[f"{kind}_se"] = math.sqrt(max(f * (1 - f), 1.0 / n) / n)
-        self.faults_ = out
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NoiseModel):
+            return NotImplemented
+        if not (self.fitted_ and other.fitted_):
+            return self.fitted_ == other.fitted_ and self.provenance == other.provenance
+        return (all(getattr(self, f"{n}_") == getattr(other, f"{n}_") for n in PARTS)
+                and self.verify_settings_ == other.verify_settings_ and self.provenance == other.provenance)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if not self.fitted_:
+            return "NoiseModel(not fitted)"
+        parts = ",\n  ".join(repr(getattr(self, f"{n}_")) for n in PARTS)
+        return (f"NoiseModel(chip={self.provenance.get('chip_id')!r}, run={self.provenance.get('run_id')!r},\n  "
+                f"{parts},\n  verify_settings={self.verify_settings_!r})")
 
     # -------------------------------------------------------------- prediction -------
     def _check_fitted(self) -> None:
@@ -247,7 +154,7 @@ class NoiseModel:
         for i, t in enumerate(self.tolerances_us_):
             if math.isclose(tolerance_us, t, rel_tol=1e-9, abs_tol=1e-12):
                 return i
-        raise ValueError(f"tolerance {tolerance_us} µS was not calibrated; calibrated: {self.tolerances_us_}")
+        raise ValueError(f"tolerance {tolerance_us} µS was not calibrated; calibrated: {self.tolerances_us_.tolist()}")
 
     def _check_cap(self, cap: int) -> int:
         if not isinstance(cap, (int, np.integer)) or not 1 <= cap <= self.max_pulses_:
@@ -258,31 +165,32 @@ class NoiseModel:
         t = np.asarray(targets_us, float)
         if not np.all(np.isfinite(t)):
             raise ValueError("targets must be finite")
-        return t / self.window_["g_sat_us"]
+        return t / self.window_.g_sat_us
 
     def _per_level(self, table: np.ndarray, targets_us: Any) -> np.ndarray:
         """Interpolate a per-level table linearly in G (constant beyond the calibrated range)."""
         return np.interp(np.asarray(targets_us, float), self.levels_us_, table)
 
     def p_converged(self, targets_us: Any, tolerance_us: float, max_pulses: int) -> np.ndarray:
+        """Probability that the loop verifies within ``max_pulses`` SET pulses."""
         self._check_fitted()
         ti, cap = self._tol_index(tolerance_us), self._check_cap(max_pulses)
-        cdf = np.asarray(self.programming_["converged_cdf"])[ti, :, cap]
-        return self._per_level(cdf, targets_us)
+        return self._per_level(self.programming_.converged_cdf[ti, :, cap], targets_us)
 
     def expected_pulses(self, targets_us: Any, tolerance_us: float, max_pulses: int) -> np.ndarray:
         """Mean SET pulses + RESETs per cell when the loop stops at ``max_pulses`` SET pulses."""
         self._check_fitted()
         ti, cap = self._tol_index(tolerance_us), self._check_cap(max_pulses)
-        pmf = np.asarray(self.programming_["pulse_pmf"])[ti]
+        pmf = self.programming_.pulse_pmf[ti]
         k = np.arange(pmf.shape[1])
         sets = (pmf * np.minimum(k, cap)).sum(axis=1)
-        resets = np.asarray(self.programming_["resets_mean"])[ti] + 1.0  # the initial RESET counts
+        resets = self.programming_.resets_mean[ti] + 1.0  # the initial RESET counts
         return self._per_level(sets + resets, targets_us)
 
     def offset(self, targets_us: Any, tolerance_us: float) -> np.ndarray:
+        """Mean error (µS) at t0 of converged cells."""
         self._check_fitted()
-        return self._per_level(np.asarray(self.programming_["offset_us"])[self._tol_index(tolerance_us)], targets_us)
+        return self._per_level(self.programming_.offset_us[self._tol_index(tolerance_us)], targets_us)
 
     def sigma(self, targets_us: Any, tolerance_us: float, n_avg: int | None = None,
               with_se: bool = False) -> Any:
@@ -292,23 +200,25 @@ class NoiseModel:
         after the RESET alone, so σ jumps there)."""
         self._check_fitted()
         ti = self._tol_index(tolerance_us)
-        fit = self.programming_["sigma_fit"][ti]
+        p = self.programming_
+        coef, cov = p.sigma_coef[ti], p.sigma_cov[ti]
         shape = np.shape(targets_us)
         t = np.atleast_1d(np.asarray(targets_us, float))
         x = self._x(t)
-        measured = np.asarray(self.programming_["sigma_us"][ti], float)
-        smooth = fit["chi2_per_dof"] <= chi2_per_dof_limit(len(self.levels_us_) - len(fit["coef"]))
+        measured = p.sigma_us[ti]
+        smooth = p.sigma_chi2_per_dof[ti] <= chi2_per_dof_limit(len(self.levels_us_) - len(coef))
         if smooth or not np.isfinite(measured).all():
-            x = np.clip(x, self.levels_us_[0] / self.window_["g_sat_us"], self.levels_us_[-1] / self.window_["g_sat_us"])
-            X = poly_design(x, len(fit["coef"]) - 1)
-            s = np.maximum(X @ np.asarray(fit["coef"]), 1e-3)
-            se = np.sqrt(np.einsum("ij,jk,ik->i", X, np.asarray(fit["cov"]), X))
+            g_sat = self.window_.g_sat_us
+            x = np.clip(x, self.levels_us_[0] / g_sat, self.levels_us_[-1] / g_sat)
+            X = poly_design(x, len(coef) - 1)
+            s = np.maximum(X @ coef, 1e-3)
+            se = np.sqrt(np.einsum("ij,jk,ik->i", X, cov, X))
         else:
             s = self._per_level(measured, t)
-            se = self._per_level(np.asarray(self.programming_["sigma_us_se"][ti], float), t)
+            se = self._per_level(p.sigma_us_se[ti], t)
         if n_avg is not None and n_avg != self.n_avg_:
             w = self.read_sigma(targets_us)
-            k = self.read_noise_["averaging_exponent"]
+            k = self.read_noise_.averaging_exponent
             s = np.sqrt(np.maximum(s ** 2 - (w * self.n_avg_ ** -k) ** 2 + (w * n_avg ** -k) ** 2, 1e-6))
         if with_se:
             return s.reshape(shape), se.reshape(shape)
@@ -325,12 +235,12 @@ class NoiseModel:
         self._check_fitted()
         t = np.asarray(targets_us, float)
         self._x(t)  # refuses non-finite targets
-        lv = np.asarray(self.levels_us_)
-        off = np.nan_to_num(np.asarray(self.programming_["offset_us"], float)[self._tol_index(tolerance_us)])
+        lv = self.levels_us_
+        off = np.nan_to_num(self.programming_.offset_us[self._tol_index(tolerance_us)])
         landing = np.maximum.accumulate(lv + off)
         # invert aim → mean landing on the calibrated levels (the offset changes with the level)
         a = np.interp(t, landing, lv)
-        return np.clip(a, self.window_["g_floor_us"], lv[-1])
+        return np.clip(a, self.window_.g_floor_us, lv[-1])
 
     def expected_sq_error(self, targets_us: Any, tolerance_us: float, max_pulses: int,
                           aim_us: Any = None) -> np.ndarray:
@@ -347,9 +257,9 @@ class NoiseModel:
         p = self.p_converged(a, tolerance_us, cap)
         conv = (shift + self.offset(a, tolerance_us)) ** 2 + self.sigma(a, tolerance_us) ** 2
         # failed cells: errors from the aim, per level (none measured: the cell sits at the floor)
-        q = np.asarray(self.programming_["failed_error_quantiles_us"])[ti, :, cap]
+        q = self.programming_.failed_error_quantiles_us[ti, :, cap]
         finite = np.isfinite(q).all(axis=1)
-        lv = np.asarray(self.levels_us_)
+        lv = self.levels_us_
         m1 = np.where(finite, np.mean(np.where(np.isfinite(q), q, 0.0), axis=1), -lv)
         m2 = np.where(finite, np.mean(np.where(np.isfinite(q), q, 0.0) ** 2, axis=1), lv ** 2)
         fail = self._per_level(m2, a) + 2 * shift * self._per_level(m1, a) + shift ** 2
@@ -361,21 +271,27 @@ class NoiseModel:
         assumed compensated)."""
         t = np.asarray(targets_us, float)
         ell = math.log(max(elapsed_s, self.t0_s_) / self.t0_s_)
-        gam = np.interp(t, self.drift_["levels_us"], self.drift_["growth_per_ln_t"])
-        return self.expected_sq_error(t, tolerance_us, max_pulses) + t ** 2 * (self.nu_std(t) ** 2 * ell ** 2 + gam * ell)
+        return self.expected_sq_error(t, tolerance_us, max_pulses) + t ** 2 * (self.nu_std(t) ** 2 * ell ** 2
+                                                                                + self._growth(t) * ell)
 
     def read_sigma(self, g_us: Any) -> np.ndarray:
         """Per-read white-noise σ (µS) at conductance G (µS)."""
         self._check_fitted()
-        return self.read_noise_["a"] * np.asarray(g_us, float) + self.read_noise_["b_us"]
+        return self.read_noise_.a * np.asarray(g_us, float) + self.read_noise_.b_us
 
     def nu_mean(self, targets_us: Any) -> np.ndarray:
+        """Mean drift exponent ν at the programmed level (µS)."""
         self._check_fitted()
-        return np.interp(np.asarray(targets_us, float), self.drift_["levels_us"], self.drift_["nu_mean"])
+        return np.interp(np.asarray(targets_us, float), self.drift_.levels_us, self.drift_.nu_mean)
 
     def nu_std(self, targets_us: Any) -> np.ndarray:
+        """Spread of ν over cells at the programmed level (µS)."""
         self._check_fitted()
-        return np.interp(np.asarray(targets_us, float), self.drift_["levels_us"], self.drift_["nu_std"])
+        return np.interp(np.asarray(targets_us, float), self.drift_.levels_us, self.drift_.nu_std)
+
+    def _growth(self, targets_us: np.ndarray) -> np.ndarray:
+        """Variance of ln G added per unit ln(t/t0) (1/f noise) at the programmed level (µS)."""
+        return np.interp(targets_us, self.drift_.levels_us, self.drift_.growth_per_ln_t)
 
     def sample(self, targets_us: Any, tolerance_us: float, max_pulses: int, elapsed_s: float | None = None,
                n_avg: int | None = None, seed: int | np.random.Generator | None = None) -> np.ndarray:
@@ -394,9 +310,9 @@ class NoiseModel:
         ti = self._tol_index(tolerance_us)
         conv = rng.random(t.shape) < self.p_converged(t, tolerance_us, max_pulses)
         g = t + self.offset(t, tolerance_us) + self.sigma(t, tolerance_us, n_avg) * rng.standard_normal(t.shape)
-        fq = np.asarray(self.programming_["failed_error_quantiles_us"])[ti, :, self._check_cap(max_pulses)]
+        fq = self.programming_.failed_error_quantiles_us[ti, :, self._check_cap(max_pulses)]
         if (~conv).any():
-            lv = np.abs(np.subtract.outer(t[~conv], np.asarray(self.levels_us_))).argmin(axis=1)
+            lv = np.abs(np.subtract.outer(t[~conv], self.levels_us_)).argmin(axis=1)
             q = fq[lv]
             u = rng.random(lv.size) * 10
             lo = np.floor(u).astype(int)
@@ -408,49 +324,47 @@ class NoiseModel:
         ell = math.log(max(elapsed, self.t0_s_) / self.t0_s_)
         if ell > 0:
             nu = np.abs(self.nu_mean(t) + self.nu_std(t) * rng.standard_normal(t.shape))
-            gam = np.interp(t, self.drift_["levels_us"], self.drift_["growth_per_ln_t"])
-            g = g * np.exp(-nu * ell + np.sqrt(gam * ell) * rng.standard_normal(t.shape))
+            g = g * np.exp(-nu * ell + np.sqrt(self._growth(t) * ell) * rng.standard_normal(t.shape))
         return g
 
     # --------------------------------------------------------------------- I/O --------
     def to_dict(self) -> dict[str, Any]:
+        """The schema-2 document: every part with its units and shapes, the verify settings, provenance."""
         self._check_fitted()
         return {
-            "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "units": UNITS, "provenance": self.provenance,
-            "window": self.window_, "levels_us": self.levels_us_, "tolerances_us": self.tolerances_us_,
-            "max_pulses": self.max_pulses_, "n_avg": self.n_avg_, "t0_s": self.t0_s_,
-            "programming": self.programming_, "read_noise": self.read_noise_, "drift": self.drift_,
-            "faults": self.faults_,
+            "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+            "units": {n: p.units() for n, p in PARTS.items()},
+            "shapes": {n: p.shapes() for n, p in PARTS.items()},
+            "provenance": self.provenance, "verify_settings": self.verify_settings_,
+            **{n: getattr(self, f"{n}_").to_dict() for n in PARTS},
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NoiseModel":
+    def from_dict(cls, d: Any) -> "NoiseModel":
+        """Read a schema-2 or schema-1 document; refuses anything else, naming what is wrong."""
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            raise ValueError(f"not a noise model (schema must be {SCHEMA!r})")
-        if d.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"noise model schema version {d.get('schema_version')!r} is not supported "
-                             f"(this pcm-hil reads version {SCHEMA_VERSION})")
-        required = ("provenance", "window", "levels_us", "tolerances_us", "max_pulses", "n_avg", "t0_s",
-                    "programming", "read_noise", "drift", "faults")
-        missing = [k for k in required if k not in d]
+            found = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a noise model: schema {found!r}, expected {SCHEMA!r} "
+                             f"(versions {', '.join(map(str, READS_VERSIONS))})")
+        version = d.get("schema_version")
+        if version == 1:
+            d = _from_v1(d)
+        elif version != SCHEMA_VERSION:
+            raise ValueError(f"noise model schema version {version!r} is not supported "
+                             f"(this pcm-hil reads versions {', '.join(map(str, READS_VERSIONS))} of {SCHEMA!r})")
+        missing = [k for k in ("provenance", "verify_settings", "units", *PARTS) if k not in d]
         if missing:
             raise ValueError(f"noise model lacks field(s): {', '.join(missing)}")
-        m = cls()
-        m.provenance = d["provenance"]
-        m.window_, m.levels_us_, m.tolerances_us_ = d["window"], d["levels_us"], d["tolerances_us"]
-        m.max_pulses_, m.n_avg_, m.t0_s_ = int(d["max_pulses"]), int(d["n_avg"]), float(d["t0_s"])
-        m.programming_, m.read_noise_, m.drift_, m.faults_ = d["programming"], d["read_noise"], d["drift"], d["faults"]
-        shape = (len(m.tolerances_us_), len(m.levels_us_))
-        for key in ("offset_us", "sigma_us", "n", "resets_mean"):
-            if np.asarray(m.programming_.get(key, [])).shape != shape:
-                raise ValueError(f"noise model field programming.{key} must have shape {shape}")
-        if np.asarray(m.programming_.get("pulse_pmf", [])).shape != (*shape, m.max_pulses_ + 1):
-            raise ValueError("noise model field programming.pulse_pmf has the wrong shape")
-        m.fitted_ = True
-        return m
+        units = d["units"] if isinstance(d["units"], dict) else {}
+        for name, part in PARTS.items():
+            if units.get(name) != part.units():
+                raise ValueError(f"noise model units of {name!r} are {units.get(name)!r}, "
+                                 f"this pcm-hil writes {part.units()!r}")
+        return cls.from_parts(*(PARTS[n].from_dict(d[n]) for n in PARTS), verify_settings=d["verify_settings"],
+                              provenance=d["provenance"])
 
     def save(self, path: str | Path) -> None:
-        """Write JSON atomically (a temporary file renamed into place)."""
+        """Write JSON atomically (a temporary file renamed into place); NaN marks what was not measured."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=True) + "\n", encoding="utf-8")
@@ -469,16 +383,61 @@ class NoiseModel:
             raise ValueError(f"noise model {path} is not valid JSON (truncated or corrupted?): {exc}") from None
         try:
             return cls.from_dict(d)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"noise model {path}: {exc}") from None
 
     def summary(self) -> dict[str, Any]:
         """The headline numbers, for tables and --json."""
         self._check_fitted()
+        rn = self.read_noise_
         return {
-            "g_sat_us": self.window_["g_sat_us"], "levels": len(self.levels_us_), "tolerances_us": self.tolerances_us_,
-            "max_pulses": self.max_pulses_, "read_noise_a": self.read_noise_["a"], "read_noise_b_us": self.read_noise_["b_us"],
-            "averaging_exponent": self.read_noise_["averaging_exponent"],
-            "nu_mean_range": [min(self.drift_["nu_mean"]), max(self.drift_["nu_mean"])],
-            "faults": {k: self.faults_[k] for k in FAULT_KINDS},
+            "g_sat_us": self.window_.g_sat_us, "levels": len(self.levels_us_),
+            "tolerances_us": self.tolerances_us_.tolist(), "max_pulses": self.max_pulses_,
+            "read_noise_a": rn.a, "read_noise_b_us": rn.b_us, "averaging_exponent": rn.averaging_exponent,
+            "nu_mean_range": [float(self.drift_.nu_mean.min()), float(self.drift_.nu_mean.max())],
+            "faults": self.faults_.fractions,
         }
+
+
+def _checked_settings(settings: Any, n_avg: int) -> dict[str, float]:
+    """The verify settings as a plain name → number dict; their n_avg must be the model's."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"verify_settings must be an object of name → number, got {type(settings).__name__}")
+    out = {}
+    for k, v in settings.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"verify_settings[{k!r}] must be a finite number, got {v!r}")
+        out[k] = v
+    if out.get("n_avg", n_avg) != n_avg:
+        raise ValueError(f"verify_settings n_avg is {out['n_avg']}, but the programming reads averaged {n_avg}")
+    return out
+
+
+def _from_v1(d: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 document (parts as dicts, the programming axes at the top level, the verify
+    settings only inside the provenance) rewritten as schema 2."""
+    missing = [k for k in ("provenance", "window", "levels_us", "tolerances_us", "max_pulses", "n_avg", "t0_s",
+                           "programming", "read_noise", "drift", "faults") if k not in d]
+    if missing:
+        raise ValueError(f"noise model lacks field(s): {', '.join(missing)}")
+    if d.get("units") != V1_UNITS:
+        raise ValueError(f"noise model (version 1) units are {d.get('units')!r}, expected {V1_UNITS!r}")
+    try:
+        prog = dict(d["programming"])
+        fits = prog.pop("sigma_fit")
+        prog.update(levels_us=d["levels_us"], tolerances_us=d["tolerances_us"], max_pulses=d["max_pulses"],
+                    n_avg=d["n_avg"], t0_s=d["t0_s"], sigma_coef=[f["coef"] for f in fits],
+                    sigma_cov=[f["cov"] for f in fits], sigma_chi2_per_dof=[f["chi2_per_dof"] for f in fits])
+        drift = dict(d["drift"])
+        line = drift.pop("nu_mean_vs_ln_x")
+        drift.update(nu_slope=line["slope"], nu_intercept=line["intercept"], nu_slope_se=line["slope_se"],
+                     nu_intercept_se=line["intercept_se"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"noise model (version 1) has a malformed programming or drift part: {exc!r}") from None
+    config = d["provenance"].get("config") if isinstance(d["provenance"], dict) else None
+    verify: dict[str, Any] = {}
+    if isinstance(config, dict) and isinstance(config.get("verify"), dict):
+        # the sweep ran with the configured verify settings at the calibration's cap and averaging
+        verify = {**config["verify"], **{k: config[k] for k in ("max_pulses", "n_avg") if k in config}}
+    return {**d, "schema_version": SCHEMA_VERSION, "units": {n: p.units() for n, p in PARTS.items()},
+            "verify_settings": verify, "programming": prog, "drift": drift}

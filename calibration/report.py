@@ -1,11 +1,11 @@
 """PNG report of a calibration: σ vs level, error histograms, drift, convergence."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .model import NoiseModel
 
@@ -21,14 +21,13 @@ def write_report(model: NoiseModel, data: dict[str, pd.DataFrame], path: str | P
     prog = data["programming"]
     fig, ax = plt.subplots(2, 2, figsize=(12, 9))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    levels = np.asarray(model.levels_us_)
+    levels = model.levels_us_
     fine = np.linspace(levels[0], levels[-1], 200)
 
     # (a) σ vs level
     a = ax[0, 0]
     for i, tol in enumerate(model.tolerances_us_):
-        s = np.asarray(model.programming_["sigma_us"])[i]
-        se = np.asarray(model.programming_["sigma_us_se"])[i]
+        s, se = model.programming_.sigma_us[i], model.programming_.sigma_us_se[i]
         a.errorbar(levels, s, yerr=se, fmt="o", color=colors[i], label=f"±{tol:g} µS measured")
         fit, band = model.sigma(fine, tol, with_se=True)
         a.plot(fine, fit, color=colors[i])
@@ -46,7 +45,7 @@ def write_report(model: NoiseModel, data: dict[str, pd.DataFrame], path: str | P
         b.hist(err, bins=40, density=True, alpha=0.45, color=colors[i], label=f"{lv:.3g} µS")
         xs = np.linspace(err.min(), err.max(), 200)
         mu, sd = float(model.offset(lv, tol)), float(model.sigma(lv, tol))
-        b.plot(xs, np.exp(-0.5 * ((xs - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi)), color=colors[i])
+        b.plot(xs, stats.norm.pdf(xs, mu, sd), color=colors[i])
     b.set(xlabel="error (µS)", ylabel="density", title=f"error at t0, ±{tol:g} µS, with fitted density")
     b.legend(fontsize=8)
 
@@ -65,7 +64,7 @@ def write_report(model: NoiseModel, data: dict[str, pd.DataFrame], path: str | P
 
     # (d) convergence
     d = ax[1, 1]
-    cdf = np.asarray(model.programming_["converged_cdf"])
+    cdf = model.programming_.converged_cdf
     k = np.arange(cdf.shape[2])
     for i, t in enumerate(model.tolerances_us_):
         d.plot(k, cdf[i].mean(axis=0), color=colors[i], label=f"P(converged by k), ±{t:g} µS")

@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ks_2samp
 
 from pcm_hil_noisemodel import NoiseModel
-from pcm_hil_noisemodel.stats import cell_slopes, ks_two_sample
+from pcm_hil_noisemodel.stats import cell_slopes
 
 from . import __version__
 from .checkpoint import Interrupted, VerifyJournal, recording_outcome, wait_until
@@ -135,7 +136,7 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     if cfg.first_cell + cfg.cells > n:
         raise ValueError(f"cells [{cfg.first_cell}, {cfg.first_cell + cfg.cells}) do not fit the chip's {n} cells")
     cells = np.arange(cfg.first_cell, cfg.first_cell + cfg.cells, dtype=np.int64)
-    vcfg = replace(cfg.verify, max_pulses=cfg.max_pulses, n_avg=cfg.n_avg)
+    vcfg = _sweep_verify(cfg)
     chip.limits.check_pulse(np.array([_max_drive_amplitude(vcfg)]), np.array([vcfg.set_width_s]))
     chip.limits.check_pulse(np.array([vcfg.reset_amplitude_v]), np.array([vcfg.reset_width_s]))
     report = progress or (lambda stage, done, total: None)
@@ -153,11 +154,17 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     return run_id, model
 
 
+def _sweep_verify(cfg: CalibrationConfig) -> VerifyConfig:
+    """The loop settings of the level sweep: the configured ones at the calibration's cap and averaging."""
+    return replace(cfg.verify, max_pulses=cfg.max_pulses, n_avg=cfg.n_avg)
+
+
 def _fit(store: RunStore, run_id: str, chip: Chip, cfg: CalibrationConfig, cells: np.ndarray) -> NoiseModel:
     data = {t: store.read(run_id, t) for t in ("window", "programming", "trace", "read_noise", "retention", "faults")}
     return NoiseModel().fit(data, provenance={
         "run_id": run_id, "software": f"pcm-hil {__version__}", "chip_id": chip.chip_id(),
-        "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)})
+        "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)},
+        verify_settings=asdict(_sweep_verify(cfg)))
 
 
 def _config_from_dict(d: dict[str, Any]) -> CalibrationConfig:
@@ -308,8 +315,7 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
     cells = chip.cells(cells)
     levels = np.asarray(model.levels_us_)
     target = levels[np.random.default_rng(seed).permutation(cells.size) % levels.size]
-    vcfg = replace(VerifyConfig(**{k: v for k, v in model.provenance.get("config", {}).get("verify", {}).items()})
-                   if model.provenance.get("config") else VerifyConfig(), max_pulses=max_pulses, n_avg=model.n_avg_)
+    vcfg = replace(VerifyConfig.measured_with(model), max_pulses=max_pulses)
     res = program_verify(chip, cells, target, vcfg, tolerance_us=tolerance_us,
                          progress=lambda d, t: report("program-and-verify", d, t))
     t_last = res.state.t_read_s
@@ -342,7 +348,7 @@ def validate(chip: Chip, model: NoiseModel, cells: Any = None, n_cells: int = 10
             "yield_predicted": float(model.p_converged(lv, tolerance_us, max_pulses)),
             "sigma_us": s_meas, "sigma_predicted_us": s_pred, "sigma_rel_error": abs(s_meas - s_pred) / s_pred,
             "pulses": p_meas, "pulses_predicted": p_pred, "pulses_rel_error": abs(p_meas - p_pred) / p_pred,
-            "ks": ks_two_sample(err[m], drawn),
+            "ks": float(ks_2samp(err[m], drawn).statistic),
             "nu_mean": float(nu.mean()), "nu_predicted": float(model.nu_mean(lv)),
             "nu_rel_error": abs(float(nu.mean()) - float(model.nu_mean(lv))) / float(model.nu_mean(lv)),
         })

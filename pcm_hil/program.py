@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from .chip import Chip, PulseKind, PulseUncertain
+
+if TYPE_CHECKING:
+    from pcm_hil_noisemodel import NoiseModel
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,16 @@ class VerifyConfig:
             raise ValueError("need 0 <= set_threshold_v < set_ref_v")
         if self.drive_min > self.drive_max:
             raise ValueError("need drive_min <= drive_max")
+
+    @classmethod
+    def measured_with(cls, model: NoiseModel) -> "VerifyConfig":
+        """The settings ``model`` (a fitted noise model) was measured with: its
+        ``verify_settings_``, the loop's defaults for any it does not record (an old model
+        file without them), and always the model's read averaging."""
+        try:
+            return cls(**{**model.verify_settings_, "n_avg": model.n_avg_})
+        except TypeError as exc:  # a setting this version of the loop does not know
+            raise ValueError(f"the noise model's verify settings do not fit this loop: {exc}") from None
 
 
 def naive_config(base: VerifyConfig | None = None, drive: float = 0.3) -> VerifyConfig:

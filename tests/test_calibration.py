@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, replace
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pcm_hil.calibrate import CalibrationConfig, run_calibration, validate
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip, preset
 from pcm_hil.emulator.chip import STUCK_NONE
+from pcm_hil.program import VerifyConfig
 from pcm_hil.run_store import RunLocked, RunStore
 
 K = 5.0
@@ -38,22 +40,22 @@ def pcm(tmp_path_factory):
 def test_recovers_read_noise(pcm) -> None:
     _, model, _ = pcm
     prof, rn = preset("pcm"), model.read_noise_
-    assert abs(rn["a"] - prof.read_noise_rel) < K * rn["a_se"]
-    assert abs(rn["b_us"] - prof.read_noise_abs_us) < K * rn["b_us_se"]
-    assert abs(rn["averaging_exponent"] - 0.5) < K * rn["averaging_exponent_se"]
+    assert abs(rn.a - prof.read_noise_rel) < K * rn.a_se
+    assert abs(rn.b_us - prof.read_noise_abs_us) < K * rn.b_us_se
+    assert abs(rn.averaging_exponent - 0.5) < K * rn.averaging_exponent_se
 
 
 def test_recovers_drift(pcm) -> None:
     chip, model, data = pcm
     prof, d = preset("pcm"), model.drift_
     prog = data["programming"]
-    for lv, mean, se, std in zip(d["levels_us"], d["nu_mean"], d["nu_mean_se"], d["nu_std"]):
+    for lv, mean, se, std in zip(d.levels_us, d.nu_mean, d.nu_mean_se, d.nu_std):
         if lv < 5:  # below x≈0.2 reads carry large relative 1/f noise: checked by validation instead
             continue
-        truth = float(prof.nu_mean(lv / model.window_["g_sat_us"]))
+        truth = float(prof.nu_mean(lv / model.window_.g_sat_us))
         assert abs(mean - truth) < K * se + 0.002, (lv, mean, truth)
-        assert abs(std - float(prof.nu_std(lv / model.window_["g_sat_us"]))) < 0.004
-    assert d["t0_s"] == pytest.approx(20.0, rel=0.01)
+        assert abs(std - float(prof.nu_std(lv / model.window_.g_sat_us))) < 0.004
+    assert d.t0_s == pytest.approx(20.0, rel=0.01)
 
 
 def test_fault_classes_match_the_stuck_map(pcm) -> None:
@@ -62,14 +64,14 @@ def test_fault_classes_match_the_stuck_map(pcm) -> None:
     stuck = chip.stuck[f["cell"].to_numpy()] != STUCK_NONE
     flagged = f["kind"].to_numpy() != "none"
     assert np.array_equal(stuck, flagged)
-    total = sum(model.faults_[k] for k in ("reset", "set", "random"))
+    total = sum(model.faults_.fractions.values())
     p = 0.005
     assert abs(total - p) < K * math.sqrt(p * (1 - p) / len(f))
 
 
 def test_window_and_programming_tables(pcm) -> None:
     _, model, data = pcm
-    assert abs(model.window_["g_sat_us"] - 25.0) < 0.1 * 25.0
+    assert abs(model.window_.g_sat_us - 25.0) < 0.1 * 25.0
     prog = data["programming"]
     groups = len(model.levels_us_) * len(model.tolerances_us_)
     assert len(prog) == 8000 and prog.groupby(["level_us", "tolerance_us"]).size().min() >= 8000 // groups
@@ -79,12 +81,19 @@ def test_window_and_programming_tables(pcm) -> None:
     assert all(a > b for a, b in zip(p, p[1:]))
 
 
+def test_model_carries_the_verify_settings_it_was_measured_with(pcm) -> None:
+    _, model, _ = pcm
+    sweep = replace(CalibrationConfig().verify, max_pulses=CalibrationConfig().max_pulses, n_avg=model.n_avg_)
+    assert model.verify_settings_ == asdict(sweep)
+    assert VerifyConfig.measured_with(model) == sweep
+
+
 def test_other_profile_gives_different_parameters(pcm, tmp_path) -> None:
     _, model, _ = pcm
     _, hermes, _ = _calibrate(tmp_path, profile="hermes-14nm", cells=4000)
-    assert hermes.window_["g_sat_us"] < 0.6 * model.window_["g_sat_us"]
-    top = hermes.drift_["nu_mean"][-1], model.drift_["nu_mean"][-1]
-    se = hermes.drift_["nu_mean_se"][-1] + model.drift_["nu_mean_se"][-1]
+    assert hermes.window_.g_sat_us < 0.6 * model.window_.g_sat_us
+    top = hermes.drift_.nu_mean[-1], model.drift_.nu_mean[-1]
+    se = hermes.drift_.nu_mean_se[-1] + model.drift_.nu_mean_se[-1]
     assert top[1] - top[0] > K * se  # 0.049 vs ≈0.02
 
 
@@ -116,6 +125,7 @@ def test_save_load_round_trip_and_sample(pcm, tmp_path) -> None:
     path = tmp_path / "m.json"
     model.save(path)
     back = NoiseModel.load(path)
+    assert back == model and back.verify_settings_ == model.verify_settings_
     assert json.dumps(back.to_dict(), sort_keys=True) == json.dumps(model.to_dict(), sort_keys=True)
     t = np.full(5000, 10.0)
     a = model.sample(t, 0.5, 20, elapsed_s=86400, seed=3)
@@ -128,7 +138,7 @@ def test_save_load_round_trip_and_sample(pcm, tmp_path) -> None:
 
 @pytest.mark.parametrize("mutate,match", [
     (lambda text: text[: len(text) // 2], "not valid JSON"),
-    (lambda text: text.replace('"schema_version": 1', '"schema_version": 7'), "schema version 7"),
+    (lambda text: text.replace('"schema_version": 2', '"schema_version": 7'), "schema version 7 is not supported"),
     (lambda text: text.replace('"schema": "pcm-hil/noise-model"', '"schema": "other"'), "not a noise model"),
     (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "drift"}), "lacks field"),
     (lambda text: "\x00\x01garbage", "not valid JSON"),
@@ -197,7 +207,7 @@ def test_a_killed_run_keeps_every_completed_batch_and_resumes(tmp_path) -> None:
         assert len(store.read(run_id, "programming")) == 2000
         # nothing was programmed again: the only pulses after the kill are the fault stage's 22 per cell
         assert np.array_equal(chip.pulse_count[:2000] - before, np.full(2000, 2 + 20))
-        assert model.drift_["nu_mean"][-1] > 0
+        assert model.drift_.nu_mean[-1] > 0
 
 
 def test_calibration_killed_during_program_and_verify_resumes_to_the_same_model(tmp_path) -> None:
@@ -222,7 +232,7 @@ def test_calibration_killed_during_program_and_verify_resumes_to_the_same_model(
     # cells verified before the kill were not pulsed again: their only new pulses are the fault stage's
     assert verified.size > 500
     assert np.array_equal(chip.pulse_count[verified] - before[verified], np.full(verified.size, 22))
-    sig, ref_sig = np.asarray(model.programming_["sigma_us"]), np.asarray(reference.programming_["sigma_us"])
+    sig, ref_sig = model.programming_.sigma_us, reference.programming_.sigma_us
     # ~80 cells per (tolerance, level) group: the sigma of a sigma is ~8 %; allow 4 of them
     assert np.all(np.abs(sig - ref_sig) <= 0.35 * ref_sig)
 

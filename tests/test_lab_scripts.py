@@ -47,7 +47,7 @@ def test_calibrate_chip(tmp_path, capsys) -> None:
     out = tmp_path / "model.json"
     assert _script("calibrate_chip").main(["--cells", "4000", "--validate-cells", "0", "--out", str(out),
                                            "--run-dir", str(tmp_path)]) == 0
-    assert json.loads(out.read_text())["schema_version"] == 1
+    assert json.loads(out.read_text())["schema_version"] == 2
 
 
 def test_model_retention_tracks_a_stored_model_for_a_year(tmp_path, capsys) -> None:

@@ -26,7 +26,7 @@ from ..emulator import EmulatedChip
 from ..models import accuracy
 from ..program import VerifyConfig, naive_config, program_verify
 from ..run_store import RunStore
-from ..store_job import StoreConfig, prepare, verify_config
+from ..store_job import StoreConfig, prepare
 from ..store_job import allocation
 from ..store_job.inputs import load_inputs
 from ..store_job.layout import Layout, encode
@@ -45,7 +45,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     prep = prepare(inputs, noise, cfg, n, report)
     compressed, names = prep.compressed.model, inputs.names
     target = inputs.accuracy_reference - margin_pp / 100
-    base = verify_config(noise)
+    base = VerifyConfig.measured_with(noise)
     by_importance = _Layout(prep.layout, noise, cfg)
     tight, table = by_importance.tight, by_importance.table
     w, ref = by_importance.weights, ~by_importance.weights

@@ -68,23 +68,22 @@ def profile(rows: list[tuple], name: str) -> str:
 
 
 def calibration(summary: dict[str, Any], model: Any, cells: int) -> str:
-    p = model.programming_
+    p, nu = model.programming_, model.drift_.nu_mean
     rows = []
     for ti, tol in enumerate(model.tolerances_us_):
         for li, lv in enumerate(model.levels_us_):
-            nu = model.drift_["nu_mean"]
-            rows.append([tol, lv, int(p["n"][ti][li]), p["converged_cdf"][ti][li][-1], p["sigma_us"][ti][li],
-                         p["offset_us"][ti][li], float(model.expected_pulses(lv, tol, model.max_pulses_)),
+            rows.append([tol, lv, int(p.n[ti, li]), p.converged_cdf[ti, li, -1], p.sigma_us[ti, li],
+                         p.offset_us[ti, li], float(model.expected_pulses(lv, tol, model.max_pulses_)),
                          nu[li] if li < len(nu) else float("nan")])
     rn, f, w = model.read_noise_, model.faults_, model.window_
     report = summary.get("report")
     return "\n".join([
         f"calibration {summary['run_id']}: {cells} cells, model written to {summary['model']}"
         + (f", report {report}" if report else ""),
-        f"window: floor {w['g_floor_us']:.3g} µS, saturation {w['g_sat_us']:.3g} µS (device spread {w['g_sat_spread']:.1%})",
-        f"read noise per read: σ = {rn['a']:.4f}·G + {rn['b_us']:.3f} µS (±{rn['a_se']:.4f}, ±{rn['b_us_se']:.3f}); "
-        f"averaging exponent {rn['averaging_exponent']:.3f} ± {rn['averaging_exponent_se']:.3f}",
-        f"faults: at RESET {f['reset']:.3%}, at SET {f['set']:.3%}, random {f['random']:.3%} of {f['cells']} cells",
+        f"window: floor {w.g_floor_us:.3g} µS, saturation {w.g_sat_us:.3g} µS (device spread {w.g_sat_spread:.1%})",
+        f"read noise per read: σ = {rn.a:.4f}·G + {rn.b_us:.3f} µS (±{rn.a_se:.4f}, ±{rn.b_us_se:.3f}); "
+        f"averaging exponent {rn.averaging_exponent:.3f} ± {rn.averaging_exponent_se:.3f}",
+        f"faults: at RESET {f.reset:.3%}, at SET {f.set:.3%}, random {f.random:.3%} of {f.cells} cells",
         "",
         format_table(["tol_us", "level_us", "cells", "yield", "sigma_us", "offset_us", "pulses", "nu"], rows,
                      title=f"programming (cap {model.max_pulses_}, error {model.t0_s_:g} s after P&V) and drift"),

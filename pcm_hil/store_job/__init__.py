@@ -5,6 +5,6 @@
 ``allocation`` → program-and-verify → ``readback`` → ``baselines`` (with ``cost``);
 ``prediction`` runs the read-back chain on noise-model draws; ``report`` draws the PNG.
 """
-from .job import StoreConfig, StoreOutcome, load_run, prepare, resume_store_job, run_store_job, verify_config
+from .job import StoreConfig, StoreOutcome, load_run, prepare, resume_store_job, run_store_job
 
-__all__ = ["StoreConfig", "StoreOutcome", "load_run", "prepare", "resume_store_job", "run_store_job", "verify_config"]
+__all__ = ["StoreConfig", "StoreOutcome", "load_run", "prepare", "resume_store_job", "run_store_job"]

@@ -102,8 +102,8 @@ def tables(model: NoiseModel, targets_us: np.ndarray, opts: list[tuple[float, in
     """Expected error, pulses and aim of every option for every target."""
     t = np.asarray(targets_us, float)
     err2, pulses, aims = (np.empty((t.size, len(opts))) for _ in range(3))
-    floor = model.window_["g_floor_us"]
-    read_var = (model.read_sigma(floor) * model.n_avg_ ** -model.read_noise_["averaging_exponent"]) ** 2
+    floor = model.window_.g_floor_us
+    read_var = (model.read_sigma(floor) * model.n_avg_ ** -model.read_noise_.averaging_exponent) ** 2
     for k, (tol, cap) in enumerate(opts):
         aims[:, k] = model.aim(t, tol)
         err2[:, k] = model.expected_sq_error(t, tol, cap, aims[:, k])

@@ -154,12 +154,6 @@ class StoreOutcome:
     per_cell: dict[str, np.ndarray]
 
 
-def verify_config(noise: NoiseModel) -> VerifyConfig:
-    """The program-and-verify settings the noise model was measured with."""
-    v = (noise.provenance.get("config") or {}).get("verify")
-    return replace(VerifyConfig(**v) if v else VerifyConfig(), n_avg=noise.n_avg_)
-
-
 def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, progress: Progress = _silent
             ) -> Prepared:
     """Compression, importance, layout and allocation; raises ValueError before any pulse."""
@@ -194,7 +188,7 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
     inputs = inputs or load_inputs(cfg.model)
     prep = prepare(inputs, noise, cfg, chip.geometry.n_cells, report)
     cells = np.arange(cfg.first_cell, cfg.first_cell + prep.layout.targets.size, dtype=np.int64)
-    vcfg = replace(verify_config(noise), max_pulses=int(prep.plan.max_pulses.max()))
+    vcfg = replace(VerifyConfig.measured_with(noise), max_pulses=int(prep.plan.max_pulses.max()))
     settings = {"procedure": "store", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
                 "chip_id": chip.chip_id(), "config": asdict(cfg), "verify": asdict(vcfg),
                 "noise_model": noise.provenance, "tensors": prep.layout.tensor_info()}
