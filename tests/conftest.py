@@ -2,8 +2,10 @@
 run, and the hardware opt-in."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pcm_hil.calibrate import CalibrationConfig, run_calibration
@@ -34,16 +36,33 @@ def emulated() -> EmulatedChip:
     return EmulatedChip(SMALL, seed=7)
 
 
+@dataclass
+class Calibration:
+    """The chip a calibration ran on, the fitted model, its measurement tables and the file."""
+
+    chip: EmulatedChip
+    model: NoiseModel
+    data: dict[str, pd.DataFrame]
+    noise_file: Path
+
+
 @pytest.fixture(scope="session")
-def noise_file(tmp_path_factory) -> Path:
-    """A noise model calibrated once per test run on the last 8,000 cells of the store tests'
-    chip (``STORE_GEOMETRY``, seed 2), saved as JSON."""
+def calibration(tmp_path_factory) -> Calibration:
+    """One calibration per test run, on the last 8,000 cells of the store tests' chip
+    (``STORE_GEOMETRY``, seed 2); tests that program its chip use cells outside them."""
     d = tmp_path_factory.mktemp("noise")
+    chip = EmulatedChip(STORE_GEOMETRY, seed=2)
     with RunStore(d / "s.sqlite") as store:
-        _, model = run_calibration(EmulatedChip(STORE_GEOMETRY, seed=2), store,
-                                   CalibrationConfig(cells=8000, first_cell=8384, seed=2))
+        run_id, model = run_calibration(chip, store, CalibrationConfig(cells=8000, first_cell=8384, seed=2))
+        data = {t: store.read(run_id, t) for t in store.tables()}
     model.save(d / "noise.json")
-    return d / "noise.json"
+    return Calibration(chip, model, data, d / "noise.json")
+
+
+@pytest.fixture(scope="session")
+def noise_file(calibration: Calibration) -> Path:
+    """The shared calibration's noise model, as a JSON file."""
+    return calibration.noise_file
 
 
 @pytest.fixture

@@ -32,9 +32,10 @@ def _calibrate(tmp_path: Path, profile: str = "pcm", cells: int = 8000, seed: in
     return chip, model, data
 
 
-@pytest.fixture(scope="module")
-def pcm(tmp_path_factory):
-    return _calibrate(tmp_path_factory.mktemp("pcm"))
+@pytest.fixture
+def pcm(calibration):
+    """(chip, model, tables) of the run's shared calibration (profile pcm, seed 2)."""
+    return calibration.chip, calibration.model, calibration.data
 
 
 def test_recovers_read_noise(pcm) -> None:
@@ -113,10 +114,10 @@ def test_validate_refuses_a_model_from_another_chip(pcm) -> None:
     _, model, _ = pcm
     other = EmulatedChip(GEOM, seed=99)
     before = other.true_conductance()
-    with pytest.raises(ValueError, match="fitted on 'emulated:pcm:seed=4"):
+    with pytest.raises(ValueError, match="fitted on 'emulated:pcm:seed=2"):
         validate(other, model, n_cells=1000)
     with pytest.raises(ValueError, match="tolerance 0.3 µS was not calibrated"):
-        validate(EmulatedChip(GEOM, seed=4), model, n_cells=1000, tolerance_us=0.3)
+        validate(EmulatedChip(GEOM, seed=2), model, n_cells=1000, tolerance_us=0.3)
     assert np.array_equal(other.true_conductance(), before)
 
 
