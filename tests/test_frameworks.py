@@ -12,6 +12,7 @@ import logging
 import math
 import time
 
+import numpy as np
 import pytest
 
 from pcm_hil.chip import Geometry
@@ -182,3 +183,127 @@ def test_pg_couplings_and_limits(vb) -> None:
     assert err().startswith("-221") and pg.handle("VOLT:LIM:STAT?") == "0"
     pg.handle("FREQ 1 kHz;VOLT:UNIT DBM")  # dBm needs a finite load
     assert float(pg.handle("FREQ?")) == 1e3 and err().startswith("-221")
+
+
+# -- the SMU ---------------------------------------------------------------------------------
+SMU_QCODES_VALUES = {  # parameter -> value (every settable parameter of a channel)
+    "mode": "current", "output": True, "nplc": 2.0, "four_wire_measurement": True,
+    "sourcerange_v": 20.0, "source_autorange_v_enabled": True, "measurerange_v": 2.0,
+    "measure_autorange_v_enabled": True, "sourcerange_i": 1e-3, "source_autorange_i_enabled": True,
+    "measurerange_i": 1e-6, "measure_autorange_i_enabled": True, "limitv": 5.0, "limiti": 1e-3,
+    "volt": 0.3, "curr": 1e-6,
+}
+
+
+def test_qcodes_keithley2636b(vb) -> None:
+    from qcodes.instrument_drivers.Keithley import Keithley2636B
+
+    t0 = time.monotonic()
+    smu = _qcodes(Keithley2636B, vb, "smu")
+    try:
+        assert smu.model == "2636B"
+        for reset in (False, True):
+            if reset:
+                smu.reset()
+            snap = smu.snapshot(update=True)
+            # the driver itself keeps measurements (volt, curr: snapshot_get=False) and its
+            # sweep/trace helpers (no get command) out of the snapshot
+            empty = [f"{sub}.{name}" for sub, s in snap["submodules"].items()
+                     for name, p in s["parameters"].items()
+                     if p.get("value") is None and getattr(smu.submodules[sub].parameters[name], "_snapshot_get", True)
+                     and name not in ("fastsweep", "timetrace", "timetrace_npts", "timetrace_dt", "timetrace_mode",
+                                      "time_axis")]
+            assert not empty, f"empty parameters after {'reset' if reset else 'power-on'}: {empty}"
+        elapsed = time.monotonic() - t0
+        assert elapsed < 5, f"connect + snapshots took {elapsed:.1f} s"
+        assert smu.ask("errorqueue.count") == "0.00000e+00"
+        for ch in (smu.smua, smu.smub):
+            settable = {n for n, p in ch.parameters.items() if p.settable and n not in (
+                "fastsweep", "timetrace_npts", "timetrace_dt", "timetrace_mode")}
+            assert settable == set(SMU_QCODES_VALUES), settable ^ set(SMU_QCODES_VALUES)
+            for name, value in SMU_QCODES_VALUES.items():
+                if name == "volt":
+                    ch.mode("voltage")
+                if name == "curr":
+                    ch.mode("current")
+                getattr(ch, name)(value)
+                got = getattr(ch, name)()
+                if name in ("volt", "curr"):  # set the source level, get a measurement (open circuit here)
+                    assert isinstance(got, float)
+                else:
+                    assert _same(got, value), (ch.name, name, value, got)
+                assert smu.ask("errorqueue.count") == "0.00000e+00", (name, smu.ask("errorqueue.next()"))
+        smu.display_settext("pcm-hil")
+        smu.display_normal()
+        smu.display_clear()
+        assert smu.ask("errorqueue.count") == "0.00000e+00"
+        assert vb.smu.channels["a"].levelv == 0.3 and vb.smu.channels["a"].leveli == 1e-6
+        smu.smua.output(False)
+        assert smu.smua.output() is False and vb.smu.channels["a"].output == 0
+    finally:
+        smu.close()
+
+
+def test_qcodes_keithley_compliance_status_and_buffered_scripts(vb) -> None:
+    from qcodes.instrument_drivers.Keithley import Keithley2636B
+
+    smu = _qcodes(Keithley2636B, vb, "smu")
+    try:
+        ch = smu.smua
+        vb.model.selected, vb.model.route = (0, 0, 0), "SMU"
+        ch.mode("voltage")
+        ch.limiti(1e-8)
+        ch.output("on")
+        ch.volt(1.0)
+        i = ch.curr()
+        assert abs(i) == pytest.approx(1e-8) and ch.curr.measurement_status.name == "CURRENT_COMPLIANCE_ERROR"
+        ch.limiti(1e-3)
+        ch.curr()
+        assert ch.curr.measurement_status.name == "NORMAL"
+        # a buffered sweep: loadandrunscript, for loop, nvbuffer1, REAL32 printbuffer
+        g = vb.chip.true_conductance([0])[0] * 1e-6
+        from qcodes.dataset import LinSweep
+
+        ch.setup_fastsweep(LinSweep(ch.volt, 0.0, 0.4, 5))
+        data = np.asarray(ch.fastsweep())
+        assert data.shape == (5,)
+        assert g > 0 and data[0] == pytest.approx(0, abs=1e-9)  # I = V·G of the routed cell (read noise)
+        assert np.polyfit(np.linspace(0, 0.4, 5), data, 1)[0] > 0
+        # a time trace: measure.count and interval, then the virtual clock moved
+        t0 = vb.chip.now()
+        ch.timetrace_npts(20)
+        ch.nplc(0.1)
+        ch.timetrace_dt(0.01)
+        ch.timetrace_mode("current")
+        trace = np.asarray(ch.timetrace())
+        assert trace.shape == (20,) and vb.chip.now() - t0 == pytest.approx(0.19, abs=0.01)
+        assert smu.ask("errorqueue.count") == "0.00000e+00"
+        ch.output("off")
+    finally:
+        vb.model.route = "NONE"
+        smu.close()
+
+
+def test_pymeasure_keithley2600(vb) -> None:
+    from pymeasure.instruments.keithley import Keithley2600
+
+    smu = Keithley2600(vb.addresses["smu"], visa_library="@py", read_termination="\n", write_termination="\n",
+                       timeout=2000)
+    try:
+        values = {"source_output": "ON", "source_mode": "current", "measure_nplc": 25.0,  # PyMeasure maps nplc onto [0.001, 25]: only the ends read back "source_current": 1e-4,
+                  "compliance_current": 1e-3, "source_current_range": 1e-3, "current_range": 1e-3,
+                  "source_voltage": 0.5, "compliance_voltage": 3.0, "source_voltage_range": 2.0,
+                  "voltage_range": 20.0, "wires_mode": "4"}
+        for ch in (smu.ChA, smu.ChB):
+            for name, value in values.items():
+                if name == "source_voltage":
+                    ch.source_mode = "voltage"
+                setattr(ch, name, value)
+                assert _same(getattr(ch, name), value), (ch.channel, name, value, getattr(ch, name))
+                assert smu.next_error[0] == 0, name
+            assert isinstance(ch.current, float) and isinstance(ch.voltage, float)
+            ch.source_output = "OFF"
+            assert ch.source_output == "OFF"
+        assert vb.smu.channels["a"].output == 0 and vb.smu.channels["b"].output == 0
+    finally:
+        smu.adapter.close()
