@@ -307,3 +307,14 @@ def test_pymeasure_keithley2600(vb) -> None:
         assert vb.smu.channels["a"].output == 0 and vb.smu.channels["b"].output == 0
     finally:
         smu.adapter.close()
+
+
+def test_protocol_doc_carries_the_generated_command_tables() -> None:
+    from pathlib import Path
+
+    from pcm_hil.emulator.instruments.tables import BEGIN, END, markdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert BEGIN in text and END in text, "docs/protocol.md lacks the command tables"
+    section = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert section == markdown(), "docs/protocol.md is stale: python -m pcm_hil.emulator.instruments.tables"
