@@ -69,8 +69,8 @@ def test_third_party_scpi_forms_and_errors(vb, rm) -> None:
     pg.write(":source1:function pulse;:SOURce1:FUNCtion:PULSe:WIDTh 2e-7")
     assert pg.query("FUNC?") == "PULS"
     assert float(pg.query("SOUR1:FUNC:PULS:WIDT?")) == pytest.approx(2e-7)
-    pg.write("VOLT:HIGH 25")  # clipped to 10 V, reported
-    assert float(pg.query("SOUR1:VOLT:HIGH?")) == 10.0
+    pg.write("VOLT:HIGH 25")  # clipped to 5 V (into the default 50 Ω load), reported
+    assert float(pg.query("SOUR1:VOLT:HIGH?")) == 5.0
     pg.write("SOUR1:BOGUS 1")
     assert pg.query("SYST:ERR?").startswith("-222")
     assert pg.query("SYSTem:ERRor?").startswith("-113")
@@ -132,7 +132,8 @@ def test_pulse_generator_load_setting_doubles_delivered_voltage(vb) -> None:
         chip.pulse_external(cells[:4], "RESET", 1.1, 100e-9)  # driver sets OUTP:LOAD INF
         assert np.all(vb.chip.true_conductance(cells[:4]) >= high[:4])
         # third-party code forgets the load: the same setting now delivers 2.2 V and melts
-        vb.pg.ch[1].load_ohm = 50.0
+        vb.pg.handle("OUTP1:LOAD 50;:SOUR1:VOLT:HIGH 1.1")  # levels as set for the default 50 Ω
+        assert vb.pg.handle("SOUR1:VOLT:HIGH?;LOW?") == "+1.100000000000000E+00;+0.000000000000000E+00"
         for cell in cells[4:]:
             vb.model.selected, vb.model.route = (0, 0, int(cell)), "PG"
             vb.pg.handle("OUTP1 1")

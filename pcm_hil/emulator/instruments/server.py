@@ -21,24 +21,46 @@ from .faults import TRANSIENT_CODE, FaultInjector
 MAX_LINE = 1 << 20
 
 
+HEX_UPPER = frozenset(b"0123456789ABCDEF")
+BACKLOG = 512  # listen backlog: bursts of connections are queued, not refused and retried
+
+
 def check_loopback(host: str) -> str:
-    """Refuse anything but a loopback address: the virtual bench is never exposed."""
+    """Refuse anything but a loopback address: the virtual bench is never exposed.
+
+    ``[::1]`` (bracketed IPv6) is accepted and returned without brackets."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        ok = ipaddress.ip_address(socket.gethostbyname(host) if host == "localhost" else host).is_loopback
+        ok = ipaddress.ip_address(socket.gethostbyname(bare) if bare == "localhost" else bare).is_loopback
     except ValueError:
         ok = False
     if not ok:
         raise ValueError(f"the virtual bench binds to loopback only (127.0.0.0/8 or ::1), got {host!r}")
-    return host
+    return bare
+
+
+def is_ipv6(host: str) -> bool:
+    return ":" in host
+
+
+def strict_payload_length(header: bytes) -> int:
+    """Payload length from a frame header: ``$`` and exactly 8 upper-case hex digits.
+
+    Stricter than ``int(x, 16)``, which also takes ``+``, ``_``, spaces and lower case."""
+    if len(header) != bp.HEADER_LEN or header[:1] != bp.FRAME_START or not set(header[1:]) <= HEX_UPPER:
+        raise ProtocolError(f"bad frame header {header[:16]!r}: expected '$' and 8 upper-case hex digits")
+    return bp.payload_length(header)
 
 
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    request_queue_size = BACKLOG
 
     def __init__(self, host: str, port: int, handler: type, emulator: object, frame_timeout_s: float,
                  faults: "FaultInjector | None" = None) -> None:
+        self.address_family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
         self.emulator = emulator
         self.frame_timeout_s = frame_timeout_s
         self.faults = faults
@@ -73,19 +95,28 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class LineHandler(_Handler):
-    """LF-terminated text messages (SCPI, TSP); CR before LF is ignored."""
+    """LF-terminated text messages (SCPI, TSP); CR before LF is ignored.
+
+    Only complete lines run: input without its line ending when the client disconnects
+    (a client that died mid-command) is discarded, never executed."""
 
     def handle(self) -> None:
         f = self.request.makefile("rb")
+        overlong = False
         while True:
             try:
                 raw = f.readline(MAX_LINE)
             except OSError:
                 return
-            if not raw:
-                return
-            if not raw.endswith(b"\n") and len(raw) >= MAX_LINE:
-                self.server.emulator.errors.push(-223, "Too much data")
+            if not raw.endswith(b"\n"):
+                if len(raw) < MAX_LINE:  # EOF: a truncated command is dropped
+                    return
+                if not overlong:
+                    self.server.emulator.errors.push(-223, "Too much data")
+                overlong = True  # the rest of this line is discarded too
+                continue
+            if overlong:
+                overlong = False
                 continue
             reply = self.server.emulator.handle(raw.decode("latin-1").rstrip("\r\n"))
             if reply is not None:
@@ -128,11 +159,19 @@ class FrameHandler(_Handler):
                 if head is None:
                     return
                 self.request.settimeout(self.server.frame_timeout_s)
-                rest = self._recv_exact(bp.HEADER_LEN - 1)
-                if rest is None:
-                    return
+                # the header is checked byte by byte: garbage is answered at once, not
+                # after the frame timeout (an unframed "*IDN?" gets ERR 101 immediately)
+                bad = head != bp.FRAME_START
+                while not bad and len(head) < bp.HEADER_LEN:
+                    b = self._recv_exact(1)
+                    if b is None:
+                        return
+                    head += b
+                    bad = b[0] not in HEX_UPPER
                 try:
-                    n = bp.payload_length(head + rest)
+                    if bad:
+                        raise ProtocolError(f"bad frame header {head!r}: expected '$' and 8 upper-case hex digits")
+                    n = strict_payload_length(head)
                 except ProtocolError as exc:
                     self._discard_pending()
                     emu.errors.push(101, f"Framing error;{exc}")
@@ -142,6 +181,8 @@ class FrameHandler(_Handler):
                 if body is None:
                     return
                 try:
+                    if not set(body[-bp.TRAILER_LEN:-1]) <= HEX_UPPER:
+                        raise ProtocolError("bad CRC field: expected 8 upper-case hex digits")
                     payload = bp.check_frame(body)
                 except ProtocolError as exc:
                     emu.errors.push(102, f"Frame rejected;{exc}")

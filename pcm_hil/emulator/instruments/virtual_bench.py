@@ -17,7 +17,7 @@ from .server import FrameHandler, LineHandler, ServerThread
 
 
 class VirtualBench:
-    """Serve the emulated instruments on 127.0.0.1.
+    """Serve the emulated instruments on 127.0.0.1 (or ``host="::1"``, IPv6 loopback).
 
     ``ports``: (board, smu, pulse generator); 0 picks a free port. A board frame that
     stops arriving midway is discarded after ``frame_timeout_s``. ``faults`` injects
@@ -50,10 +50,14 @@ class VirtualBench:
     @property
     def addresses(self) -> dict[str, str]:
         b, s, p = self._servers
+
+        def h(host: str) -> str:  # IPv6 literals in brackets (URL style)
+            return f"[{host}]" if ":" in host else host
+
         return {
-            "board": f"socket://{b.host}:{b.port}",
-            "smu": f"TCPIP::{s.host}::{s.port}::SOCKET",
-            "pulse_generator": f"TCPIP::{p.host}::{p.port}::SOCKET",
+            "board": f"socket://{h(b.host)}:{b.port}",
+            "smu": f"TCPIP::{h(s.host)}::{s.port}::SOCKET",
+            "pulse_generator": f"TCPIP::{h(p.host)}::{p.port}::SOCKET",
         }
 
     def bench_config(self, limits: SoftLimits | None = None, **chip: Any) -> BenchConfig:
