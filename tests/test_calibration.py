@@ -98,6 +98,7 @@ def test_other_profile_gives_different_parameters(pcm, tmp_path) -> None:
     assert top[1] - top[0] > K * se  # 0.049 vs ≈0.02
 
 
+@pytest.mark.slow
 def test_model_predicts_held_out_cells_within_ten_percent(tmp_path) -> None:
     chip = EmulatedChip(seed=9)
     with RunStore(tmp_path / "s.sqlite") as store:
@@ -191,6 +192,7 @@ def _killed_calibration(tmp_path, stage: str, at: float) -> tuple:
         return db, runs["run_id"].iloc[0]
 
 
+@pytest.mark.slow
 def test_a_killed_run_keeps_every_completed_batch_and_resumes(tmp_path) -> None:
     db, run_id = _killed_calibration(tmp_path, "retention", 2000)
     with RunStore(db) as store:
@@ -211,6 +213,7 @@ def test_a_killed_run_keeps_every_completed_batch_and_resumes(tmp_path) -> None:
         assert model.drift_.nu_mean[-1] > 0
 
 
+@pytest.mark.slow
 def test_calibration_killed_during_program_and_verify_resumes_to_the_same_model(tmp_path) -> None:
     db, run_id = _killed_calibration(tmp_path, "program-and-verify", 1200)
     with RunStore(db) as store:
@@ -238,6 +241,7 @@ def test_calibration_killed_during_program_and_verify_resumes_to_the_same_model(
     assert np.all(np.abs(sig - ref_sig) <= 0.35 * ref_sig)
 
 
+@pytest.mark.slow
 def test_store_resumes_a_calibration_killed_on_the_spot_then_stores(tmp_path, capsys) -> None:
     from pcm_hil import cli
 

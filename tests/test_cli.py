@@ -100,6 +100,7 @@ def test_emulate_serves_until_sigterm(tmp_path, run) -> None:
     assert "board" in out and "pulse_generator" in out
 
 
+@pytest.mark.slow
 def test_bench_alias_and_wire_json(run) -> None:
     r = run("bench", "wire", "--cells", "2000", "--repeats", "2", "--json")
     assert r.returncode == 0, r.stderr
@@ -108,6 +109,7 @@ def test_bench_alias_and_wire_json(run) -> None:
     assert out["ratio"] == out["cell_ops_per_s_block"] / out["cell_ops_per_s_single"]
 
 
+@pytest.mark.slow
 def test_calibrate_run_validate_and_export(tmp_path, run) -> None:
     model, runs = tmp_path / "m.json", tmp_path / "runs"
     r = run("calibrate", "run", "--cells", "3000", "--out", str(model), "--run-dir", str(runs), "--json")

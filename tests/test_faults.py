@@ -46,6 +46,7 @@ def test_each_wire_fault_is_a_typed_driver_error(kind: str) -> None:
         assert vb.faults.counts[kind] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["drop", "delay", "corrupt", "truncate", "error", "silent", "stuck"])
 def test_program_verify_survives_each_fault_kind(kind: str) -> None:
     """At a 5 % rate of one kind, every cell reported verified really is in its window, and
@@ -96,6 +97,7 @@ def test_giving_up_is_bounded_and_leaves_outputs_off() -> None:
         assert vb.smu.channels["a"].output == 0 and not any(c.output for c in vb.pg.ch.values())
 
 
+@pytest.mark.slow
 def test_fault_soak_figures() -> None:
     r = soak.run(rate=0.02, seed=3, cells=1024, batch=16, crashes=2)
     assert r["transactions"] > 1000 and r["faults_injected"] >= 10

@@ -43,6 +43,7 @@ def test_retention(tmp_path, capsys) -> None:
     assert out.with_suffix(".png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_calibrate_chip(tmp_path, capsys) -> None:
     out = tmp_path / "model.json"
     assert _script("calibrate_chip").main(["--cells", "4000", "--validate-cells", "0", "--out", str(out),
@@ -50,6 +51,7 @@ def test_calibrate_chip(tmp_path, capsys) -> None:
     assert json.loads(out.read_text())["schema_version"] == 2
 
 
+@pytest.mark.slow
 def test_model_retention_tracks_a_stored_model_for_a_year(tmp_path, capsys) -> None:
     assert cli.main(["store", "--model", "mlp-digits", "--retention", "60", "--run-dir", str(tmp_path),
                      "--report", "none", "--json"]) == 0

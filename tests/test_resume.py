@@ -81,6 +81,7 @@ def _verified(store: RunStore, run_id: str) -> np.ndarray:
     return last.loc[last["status"] != 0, "cell"].to_numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage, at", [("program", 0.5), ("retention", 0.0), ("accuracy curve", 0.0)])
 def test_store_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path, noise_file, uninterrupted,
                                                                        stage, at) -> None:
@@ -112,6 +113,7 @@ def test_store_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path,
     assert abs(r["accuracy_stored"] - u["accuracy_stored"]) < 0.03  # ±3 pp on 360 test digits (σ ≈ 1 pp)
 
 
+@pytest.mark.slow
 def test_a_bench_that_goes_silent_gives_up_with_outputs_off_and_resumes(tmp_path, noise_file) -> None:
     from pcm_hil_noisemodel import NoiseModel
 
@@ -148,6 +150,7 @@ def test_a_bench_that_goes_silent_gives_up_with_outputs_off_and_resumes(tmp_path
         assert r["yield"] > 0.9 and r["accuracy_stored"] > r["accuracy_reference"] - 0.05
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_the_cli_resumes(tmp_path, noise_file) -> None:
     cmd = [sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--noise-model", str(noise_file),
            "--run-dir", str(tmp_path), "--report", "none", "--json"]
@@ -204,6 +207,7 @@ def test_two_writers_cannot_share_a_run(tmp_path) -> None:
         b.finish(run_id)
 
 
+@pytest.mark.slow
 def test_a_stop_request_ends_a_real_time_retention_wait_promptly(tmp_path, noise_file) -> None:
     """On a real clock a day-long wait is taken in slices of at most 2 s: Ctrl-C is honoured."""
     from pcm_hil_noisemodel import NoiseModel

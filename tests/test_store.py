@@ -227,6 +227,7 @@ def test_cifar_loader_reads_the_standard_layout_and_refuses_code(tmp_path) -> No
         cifar10(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_store_json(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--json",
                         "--run-dir", str(tmp_path), "--report", str(tmp_path / "r.png")],
@@ -283,6 +284,7 @@ def _build(name: str) -> torch.nn.Module:
     return spec(name).build()
 
 
+@pytest.mark.slow
 def test_your_own_architecture_stores_and_loads(tmp_path, noise, monkeypatch) -> None:
     from pcm_hil.datasets import digits
     from pcm_hil.models import accuracy, own_model_name
@@ -355,6 +357,7 @@ def test_your_own_architecture_without_its_files_is_refused(tmp_path) -> None:
     assert len(tune) == len(evaluate) == 50 and not set(tune.x.ravel()) & set(evaluate.x.ravel())
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_are_re_estimated_from_the_weights_as_read() -> None:
     from pcm_hil.datasets import digits
     from pcm_hil.models import accuracy, recalibrate_batchnorm
