@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         model.save(args.out)
         data = {t: store.read(run_id, t) for t in ("programming", "retention", "trace")}
         png = write_report(model, data, Path(args.out).with_suffix(".png"))
-        out = {"run_id": run_id, "model": args.out, "report": str(png), **model.summary()}
+        out = {"run_id": run_id, "noise_model": args.out, "report": str(png), **model.summary()}
         if args.validate_cells:
             check = validate(chip, model, n_cells=args.validate_cells, progress=bar)
             out["validation"] = {k: v for k, v in check.items() if k != "per_level"}

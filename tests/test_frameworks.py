@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import logging
 import math
 import time
 

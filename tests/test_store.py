@@ -16,7 +16,7 @@ from pcm_hil.datasets import cifar10
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.models import load_model, load_state_dict
 from pcm_hil.store_job import StoreConfig, allocation, cost, load_run, run_store_job
-from pcm_hil.store_job.inputs import ModelConfig, load_inputs
+from pcm_hil.store_job.inputs import NetworkConfig, load_inputs
 from pcm_hil.run_store import RunStore
 
 GEOM = Geometry(1, 128, 128)
@@ -341,18 +341,18 @@ def test_your_own_architecture_without_its_files_is_refused(tmp_path) -> None:
     }
     for model, match in cases.items():
         with pytest.raises(ValueError, match=match):
-            load_inputs(ModelConfig(model))
+            load_inputs(NetworkConfig(model))
     with pytest.raises(ValueError, match="give --data-dir with x_test.npy"):
-        load_inputs(ModelConfig(own, checkpoint=str(tmp_path / "tiny.pt")))
+        load_inputs(NetworkConfig(own, checkpoint=str(tmp_path / "tiny.pt")))
     # test data only: tuned on one half, accuracy on the other, never on the same samples
     data = tmp_path / "data"
     data.mkdir()
     np.save(data / "x_test.npy", np.arange(100, dtype=np.float32)[:, None])
     np.save(data / "y_test.npy", np.zeros(100, np.int64))
     with pytest.raises(ValueError, match="do not fit the network"):  # 1 feature for a 64-input network
-        load_inputs(ModelConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
+        load_inputs(NetworkConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
     np.save(data / "x_test.npy", np.repeat(np.arange(100, dtype=np.float32)[:, None], 64, axis=1))
-    inputs = load_inputs(ModelConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
+    inputs = load_inputs(NetworkConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
     tune, evaluate = inputs.train, inputs.test
     assert len(tune) == len(evaluate) == 50 and not set(tune.x.ravel()) & set(evaluate.x.ravel())
 

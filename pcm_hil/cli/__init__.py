@@ -60,7 +60,7 @@ def build_parser() -> Parser:
     cr.add_argument("--resume", metavar="RUN", help="continue a calibration run that was stopped or killed")
     cr.set_defaults(func=commands.calibrate, resume_command="pcm-hil calibrate run")
     cv = csub.add_parser("validate", parents=[chip, js], help="program fresh cells and compare with the model")
-    cv.add_argument("model", help="noise model JSON file")
+    cv.add_argument("noise_model", metavar="NOISE_MODEL", help="noise model JSON file")
     cv.add_argument("--cells", type=int_in(1, 10_000_000), default=10_000, help="fresh cells to program (default 10000)")
     cv.add_argument("--tolerance", type=float_in(0, 10, lo_open=True), default=0.5,
                     help="calibrated tolerance to validate (µS)")

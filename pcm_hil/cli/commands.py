@@ -77,25 +77,25 @@ def calibrate(args: argparse.Namespace) -> int:
     from ..checkpoint import StopRequest
 
     if args.action == "validate":
-        model = NoiseModel.load(args.model)
+        noise = NoiseModel.load(args.noise_model)
         with app.open_chip(ChipOptions.of(args)) as chip, _bars(args) as bar:
-            r = validate(chip, model, n_cells=args.cells, tolerance_us=args.tolerance, max_pulses=args.max_pulses,
+            r = validate(chip, noise, n_cells=args.cells, tolerance_us=args.tolerance, max_pulses=args.max_pulses,
                          progress=bar)
-        _emit(args, r, lambda: render.validation(r, args.model, args.tolerance, args.max_pulses))
+        _emit(args, r, lambda: render.validation(r, args.noise_model, args.tolerance, args.max_pulses))
         return 0
     cfg = CalibrationConfig(cells=args.cells, first_cell=args.first_cell, seed=args.seed)
     with app.open_store(args.run_dir) as store, app.chip_for_run(ChipOptions.of(args), store, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
-        run_id, model = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume)
-        model.save(args.out)
+        run_id, noise = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume)
+        noise.save(args.out)
         report = None
         if args.report != "none":
             from pcm_hil_noisemodel.report import write_report
 
             data = {t: store.read(run_id, t) for t in ("programming", "retention", "trace")}
-            report = str(write_report(model, data, args.report or str(args.out).removesuffix(".json") + ".png"))
-    summary = {"run_id": run_id, "model": str(args.out), "report": report, "store": str(store.path), **model.summary()}
-    _emit(args, summary, lambda: render.calibration(summary, model, args.cells))
+            report = str(write_report(noise, data, args.report or str(args.out).removesuffix(".json") + ".png"))
+    summary = {"run_id": run_id, "noise_model": str(args.out), "report": report, "store": str(store.path), **noise.summary()}
+    _emit(args, summary, lambda: render.calibration(summary, noise, args.cells))
     return 0
 
 
@@ -121,7 +121,7 @@ def store(args: argparse.Namespace) -> int:
         elif args.resume:
             out = resume_store_job(chip, rs, args.resume, progress=bar, stop=stop)
         else:
-            inputs = load_inputs(cfg.model)  # checked before any pulse
+            inputs = load_inputs(cfg.network)  # checked before any pulse
             noise = app.noise_model_for(chip, rs, args.noise_model, seed=args.seed, progress=bar, stop=stop)
             out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop, inputs=inputs)
         r = out.record

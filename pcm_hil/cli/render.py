@@ -67,18 +67,18 @@ def profile(rows: list[tuple], name: str) -> str:
     return format_table(["field", "value", "unit", "source"], [list(r) for r in rows], title=f"profile {name}")
 
 
-def calibration(summary: dict[str, Any], model: Any, cells: int) -> str:
-    p, nu = model.programming_, model.drift_.nu_mean
+def calibration(summary: dict[str, Any], noise: Any, cells: int) -> str:
+    p, nu = noise.programming_, noise.drift_.nu_mean
     rows = []
-    for ti, tol in enumerate(model.tolerances_us_):
-        for li, lv in enumerate(model.levels_us_):
+    for ti, tol in enumerate(noise.tolerances_us_):
+        for li, lv in enumerate(noise.levels_us_):
             rows.append([tol, lv, int(p.n[ti, li]), p.converged_cdf[ti, li, -1], p.sigma_us[ti, li],
-                         p.offset_us[ti, li], float(model.expected_pulses(lv, tol, model.max_pulses_)),
+                         p.offset_us[ti, li], float(noise.expected_pulses(lv, tol, noise.max_pulses_)),
                          nu[li] if li < len(nu) else float("nan")])
-    rn, f, w = model.read_noise_, model.faults_, model.window_
+    rn, f, w = noise.read_noise_, noise.faults_, noise.window_
     report = summary.get("report")
     return "\n".join([
-        f"calibration {summary['run_id']}: {cells} cells, model written to {summary['model']}"
+        f"calibration {summary['run_id']}: {cells} cells, noise model written to {summary['noise_model']}"
         + (f", report {report}" if report else ""),
         f"window: floor {w.g_floor_us:.3g} µS, saturation {w.g_sat_us:.3g} µS (device spread {w.g_sat_spread:.1%})",
         f"read noise per read: σ = {rn.a:.4f}·G + {rn.b_us:.3f} µS (±{rn.a_se:.4f}, ±{rn.b_us_se:.3f}); "
@@ -86,15 +86,15 @@ def calibration(summary: dict[str, Any], model: Any, cells: int) -> str:
         f"faults: at RESET {f.reset:.3%}, at SET {f.set:.3%}, random {f.random:.3%} of {f.cells} cells",
         "",
         format_table(["tol_us", "level_us", "cells", "yield", "sigma_us", "offset_us", "pulses", "nu"], rows,
-                     title=f"programming (cap {model.max_pulses_}, error {model.t0_s_:g} s after P&V) and drift"),
+                     title=f"programming (cap {noise.max_pulses_}, error {noise.t0_s_:g} s after P&V) and drift"),
     ])
 
 
-def validation(r: dict[str, Any], model_path: str, tolerance_us: float, max_pulses: int) -> str:
+def validation(r: dict[str, Any], noise_path: str, tolerance_us: float, max_pulses: int) -> str:
     rows = [[x["level_us"], x["cells"], x["sigma_us"], x["sigma_predicted_us"], x["pulses"], x["pulses_predicted"],
              x["nu_mean"], x["nu_predicted"], x["ks"]] for x in r["per_level"]]
     return "\n".join([
-        f"validation of {model_path} on {r['cells']} fresh cells (from {r['first_cell']}), "
+        f"validation of {noise_path} on {r['cells']} fresh cells (from {r['first_cell']}), "
         f"±{tolerance_us} µS, cap {max_pulses}",
         f"worst level: σ error {r['sigma_rel_error_max']:.1%}, pulses error {r['pulses_rel_error']:.1%}, "
         f"KS {r['ks_max']:.3f}; drift ν error {r['drift_nu_rel_error']:.1%}",

@@ -39,24 +39,24 @@ def costs(inputs: Inputs, compressed: nn.Module, layout: Layout, cells: int, acc
     """Cells of the analog store and of the three digital baselines, and the reductions."""
     weights = layout.weights
     names = inputs.names
-    other = digital_parameters(inputs.model, names)
+    other = digital_parameters(inputs.network, names)
     nnz = int(sum(e.kept for e in layout.encoded))
     compressed_bits = cost.digital_bits(weights, nnz, quantize_bits or 32, other, compression.sparsity > 0, len(names))
     best, tried = None, []
     if cfg.search:
-        pruned = {0.0: inputs.model}
+        pruned = {0.0: inputs.network}
         if compression.sparsity > 0 and quantize_bits is None and compression.training_noise == 0:
             pruned[compression.sparsity] = compressed  # the same pruning and fine-tuning, already done
 
         def evaluate(bits: int, sparsity: float) -> float:
             if sparsity not in pruned:
-                pruned[sparsity] = prune_and_finetune(inputs.model, names, sparsity, inputs.train.x, inputs.train.y,
+                pruned[sparsity] = prune_and_finetune(inputs.network, names, sparsity, inputs.train.x, inputs.train.y,
                                                       compression.finetune_epochs, seed=compression.seed)[0]
             m = with_quantized(pruned[sparsity], names, bits)
             # the same read-time batch-norm re-estimation as the analog model gets, for a fair comparison
             return accuracy(bn_recalibrated(m, inputs.train, readback), inputs.test.x, inputs.test.y)
 
         best, tried = cost.best_digital(evaluate, weights, other, len(names), accuracy_stored)
-    summary = cost.summarize(cells, side_bits(layout, inputs.model, names), weights, other, compressed_bits, best)
+    summary = cost.summarize(cells, side_bits(layout, inputs.network, names), weights, other, compressed_bits, best)
     return {**summary, "best_digital": cost.as_dict(best), "digital_options_tried": [cost.as_dict(o) for o in tried],
             "cells_per_weight": summary["total_cells"] / weights}

@@ -15,7 +15,7 @@ from .compression import analog_parameters
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class NetworkConfig:
     """Which network to store: a registry name, or your own ``file.py:Class`` with a
     state-dict ``checkpoint`` and a ``data_dir`` (x_test.npy, y_test.npy, optionally
     x_train.npy, y_train.npy; or a cifar-10-batches-py directory)."""
@@ -27,16 +27,16 @@ class ModelConfig:
 
 @dataclass
 class Inputs:
-    """The trained network, the names of the tensors stored in cells, and its data."""
+    """The trained network, the names of its tensors stored in cells, and its data."""
 
-    model: nn.Module
-    names: list[str]
+    network: nn.Module
+    names: list[str]  # its tensors stored in cells
     train: datasets.Split
     test: datasets.Split
     accuracy_reference: float
 
 
-def load_inputs(cfg: ModelConfig) -> Inputs:
+def load_inputs(cfg: NetworkConfig) -> Inputs:
     """Load and check the network and its data; ValueError names what is wrong."""
     model = load_model(cfg.name, cfg.checkpoint)
     if not spec(cfg.name).dataset and not (cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists()):
@@ -55,7 +55,7 @@ def load_inputs(cfg: ModelConfig) -> Inputs:
     return Inputs(model, names, train, test, acc)
 
 
-def _dataset(cfg: ModelConfig) -> tuple[datasets.Split, datasets.Split]:
+def _dataset(cfg: NetworkConfig) -> tuple[datasets.Split, datasets.Split]:
     if cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists():
         d = Path(cfg.data_dir)
 

@@ -34,7 +34,7 @@ from .allocation import AllocationConfig, Plan
 from .baselines import BaselineConfig
 from .compression import Compressed, CompressionConfig, compress
 from .importance import ImportanceConfig, estimate
-from .inputs import Inputs, ModelConfig, load_inputs
+from .inputs import Inputs, NetworkConfig, load_inputs
 from .layout import Layout, LayoutConfig
 from .prediction import accuracy_curve
 from .readback import ReadbackConfig
@@ -50,7 +50,7 @@ def _silent(stage: str, done: float, total: float) -> None:
 class StoreConfig:
     """The store job's settings: one config per stage, and the job's own."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
@@ -73,7 +73,7 @@ class StoreConfig:
     # the flat option names of the command line (and of run records before the stages)
     _OWN = ("retention_s", "first_cell", "checkpoint_s", "seed")
     _STAGE_OF = {
-        "model": ("model", "name"), "checkpoint": ("model", "checkpoint"), "data_dir": ("model", "data_dir"),
+        "model": ("network", "name"), "checkpoint": ("network", "checkpoint"), "data_dir": ("network", "data_dir"),
         "sparsity": ("compression", "sparsity"), "finetune_epochs": ("compression", "finetune_epochs"),
         "training_noise": ("compression", "training_noise"),
         "importance": ("importance", "method"), "importance_samples": ("importance", "samples"),
@@ -87,12 +87,13 @@ class StoreConfig:
 
     @classmethod
     def from_options(cls, **options: Any) -> "StoreConfig":
-        """A config from flat option names (``sparsity=0.5, code=CodeConfig("pair"), seed=1``);
+        """A config from flat option names, as the command line has them (``model="mlp-digits",
+        sparsity=0.5, code=CodeConfig("pair"), seed=1``; ``model`` names the network);
         ``seed`` seeds every stage that draws."""
         unknown = set(options) - set(cls._STAGE_OF) - set(cls._OWN)
         if unknown:
             raise ValueError(f"unknown store option(s): {', '.join(sorted(unknown))}")
-        staged: dict[str, dict[str, Any]] = {"model": {}, "compression": {}, "importance": {}, "layout": {},
+        staged: dict[str, dict[str, Any]] = {"network": {}, "compression": {}, "importance": {}, "layout": {},
                                               "allocation": {}, "readback": {}, "baselines": {}}
         own = {}
         for k, v in options.items():
@@ -109,7 +110,7 @@ class StoreConfig:
             staged["allocation"]["caps"] = tuple(staged["allocation"]["caps"])
         code = lay.get("code", CodeConfig())
         levels = code.levels if code.code == "multilevel" else None
-        return cls(model=ModelConfig(**staged["model"]),
+        return cls(network=NetworkConfig(**staged["network"]),
                    compression=CompressionConfig(**staged["compression"], quantize_levels=levels, seed=seed),
                    importance=ImportanceConfig(**staged["importance"], seed=seed), layout=LayoutConfig(**lay),
                    allocation=AllocationConfig(**staged["allocation"]),
@@ -119,13 +120,13 @@ class StoreConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StoreConfig":
         """The config a run recorded (``asdict`` of a StoreConfig, or the flat form of older runs)."""
-        if not isinstance(d.get("model"), dict):
+        if "network" not in d:
             return cls.from_options(**d)
         lay = dict(d["layout"])
         lay["code"] = CodeConfig(**lay["code"])
         alloc = dict(d["allocation"])
         alloc["caps"] = tuple(alloc["caps"])
-        return cls(model=ModelConfig(**d["model"]), compression=CompressionConfig(**d["compression"]),
+        return cls(network=NetworkConfig(**d["network"]), compression=CompressionConfig(**d["compression"]),
                    importance=ImportanceConfig(**d["importance"]), layout=LayoutConfig(**lay),
                    allocation=AllocationConfig(**alloc), readback=ReadbackConfig(**d["readback"]),
                    baselines=BaselineConfig(**d["baselines"]),
@@ -158,7 +159,7 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
             ) -> Prepared:
     """Compression, importance, layout and allocation; raises ValueError before any pulse."""
     progress("prepare", 0, 4)
-    compressed = compress(inputs.model, inputs.names, inputs.train.x, inputs.train.y, cfg.compression)
+    compressed = compress(inputs.network, inputs.names, inputs.train.x, inputs.train.y, cfg.compression)
     acc_comp = accuracy(compressed.model, inputs.test.x, inputs.test.y)
     progress("prepare", 1, 4)
     imp = estimate(compressed.model, inputs.names, inputs.train, cfg.importance)
@@ -175,7 +176,7 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
 
 def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConfig, progress: Progress | None = None,
                   stop: Callable[[], bool] | None = None, inputs: Inputs | None = None) -> StoreOutcome:
-    """Store ``cfg.model`` on ``chip``. ``inputs``: the network and data if already loaded.
+    """Store the network ``cfg.network`` on ``chip``. ``inputs``: the network and data if already loaded.
 
     The run checkpoints as it goes (layout, per-cell program-and-verify state, programmed
     table, read-back); :func:`resume_store_job` continues it after a kill. ``stop()`` is
@@ -185,7 +186,7 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
     report = progress or _silent
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
-    inputs = inputs or load_inputs(cfg.model)
+    inputs = inputs or load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, chip.geometry.n_cells, report)
     cells = np.arange(cfg.first_cell, cfg.first_cell + prep.layout.targets.size, dtype=np.int64)
     vcfg = replace(VerifyConfig.measured_with(noise), max_pulses=int(prep.plan.max_pulses.max()))
@@ -253,7 +254,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
                                                            "t_chip_s": chip.now()}), stage="readback")
         set_pulses, resets = int(prog["pulses"].sum()), int(prog["resets"].sum())
         record: dict[str, Any] = {
-            **back.figures, "run_id": run_id, "model": cfg.model.name, "weights": lay.weights,
+            **back.figures, "run_id": run_id, "model": cfg.network.name, "weights": lay.weights,
             "cells": int(cells.size), "retention_s": cfg.retention_s, "pulses": set_pulses + resets + int(cells.size),
             "pulses_planned": prep.plan.pulses, "set_pulses": set_pulses, "resets": resets + int(cells.size),
             "code": coding.describe(cfg.layout.code), "allocation": cfg.allocation.allocation,
@@ -304,7 +305,7 @@ def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarra
     store.append(run_id, "side", side)
     store.append(run_id, "layout", table, stage="layout", info={
         "accuracy_reference": prep.inputs.accuracy_reference, "accuracy_compressed": prep.accuracy_compressed,
-        "side_bits": baselines.side_bits(prep.layout, prep.inputs.model, names),
+        "side_bits": baselines.side_bits(prep.layout, prep.inputs.network, names),
         "tensor_side_bits": prep.layout.side_bits, "lagrange": prep.plan.lagrange})
 
 
@@ -325,8 +326,8 @@ def _restore(store: RunStore, run_id: str, noise: NoiseModel, info: dict[str, An
     cfg = StoreConfig.from_dict(info["settings"]["config"])
     lay = _stored_layout(store, run_id, info, cfg)
     done = store.stages(run_id)["layout"]
-    inputs = load_inputs(cfg.model)
-    model = copy.deepcopy(inputs.model)
+    inputs = load_inputs(cfg.network)
+    model = copy.deepcopy(inputs.network)
     model.load_state_dict(load_state_dict(store.run_file(run_id, "compressed")), strict=True)
     masks = {e.name: e.mask for e in lay.encoded} if cfg.compression.sparsity > 0 else None
     imp = estimate(model, inputs.names, inputs.train, cfg.importance)
@@ -346,8 +347,8 @@ def load_run(chip: Chip, store: RunStore, run_id: str) -> dict[str, Any]:
     chip.require_same_chip(info["settings"].get("chip_id"), f"run {run_id} was stored")
     cfg = StoreConfig.from_dict(info["settings"]["config"])
     lay = _stored_layout(store, run_id, info, cfg)
-    inputs = load_inputs(cfg.model)
-    model = inputs.model
+    inputs = load_inputs(cfg.network)
+    model = inputs.network
     model.load_state_dict({**model.state_dict(), **load_state_dict(store.run_file(run_id, "digital"))}, strict=True)
     cells = store.read(run_id, "layout")["cell"].to_numpy()
     reads = chip.read(cells, n_avg=int(info["settings"]["verify"]["n_avg"])).astype(np.float64)
@@ -357,7 +358,7 @@ def load_run(chip: Chip, store: RunStore, run_id: str) -> dict[str, Any]:
                                    inputs.test, cfg.readback)
     stored = info.get("result") or {}
     programmed_at = store.stages(run_id).get("programmed", {}).get("t_chip_s")
-    return {"run_id": run_id, "model": cfg.model.name, "cells": int(cells.size), "chip_time_s": chip.now(),
+    return {"run_id": run_id, "model": cfg.network.name, "cells": int(cells.size), "chip_time_s": chip.now(),
             "age_s": None if programmed_at is None else chip.now() - programmed_at,
             "accuracy_loaded": back.figures["accuracy_stored"],
             "accuracy_loaded_uncompensated": back.figures["accuracy_stored_uncompensated"],

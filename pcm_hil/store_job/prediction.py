@@ -31,6 +31,6 @@ def accuracy_curve(inputs: Inputs, compressed: Compressed, importance: dict, noi
                      replace(cfg, replicas_per_weight=r), retention_s)
         acc = predicted_accuracy(noise, lay, compressed.model, inputs.names, cfg.code, inputs.train, inputs.test,
                                  readback, retention_s, tol, cap, seed=seed, draws=draws)
-        total = lay.targets.size + cost.mlc_cells(side_bits(lay, inputs.model, inputs.names))
+        total = lay.targets.size + cost.mlc_cells(side_bits(lay, inputs.network, inputs.names))
         out.append({"replicas_per_weight": r, "cells_per_weight": total / lay.weights, "accuracy_predicted": acc})
     return out
