@@ -202,14 +202,5 @@ def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: n
     return out.reshape(enc.shape)
 
 
-def side_bits(enc: EncodedTensor, cfg: CodeConfig) -> dict[str, int]:
-    """Digital side information of one tensor, in bits."""
-    return {
-        "mask": enc.weights if enc.mask is not None else 0,
-        "signs": enc.kept if cfg.sign_bits else 0,
-        "metadata": 64,  # scale (fp32) + g_hi (fp32)
-    }
-
-
 def describe(cfg: CodeConfig) -> dict[str, Any]:
     return {**asdict(cfg), "cells_per_replica": cfg.cells_per_replica, "digital_sign": cfg.sign_bits}

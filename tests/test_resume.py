@@ -30,7 +30,7 @@ from pcm_hil.run_store import RunLocked, RunStore
 
 GEOM = Geometry(1, 128, 128)
 CFG = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, checkpoint_s=0.0,
-           digital_baseline=False)
+           digital_baseline=False, programmings=2, medium_cells=256)
 
 KILL_STORE = """
 import os, signal, sys

@@ -9,13 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from pcm_hil.chip import Geometry
 from pcm_hil.coding import CODES, CodeConfig, decode, encode
 from pcm_hil.datasets import cifar10
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.models import load_model, load_state_dict
-from pcm_hil.store_job import StoreConfig, allocation, cost, load_run, run_store_job
+from pcm_hil.store_job import StoreConfig, allocation, load_run, run_store_job
+from pcm_hil.store_job.digital_medium import MediumConfig, bch_for, choose
+from pcm_hil.store_job.side_info import PROBABILITY_BITS, coded_bits
 from pcm_hil.store_job.inputs import NetworkConfig, load_inputs
 from pcm_hil.run_store import RunStore
 
@@ -109,37 +112,56 @@ def test_compensated_aim_removes_the_bias_of_a_loose_window(noise) -> None:
     assert table.sq_error[:, 0].mean() < noise.expected_sq_error(targets, tol, 40).mean() / 2
 
 
-def test_cost_accounting_by_hand() -> None:
-    # 1000 weights, 10 digital parameters; 75 % pruned; 400 analog cells; mask 1000 bits, 250 signs,
-    # 2 tensors × 64 bits of scales, 10 × 32 bits of biases
-    side = 1000 + 250 + 128 + 320
-    best = cost.DigitalOption(bits=5, sparsity=0.75, accuracy=0.9, cells=cost.mlc_cells(1000 + 250 * 5 + 64 + 320))
-    s = cost.summarize(400, side, 1000, 10, cost.digital_bits(1000, 250, 32, 10, True, 2), best)
-    total = 400 + side * 72 / 64 / 2
-    assert s["total_cells"] == pytest.approx(total)
-    assert s["memory_reduction"]["fp32_slc_ecc"] == pytest.approx(32 * 1010 * 72 / 64 / total)
-    assert s["memory_reduction"]["compressed_slc_ecc"] == pytest.approx((1000 + 250 * 32 + 64 + 320) * 72 / 64 / total)
-    assert s["memory_reduction"]["best_digital_mlc_ecc"] == pytest.approx((1000 + 1250 + 64 + 320) * 72 / 128 / total)
+def test_side_information_is_counted_at_the_coder_output() -> None:
+    rng = np.random.default_rng(0)
+    keep = rng.random(20_000) < 0.25
+    bits = coded_bits(keep)
+    f = keep.mean()
+    entropy = -(f * np.log2(f) + (1 - f) * np.log2(1 - f)) * keep.size  # of the stream's own frequencies
+    # a range coder lands within 1 % of the entropy (plus its two stored probabilities), and decodes
+    assert entropy <= bits - 2 * PROBABILITY_BITS <= 1.01 * entropy
+    assert coded_bits(np.zeros(500, int)) == PROBABILITY_BITS  # one repeated value: only the value
+    replicas = rng.integers(0, 8, 10_000)
+    assert coded_bits(replicas) >= 3 * 10_000  # uniform over 8 values: no fewer than 3 bits each
 
 
-def test_best_digital_picks_the_cheapest_option_that_reaches_the_accuracy() -> None:
-    acc = {(b, s): 0.80 + 0.02 * b - 0.05 * s for b in range(2, 9) for s in (0.0, 0.5, 0.75)}
-    best, tried = cost.best_digital(lambda b, s: acc[(b, s)], 1000, 0, 1, 0.9)
-    assert best.accuracy >= 0.9
-    assert all(o.cells >= best.cells for o in tried if o.accuracy >= 0.9)
+def test_digital_medium_sizes_a_code_from_the_measured_error_rate() -> None:
+    cfg = MediumConfig(cells_per_density=4096)
+    k, n, t = bch_for(1e-3, cfg)
+    assert t > 0 and n == k + 13 * t and k in cfg.block_bits
+    # the code reaches the target at that rate and one less correction would not
+    assert stats.binom.sf(t, n, 1e-3) <= cfg.target_block_failure < stats.binom.sf(t - 1, n - 13, 1e-3)
+    # no other block size has a higher rate
+    assert all(k / n >= kk / (kk + 13 * tt) for kk in cfg.block_bits for tt in range(65)
+               if stats.binom.sf(tt, kk + 13 * tt, 1e-3) <= cfg.target_block_failure)
+    assert bch_for(0.2, cfg) is None  # no BCH code on GF(2^13) corrects that
+    rows = [{"bits_per_cell": 1, "bits": 4096, "bit_errors": 0, "raw_ber": 0.0, "raw_ber_upper95": 7.3e-4,
+             "_errors": np.zeros(4096, np.uint8)},
+            {"bits_per_cell": 2, "bits": 8192, "bit_errors": 8, "raw_ber": 9.8e-4, "raw_ber_upper95": 1.8e-3,
+             "_errors": (rng_errors := (np.random.default_rng(1).random(8192) < 9.8e-4)).astype(np.uint8)},
+            {"bits_per_cell": 3, "bits": 12288, "bit_errors": 300, "raw_ber": 0.024, "raw_ber_upper95": 0.027,
+             "_errors": np.zeros(12288, np.uint8)}]
+    medium = choose(rows, cfg)
+    per_bit = {r["bits_per_cell"]: r["cells_per_bit"] for r in medium.densities if r["usable"]}
+    assert medium.cells_per_bit == min(per_bit.values()) and medium.bits_per_cell == 2  # the cheapest usable
+    assert [r["usable"] for r in medium.densities] == [True, True, False]  # 2.7 % needs t > 64 at any block size
+    assert medium.blocks_failed == 0 and medium.blocks_decoded >= 1  # and its code corrects what was measured
+    assert rng_errors.sum() > 0
 
 
 def _store(tmp_path, noise, **kw):
     chip = EmulatedChip(GEOM, seed=2)
     store = RunStore(tmp_path / "s.sqlite")
-    opts = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, **kw)
+    # 2 programmings and a small medium test: the 16,384-cell chip holds the calibration too
+    opts = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, programmings=2,
+                medium_cells=256, **kw)
     return chip, store, opts
 
 
 def test_store_and_load_end_to_end(tmp_path, noise) -> None:
     chip, store, opts = _store(tmp_path, noise)
     r = run_store_job(chip, noise, store, StoreConfig.from_options(**opts)).record
-    for key in ("model", "weights", "cells", "digital_cells", "accuracy_reference", "accuracy_compressed",
+    for key in ("model", "weights", "cells", "side_cells", "accuracy_reference", "accuracy_compressed",
                 "accuracy_stored", "retention_s", "pulses", "seconds", "memory_reduction"):
         assert key in r
     assert r["weights"] == 64 * 32 + 32 * 10
@@ -148,7 +170,15 @@ def test_store_and_load_end_to_end(tmp_path, noise) -> None:
     assert all(1.2 < a < 2.5 for a in comp["alpha"])
     # the default budget buys about what uniform ±2 µS windows would: half the cells read back within 1.5 µS
     assert r["error_us"]["p50_abs"] < 1.5
-    assert r["memory_reduction"]["fp32_slc_ecc"] > 10
+    # every part the decoder reads is counted, on the medium measured on this chip
+    assert r["total_cells"] == pytest.approx(r["analog_cells"] + sum(r["side_cells"].values()))
+    medium = r["digital_medium"]
+    assert all(r["side_cells"][k] == pytest.approx(v * medium["cells_per_bit"]) for k, v in r["side_bits"].items())
+    assert r["side_bits"]["verify_flags"] > 0 and r["side_bits"]["replica_map"] > 0
+    assert r["memory_reduction"]["fp32_slc_ecc"] > 3  # a 2,368-weight network: side information weighs much
+    assert r["programmings"] == 2 and len(r["accuracy_stored_programmings"]) == 2
+    lo, hi = r["accuracy_stored_ci95"]
+    assert lo <= r["accuracy_stored_mean"] <= hi and r["accuracy_stored_programmings"][0] == r["accuracy_stored"]
     assert r["yield"] > 0.9
     # the loop went for each cell's bias-compensated aim, and loose windows land on target on average
     lay, prog = store.read(r["run_id"], "layout"), store.read(r["run_id"], "programmed")
@@ -234,7 +264,9 @@ def test_cli_store_json(tmp_path) -> None:
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out["memory_reduction"]) == {"fp32_slc_ecc", "compressed_slc_ecc", "best_digital_mlc_ecc"}
+    assert set(out["memory_reduction"]) == {"fp32_slc_ecc", "compressed_fp32_on_medium", "best_digital"}
+    assert set(out["side_cells"]) == {"mask", "signs", "scales", "replica_map", "verify_flags", "digital_parameters"}
+    assert out["programmings"] == 5 and out["accuracy_stored_ci95"][0] <= out["accuracy_stored_mean"]
     assert (tmp_path / "r.png").stat().st_size > 10_000
     r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "load", out["run_id"], "--run-dir", str(tmp_path),
                         "--json"], capture_output=True, text=True, timeout=300)
@@ -353,8 +385,10 @@ def test_your_own_architecture_without_its_files_is_refused(tmp_path) -> None:
         load_inputs(NetworkConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
     np.save(data / "x_test.npy", np.repeat(np.arange(100, dtype=np.float32)[:, None], 64, axis=1))
     inputs = load_inputs(NetworkConfig(own, checkpoint=str(tmp_path / "tiny.pt"), data_dir=str(data)))
-    tune, evaluate = inputs.train, inputs.test
-    assert len(tune) == len(evaluate) == 50 and not set(tune.x.ravel()) & set(evaluate.x.ravel())
+    tune, val, evaluate = inputs.train, inputs.val, inputs.test
+    assert len(tune) + len(val) == len(evaluate) == 50 and len(val) == 5
+    seen = [set(part.x[:, 0]) for part in (tune, val, evaluate)]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])  # never the same samples
 
 
 @pytest.mark.slow

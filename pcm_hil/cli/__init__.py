@@ -91,6 +91,9 @@ def build_parser() -> Parser:
                     help="instead of a pulse budget: the fewest pulses whose predicted loss increase stays below this")
     st.add_argument("--retention", type=SECONDS_UP_TO_10_YEARS, default=86400.0,
                     help="seconds between programming and read-back")
+    st.add_argument("--programmings", type=int_in(1, 100), default=5,
+                    help="programmings of the layout the stored accuracy is averaged over, with a 95 %% interval "
+                         "(default 5: the stored one and 4 copies on free cells after it)")
     st.add_argument("--report", default=None, help="PNG report path (default RUN_DIR/RUN.png; 'none' to skip)")
     st.add_argument("--resume", metavar="RUN", help="continue a store run that was stopped or killed "
                                                      "(its settings are the run's own; other options are ignored)")

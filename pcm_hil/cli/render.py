@@ -104,22 +104,26 @@ def validation(r: dict[str, Any], noise_path: str, tolerance_us: float, max_puls
 
 
 def store(r: dict[str, Any]) -> str:
-    mr = r["memory_reduction"]
-    best = r["best_digital"]
+    mr, best, med = r["memory_reduction"], r["best_digital"], r["digital_medium"]
+    lo, hi = r["accuracy_stored_ci95"]
+    side = ", ".join(f"{k} {v:,.0f}" for k, v in r["side_cells"].items() if v)
     rows = [
         ["accuracy: reference (float)", f"{r['accuracy_reference']:.2%}"],
         ["accuracy: compressed, stored digitally", f"{r['accuracy_compressed']:.2%}"],
-        [f"accuracy: stored, read after {r['retention_s']:g} s", f"{r['accuracy_stored']:.2%}"],
+        [f"accuracy: stored, read after {r['retention_s']:g} s",
+         f"{r['accuracy_stored_mean']:.2%} (95 % CI {lo:.2%} – {hi:.2%}, {r['programmings']} programmings)"],
         *([["  the same, keeping the stored BN statistics", f"{r['accuracy_stored_without_bn_recalibration']:.2%}"]]
           if "accuracy_stored_without_bn_recalibration" in r else []),
-        ["weights / cells / digital cells", f"{r['weights']} / {r['cells']} / {r['digital_cells']:.0f}"],
+        ["weights / analog cells", f"{r['weights']:,} / {r['analog_cells']:,}"],
+        ["side information (cells)", side],
         ["cells per weight (all costs)", f"{r['cells_per_weight']:.3f}"],
         ["pulses (SET + RESET), yield", f"{r['pulses']:,}, {r['yield']:.2%}"],
-        ["reduction vs fp32 on SLC + ECC", f"{mr['fp32_slc_ecc']:.1f}×"],
-        ["reduction vs compressed on SLC + ECC", f"{mr['compressed_slc_ecc']:.1f}×"],
-        ["reduction vs best digital on MLC + ECC",
-         "n/a" if mr["best_digital_mlc_ecc"] is None else f"{mr['best_digital_mlc_ecc']:.2f}×"
-         + (f" ({best['bits']} bits, {best['sparsity']:.0%} pruned)" if best else "")],
+        ["digital medium on this chip", f"{med['bits_per_cell']} bit/cell, {med['code']} (raw BER {med['raw_ber']:.1e})"],
+        ["reduction vs fp32 on SLC + SECDED", f"{mr['fp32_slc_ecc']:.1f}×"],
+        ["reduction vs compressed fp32 on the medium", f"{mr['compressed_fp32_on_medium']:.1f}×"],
+        ["reduction vs strongest digital on the medium",
+         "n/a" if mr["best_digital"] is None else f"{mr['best_digital']:.2f}×"
+         + (f" ({best['bits']} bits, {best['start']}; {best['accuracy_test']:.2%} test)" if best else "")],
         ["seconds", f"{r['seconds']:.1f}"],
     ]
     text = format_table(["", ""], rows, title=f"stored {r['model']} as run {r['run_id']} ({r['code']['code']} code, "

@@ -29,10 +29,12 @@ from ..coding import CodeConfig
 from ..models import accuracy, load_state_dict
 from ..program import VerifyConfig, program_verify
 from ..run_store import RunStore
-from . import allocation, baselines, layout as layout_stage, readback
+from . import allocation, baselines, layout as layout_stage, readback, side_info
 from .allocation import AllocationConfig, Plan
 from .baselines import BaselineConfig
 from .compression import Compressed, CompressionConfig, compress
+from .digital_medium import Medium, MediumConfig
+from .evaluation import EvaluationConfig, cells_needed, evaluate
 from .importance import ImportanceConfig, estimate
 from .inputs import Inputs, NetworkConfig, load_inputs
 from .layout import Layout, LayoutConfig
@@ -57,6 +59,8 @@ class StoreConfig:
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     readback: ReadbackConfig = field(default_factory=ReadbackConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    medium: MediumConfig = field(default_factory=MediumConfig)
     retention_s: float = 86400.0  # programming to read-back
     first_cell: int = 0
     checkpoint_s: float = 1.0     # program-and-verify state is saved at least this often
@@ -83,6 +87,7 @@ class StoreConfig:
         "allocation": ("allocation", "allocation"), "pulse_budget": ("allocation", "pulse_budget"),
         "target_loss": ("allocation", "target_loss"), "caps": ("allocation", "caps"),
         "bn_samples": ("readback", "bn_samples"), "digital_baseline": ("baselines", "search"),
+        "programmings": ("evaluation", "programmings"), "medium_cells": ("medium", "cells_per_density"),
     }
 
     @classmethod
@@ -94,7 +99,8 @@ class StoreConfig:
         if unknown:
             raise ValueError(f"unknown store option(s): {', '.join(sorted(unknown))}")
         staged: dict[str, dict[str, Any]] = {"network": {}, "compression": {}, "importance": {}, "layout": {},
-                                              "allocation": {}, "readback": {}, "baselines": {}}
+                                              "allocation": {}, "readback": {}, "baselines": {}, "evaluation": {},
+                                              "medium": {}}
         own = {}
         for k, v in options.items():
             if k in cls._STAGE_OF:
@@ -115,7 +121,9 @@ class StoreConfig:
                    importance=ImportanceConfig(**staged["importance"], seed=seed), layout=LayoutConfig(**lay),
                    allocation=AllocationConfig(**staged["allocation"]),
                    readback=ReadbackConfig(**staged["readback"], seed=seed),
-                   baselines=BaselineConfig(**staged["baselines"]), **own)
+                   baselines=BaselineConfig(**staged["baselines"]),
+                   evaluation=EvaluationConfig(**staged["evaluation"]),
+                   medium=MediumConfig(**staged["medium"], seed=seed), **own)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StoreConfig":
@@ -126,11 +134,15 @@ class StoreConfig:
         lay["code"] = CodeConfig(**lay["code"])
         alloc = dict(d["allocation"])
         alloc["caps"] = tuple(alloc["caps"])
+        base, medium = dict(d["baselines"]), dict(d.get("medium", {}))
+        base.update({k: tuple(base[k]) for k in ("bits", "sparsities") if k in base})
+        if "densities" in medium:
+            medium["densities"] = tuple(medium["densities"])
         return cls(network=NetworkConfig(**d["network"]), compression=CompressionConfig(**d["compression"]),
                    importance=ImportanceConfig(**d["importance"]), layout=LayoutConfig(**lay),
                    allocation=AllocationConfig(**alloc), readback=ReadbackConfig(**d["readback"]),
-                   baselines=BaselineConfig(**d["baselines"]),
-                   **{k: d[k] for k in cls._OWN})
+                   baselines=BaselineConfig(**base), evaluation=EvaluationConfig(**d.get("evaluation", {})),
+                   medium=MediumConfig(**medium), **{k: d[k] for k in cls._OWN})
 
 
 @dataclass
@@ -166,9 +178,10 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
     progress("prepare", 2, 4)
     lay = layout_stage.encode(compressed.model, inputs.names, compressed.masks, imp, noise, cfg.layout,
                               cfg.retention_s)
-    if cfg.first_cell + lay.targets.size > n_cells:
-        raise ValueError(f"the model needs {lay.targets.size} cells from cell {cfg.first_cell}; "
-                         f"the chip has {n_cells} cells")
+    need = lay.targets.size + cells_needed(lay.targets.size, cfg.evaluation, cfg.medium)
+    if cfg.first_cell + need > n_cells:
+        raise ValueError(f"the model needs {lay.targets.size} cells and its evaluation {need - lay.targets.size} more "
+                         f"from cell {cfg.first_cell}; the chip has {n_cells} cells")
     plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation)
     progress("prepare", 4, 4)
     return Prepared(inputs, compressed, imp, lay, plan, acc_comp)
@@ -246,8 +259,9 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             reads = store.read(run_id, "readback")["read_us"].to_numpy(np.float64)
         else:
             reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
-        back = readback.evaluate_reads(reads, prep.compressed.model, inputs.names, lay, cfg.layout.code,
-                                       prog["converged"].to_numpy(bool), inputs.train, inputs.test, cfg.readback)
+        converged = prog["converged"].to_numpy(bool)
+        back = readback.evaluate_reads(reads, prep.compressed.model, inputs.names, lay, cfg.layout.code, converged,
+                                       inputs.train, inputs.test, cfg.readback, inputs.val)
         if "readback" not in store.stages(run_id):
             store.append(run_id, "readback", pd.DataFrame({"cell": cells, "read_us": reads,
                                                            "corrected_us": back.corrected_us,
@@ -261,11 +275,23 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             "sparsity": cfg.compression.sparsity, "accuracy_reference": inputs.accuracy_reference,
             "accuracy_compressed": prep.accuracy_compressed, "resumed": resumed,
             "yield": float(prog["converged"].mean())}
-        record.update(baselines.costs(inputs, prep.compressed.model, lay, int(cells.size), record["accuracy_stored"],
-                                      cfg.compression, _quantize_bits(cfg.layout.code), cfg.readback, cfg.baselines))
+        report("evaluation", 0, 1)
+        if "evaluation" not in store.stages(run_id):
+            ev = evaluate(chip, noise, int(cells[-1]) + 1, lay, prep.plan, vcfg, inputs, prep.compressed.model,
+                          cfg.layout.code, (back.figures["accuracy_stored"], back.figures["accuracy_stored_val"]),
+                          cfg.retention_s, cfg.evaluation, cfg.medium, cfg.readback, cfg.layout.g_hi(noise), stop,
+                          run_id)
+            store.mark(run_id, "evaluation", ev.figures())
+        record.update(store.stages(run_id)["evaluation"])
+        medium = Medium(**record["digital_medium"])
+        side = side_info.side_bits(lay, cfg.layout.code, prep.compressed.model, inputs.names, converged)
+        report("baselines", 0, 1)
+        record.update(baselines.costs(inputs, prep.compressed.model, prep.compressed.masks, int(cells.size), side,
+                                      medium, record["accuracy_stored_val_mean"], cfg.compression, cfg.readback,
+                                      cfg.baselines))
         report("accuracy curve", 0, 1)
         record["accuracy_curve"] = accuracy_curve(inputs, prep.compressed, prep.importance, noise, cfg.layout,
-                                                  cfg.readback, cfg.retention_s, seed=cfg.seed)
+                                                  cfg.readback, cfg.retention_s, medium, seed=cfg.seed)
         record["seconds"] = time.monotonic() - t_start
         chip.sync()
         record["chip_state"] = str(store.run_file(run_id, "chip"))
@@ -274,11 +300,6 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
     per_cell = {"importance": lay.importance[~ref], "error_weight": (back.corrected_us - lay.targets)[~ref] * lay.gains,
                 "tolerance_us": prep.plan.tolerance_us[~ref]}
     return StoreOutcome(record, back.decoded, per_cell)
-
-
-def _quantize_bits(code: CodeConfig) -> int | None:
-    """Bits per stored weight of the compressed model kept digital: None (fp32) unless multilevel."""
-    return code.levels.bit_length() if code.code == "multilevel" else None
 
 
 def _wait_retention(chip: Chip, t_chip_s: float, stop: Callable[[], bool] | None, run_id: str,
@@ -305,8 +326,7 @@ def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarra
     store.append(run_id, "side", side)
     store.append(run_id, "layout", table, stage="layout", info={
         "accuracy_reference": prep.inputs.accuracy_reference, "accuracy_compressed": prep.accuracy_compressed,
-        "side_bits": baselines.side_bits(prep.layout, prep.inputs.network, names),
-        "tensor_side_bits": prep.layout.side_bits, "lagrange": prep.plan.lagrange})
+        "lagrange": prep.plan.lagrange})
 
 
 def _save_torch(obj: Any, path: Any) -> None:
@@ -317,8 +337,7 @@ def _save_torch(obj: Any, path: Any) -> None:
 
 def _stored_layout(store: RunStore, run_id: str, info: dict[str, Any], cfg: StoreConfig) -> Layout:
     return Layout.from_tables(store.read(run_id, "side"), store.read(run_id, "layout"), info["settings"]["tensors"],
-                              cfg.layout.code, cfg.compression.sparsity > 0,
-                              store.stages(run_id).get("layout", {}).get("tensor_side_bits", 0.0))
+                              cfg.layout.code, cfg.compression.sparsity > 0)
 
 
 def _restore(store: RunStore, run_id: str, noise: NoiseModel, info: dict[str, Any]) -> tuple[StoreConfig, Prepared]:

@@ -58,7 +58,6 @@ class Layout:
     weight_of: np.ndarray   # per cell: weight index within its tensor (−1 for reference cells)
     tensor_of: np.ndarray   # per cell: tensor index (−1 for reference cells)
     importance: np.ndarray  # per cell: F·gain² (0 for reference cells)
-    side_bits: float        # digital side information of the tensors (masks, signs, scales)
 
     @property
     def reference(self) -> np.ndarray:
@@ -106,7 +105,7 @@ class Layout:
 
     @classmethod
     def from_tables(cls, side: pd.DataFrame, layout: pd.DataFrame, tensors: list[dict[str, Any]],
-                    code: CodeConfig, pruned: bool, side_bits: float) -> "Layout":
+                    code: CodeConfig, pruned: bool) -> "Layout":
         """The layout as :meth:`to_tables` wrote it (``tensors``: :meth:`tensor_info`)."""
         if layout.empty or side.empty:
             raise ValueError("the run has no complete layout in the store")
@@ -121,7 +120,7 @@ class Layout:
                 lay["target_us"].to_numpy(), lay["owner"].to_numpy(), lay["role"].to_numpy(),
                 lay["gain"].to_numpy() if "gain" in lay else np.ones(len(lay))))
         return cls(encoded, layout["target_us"].to_numpy(), layout["weight"].to_numpy(),
-                   layout["tensor"].to_numpy(), layout["importance"].to_numpy(), side_bits)
+                   layout["tensor"].to_numpy(), layout["importance"].to_numpy())
 
 
 def encode(model: nn.Module, names: list[str], masks: dict[str, np.ndarray] | None, importance: dict[str, np.ndarray],
@@ -132,7 +131,6 @@ def encode(model: nn.Module, names: list[str], masks: dict[str, np.ndarray] | No
     tensors = {n: params[n].detach().numpy() for n in names}
     replicas = _replicas(cfg, noise, g_hi, tensors, masks, importance, retention_s)
     encoded, targets, weight_of, tensor_of, cell_imp = [], [], [], [], []
-    side = 0.0
     for k, n in enumerate(names):
         enc = coding.encode(n, tensors[n], cfg.code, g_hi, None if masks is None else masks[n], replicas[n])
         encoded.append(enc)
@@ -141,11 +139,9 @@ def encode(model: nn.Module, names: list[str], masks: dict[str, np.ndarray] | No
         weight_of.append(kept[enc.owner])
         tensor_of.append(np.full(enc.cells, k))
         cell_imp.append(importance[n].ravel()[kept][enc.owner] * enc.gains ** 2)
-        side += sum(coding.side_bits(enc, cfg.code).values())
     ref = np.repeat(np.array(REF_FRACTIONS) * g_hi, cfg.reference_cells_per_level)
     return Layout(encoded, np.concatenate([*targets, ref]), np.concatenate([*weight_of, np.full(ref.size, -1)]),
-                  np.concatenate([*tensor_of, np.full(ref.size, -1)]), np.concatenate([*cell_imp, np.zeros(ref.size)]),
-                  side)
+                  np.concatenate([*tensor_of, np.full(ref.size, -1)]), np.concatenate([*cell_imp, np.zeros(ref.size)]))
 
 
 def _replicas(cfg: LayoutConfig, noise: NoiseModel, g_hi: float, tensors: dict[str, np.ndarray],

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 from pcm_hil_noisemodel import NoiseModel
 
-from . import cost
-from .baselines import side_bits
+from . import side_info
 from .compression import Compressed
+from .digital_medium import Medium
 from .inputs import Inputs
 from .layout import LayoutConfig, encode
 from .readback import ReadbackConfig, predicted_accuracy
@@ -17,10 +17,11 @@ REPLICA_BUDGETS = (1.0, 1.25, 1.5, 2.0, 3.0)
 
 
 def accuracy_curve(inputs: Inputs, compressed: Compressed, importance: dict, noise: NoiseModel, cfg: LayoutConfig,
-                   readback: ReadbackConfig, retention_s: float, seed: int = 0, draws: int = 3,
+                   readback: ReadbackConfig, retention_s: float, medium: Medium, seed: int = 0, draws: int = 3,
                    replicas: tuple[float, ...] = REPLICA_BUDGETS) -> list[dict[str, float]]:
-    """Per replica budget: cells per weight (all costs) and the predicted accuracy, the mean
-    of ``draws`` noise-model realizations at ±0.5 µS, cap 20."""
+    """Per replica budget: cells per weight (all costs, side information on ``medium``) and
+    the predicted accuracy, the mean of ``draws`` noise-model realizations at ±0.5 µS, cap 20
+    (decoding every replica: no verify flags in a simulation)."""
     tol = 0.5 if 0.5 in noise.tolerances_us_ else noise.tolerances_us_[0]
     cap = min(20, noise.max_pulses_)
     out = []
@@ -31,6 +32,7 @@ def accuracy_curve(inputs: Inputs, compressed: Compressed, importance: dict, noi
                      replace(cfg, replicas_per_weight=r), retention_s)
         acc = predicted_accuracy(noise, lay, compressed.model, inputs.names, cfg.code, inputs.train, inputs.test,
                                  readback, retention_s, tol, cap, seed=seed, draws=draws)
-        total = lay.targets.size + cost.mlc_cells(side_bits(lay, inputs.network, inputs.names))
+        side = side_info.side_bits(lay, cfg.code, compressed.model, inputs.names)
+        total = lay.targets.size + medium.cells(sum(side.values()))
         out.append({"replicas_per_weight": r, "cells_per_weight": total / lay.weights, "accuracy_predicted": acc})
     return out

@@ -74,8 +74,10 @@ class ReadBack:
 
 
 def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout: Layout, code: CodeConfig,
-                   trusted: np.ndarray | None, train: Split, test: Split, cfg: ReadbackConfig) -> ReadBack:
-    """Compensate, decode and score reads of every cell of ``layout`` (µS, layout order)."""
+                   trusted: np.ndarray | None, train: Split, test: Split, cfg: ReadbackConfig,
+                   val: Split | None = None) -> ReadBack:
+    """Compensate, decode and score reads of every cell of ``layout`` (µS, layout order), on
+    the test set (and on the validation split ``val``, which chooses settings)."""
     ref = layout.reference
     corrected, comp = compensate(reads, layout.targets[ref], reads[ref])
     decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
@@ -86,6 +88,8 @@ def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout
         out["accuracy_stored_without_bn_recalibration"] = accuracy(decoded, test.x, test.y)
         bn_recalibrated(decoded, train, cfg)
     out["accuracy_stored"] = accuracy(decoded, test.x, test.y)
+    if val is not None:
+        out["accuracy_stored_val"] = accuracy(decoded, val.x, val.y)
     out["accuracy_stored_uncompensated"] = accuracy(raw, test.x, test.y)
     out["accuracy_stored_all_replicas"] = accuracy(every, test.x, test.y)
     out["drift_compensation"] = comp

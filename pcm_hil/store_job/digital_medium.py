@@ -1,0 +1,205 @@
+"""The digital medium measured on the same chip: what error-free digital storage costs there.
+
+Random data are programmed at 1, 2 and 3 bits per cell (Gray-coded levels across the
+calibrated window, reference cells per level), read after the same retention time as the
+stored model, and decoded with thresholds halfway between the reference cells' medians.
+The raw bit-error rate of each density, with a one-sided 95 % upper bound (Clopper–
+Pearson, so a run with no errors is not taken as error-free), sizes a binary BCH code
+over GF(2^13): for each block size (512–4,096 data bits), the smallest correction capability
+t (at most 64, the library's limit) whose block failure probability at that bound stays
+below the target; the block size with the highest rate. The cheapest density wins.
+The chosen code is then run (``bchlib``) on the error pattern actually measured.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from pcm_hil_noisemodel import NoiseModel
+
+BCH_M = 13  # GF(2^13): codewords up to 8,191 bits
+MAX_T = 64  # the largest t the BCH library (bchlib, the Linux kernel code) builds at m = 13
+
+
+@dataclass(frozen=True)
+class MediumConfig:
+    """What the medium measurement reads."""
+
+    densities: tuple[int, ...] = (1, 2, 3)   # bits per cell tried
+    cells_per_density: int = 4096            # data cells per density
+    reference_cells_per_level: int = 32
+    block_bits: tuple[int, ...] = (512, 1024, 2048, 4096)  # data bits per BCH codeword tried
+    target_block_failure: float = 1e-12      # per block, after decoding
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.densities or any(d not in (1, 2, 3, 4) for d in self.densities):
+            raise ValueError(f"densities must be among 1-4 bits per cell, got {self.densities!r}")
+        if type(self.cells_per_density) is not int or not 64 <= self.cells_per_density <= 1_000_000:
+            raise ValueError(f"cells_per_density must be an integer in [64, 1000000], got {self.cells_per_density!r}")
+        if not 0 < self.target_block_failure < 1e-3:
+            raise ValueError(f"target_block_failure must be in (0, 1e-3), got {self.target_block_failure!r}")
+
+    def cells(self) -> int:
+        """Cells the measurement programs."""
+        return sum(self.cells_per_density + self.reference_cells_per_level * 2 ** d for d in self.densities)
+
+
+@dataclass
+class Pattern:
+    """What the measurement writes: per cell its density, symbol, target and setting."""
+
+    density: np.ndarray       # bits per cell of the cell's test
+    symbol: np.ndarray        # level index written
+    reference: np.ndarray     # reference cell (thresholds), not data
+    targets_us: np.ndarray
+    aims_us: np.ndarray
+    tolerance_us: np.ndarray
+    max_pulses: np.ndarray
+
+
+def pattern(noise: NoiseModel, g_hi_us: float, cfg: MediumConfig) -> Pattern:
+    """Random data and reference cells for every density across the calibrated window."""
+    rng = np.random.default_rng(cfg.seed)
+    g_lo = float(noise.levels_us_[0])
+    tols = np.asarray(noise.tolerances_us_, float)
+    parts = []
+    for d in cfg.densities:
+        levels = np.linspace(g_lo, g_hi_us, 2 ** d)
+        spacing = levels[1] - levels[0]
+        ok = tols[tols <= spacing / 4]
+        tol = float(ok.max() if ok.size else tols.min())  # the loosest window that keeps levels apart
+        sym = np.concatenate([rng.integers(0, 2 ** d, cfg.cells_per_density),
+                              np.repeat(np.arange(2 ** d), cfg.reference_cells_per_level)])
+        ref = np.arange(sym.size) >= cfg.cells_per_density
+        t = levels[sym]
+        parts.append((np.full(sym.size, d), sym, ref, t, noise.aim(t, tol), np.full(sym.size, tol)))
+    cols = [np.concatenate(c) for c in zip(*parts)]
+    return Pattern(*cols, np.full(cols[0].size, int(noise.max_pulses_), np.int64))
+
+
+def gray_bits(symbols: np.ndarray, bits: int) -> np.ndarray:
+    """Gray-coded bits of each symbol (rows: symbols, columns: bits)."""
+    g = symbols ^ (symbols >> 1)
+    return ((g[:, None] >> np.arange(bits)) & 1).astype(np.uint8)
+
+
+def decode(pat: Pattern, reads_us: np.ndarray, cfg: MediumConfig) -> list[dict[str, Any]]:
+    """Per density: levels read back, raw bit errors and their rate."""
+    out = []
+    for d in cfg.densities:
+        m = pat.density == d
+        sym, ref, g = pat.symbol[m], pat.reference[m], reads_us[m]
+        med = np.array([np.median(g[ref & (sym == s)]) for s in range(2 ** d)])
+        thresholds = (med[1:] + med[:-1]) / 2
+        got = np.searchsorted(thresholds, g[~ref])
+        want = sym[~ref]
+        errors = gray_bits(got, d) ^ gray_bits(want, d)
+        n_bits = errors.size
+        k = int(errors.sum())
+        upper = float(stats.beta.ppf(0.95, k + 1, n_bits - k))  # one-sided Clopper–Pearson
+        out.append({"bits_per_cell": d, "bits": n_bits, "bit_errors": k, "raw_ber": k / n_bits,
+                    "raw_ber_upper95": upper, "symbol_errors": int((got != want).sum()),
+                    "_errors": errors.ravel()})
+    return out
+
+
+def bch_for(ber: float, cfg: MediumConfig) -> tuple[int, int, int] | None:
+    """(data bits k, codeword bits n, t) of the BCH code with the highest rate k/n, over the
+    block sizes tried, whose block failure at bit-error rate ``ber`` is below the target;
+    None if every block size would need t > ``MAX_T``."""
+    best = None
+    for k in cfg.block_bits:
+        for t in range(0, MAX_T + 1):
+            n = k + BCH_M * t
+            if n > 2 ** BCH_M - 1:
+                break
+            if stats.binom.sf(t, n, ber) <= cfg.target_block_failure:
+                if best is None or k / n > best[0] / best[1]:
+                    best = (k, n, t)
+                break
+    return best
+
+
+def run_code(errors: np.ndarray, n: int, t: int, seed: int = 0) -> dict[str, int]:
+    """Encode random blocks with BCH(t) over GF(2^13), flip the measured error pattern onto
+    them in order, decode: blocks that came back wrong."""
+    if t == 0:
+        return {"blocks": int(errors.size // n), "blocks_failed": int(sum(errors[i * n:(i + 1) * n].any()
+                                                                          for i in range(errors.size // n)))}
+    import bchlib
+
+    bch = bchlib.BCH(t, m=BCH_M)
+    k_bytes = (n - bch.ecc_bits) // 8
+    rng = np.random.default_rng(seed)
+    blocks = failed = 0
+    per = k_bytes * 8 + bch.ecc_bits
+    for i in range(errors.size // per):
+        data = bytearray(rng.integers(0, 256, k_bytes, dtype=np.uint8).tobytes())
+        ecc = bytearray(bch.encode(data))
+        flips = np.packbits(errors[i * per:(i + 1) * per])
+        got = bytearray(np.frombuffer(bytes(data), np.uint8) ^ flips[:k_bytes])
+        got_ecc = bytearray(np.frombuffer(bytes(ecc), np.uint8) ^ flips[k_bytes:k_bytes + len(ecc)])
+        nerr = bch.decode(got, got_ecc)
+        if nerr >= 0:
+            bch.correct(got, got_ecc)
+        blocks += 1
+        failed += int(nerr < 0 or got != data)
+    return {"blocks": blocks, "blocks_failed": failed}
+
+
+@dataclass
+class Medium:
+    """The cheapest error-free digital storage measured on the chip."""
+
+    bits_per_cell: int
+    raw_ber: float
+    raw_ber_upper95: float
+    code: str
+    codeword_bits: int
+    data_bits: int
+    cells_per_bit: float
+    blocks_decoded: int
+    blocks_failed: int
+    densities: list[dict[str, Any]]
+
+    def cells(self, bits: float) -> float:
+        """Cells that store ``bits`` data bits with their code."""
+        return bits * self.cells_per_bit
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose(per_density: list[dict[str, Any]], cfg: MediumConfig) -> Medium:
+    """The density and code with the fewest cells per data bit."""
+    best = None
+    rows = []
+    for r in per_density:
+        sized = bch_for(r["raw_ber_upper95"], cfg)
+        row = {k: v for k, v in r.items() if not k.startswith("_")}
+        if sized is None:
+            row.update(usable=False)
+            rows.append(row)
+            continue
+        k, n, t = sized
+        cells_per_bit = n / (k * r["bits_per_cell"])
+        row.update(usable=True, data_bits=k, codeword_bits=n, t=t, cells_per_bit=cells_per_bit)
+        rows.append(row)
+        if best is None or cells_per_bit < best[0]:
+            best = (cells_per_bit, r, k, n, t)
+    if best is None:
+        raise ValueError(f"no density stores data error-free on this chip with a BCH code of t <= {MAX_T}")
+    cells_per_bit, r, k, n, t = best
+    check = run_code(r["_errors"], n, t, seed=cfg.seed)
+    name = f"BCH(n={n}, k={k}, t={t}) over GF(2^{BCH_M})" if t else "none (no error measured)"
+    return Medium(r["bits_per_cell"], r["raw_ber"], r["raw_ber_upper95"], name, n, k, cells_per_bit,
+                  check["blocks"], check["blocks_failed"], rows)
+
+
+def slc_ecc_cells(bits: float) -> float:
+    """The textbook reference medium: 1 bit per cell with SECDED (72,64)."""
+    return bits * 72 / 64

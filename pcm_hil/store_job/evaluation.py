@@ -1,0 +1,107 @@
+"""Stage 8 of the store job, evaluation: how much one programming of the layout can be
+trusted, and what digital storage costs on the same chip.
+
+One program-and-verify batch writes ``programmings − 1`` more copies of the stored layout
+(same targets, aims and settings) and the digital-medium test pattern on free cells after
+the model; one retention wait; one read. Each copy is compensated, decoded and scored like
+the stored model, so the stored accuracy is a mean over ``programmings`` realizations with
+a 95 % interval (Student t), on the test set and on the validation split (which chooses the
+digital competitor). The medium measurement picks the density and code of error-free digital
+storage on this chip (:mod:`.digital_medium`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+from scipy import stats
+
+from pcm_hil_noisemodel import NoiseModel
+
+from ..checkpoint import Interrupted, wait_until
+from ..chip import Chip
+from ..coding import CodeConfig
+from ..program import VerifyConfig, program_verify
+from . import digital_medium
+from .allocation import Plan
+from .digital_medium import Medium, MediumConfig
+from .inputs import Inputs
+from .layout import Layout
+from .readback import ReadbackConfig, evaluate_reads
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What the evaluation stage reads."""
+
+    programmings: int = 5  # realizations of the layout the stored accuracy is averaged over (≥ 1)
+
+    def __post_init__(self) -> None:
+        if type(self.programmings) is not int or not 1 <= self.programmings <= 100:
+            raise ValueError(f"programmings must be an integer in [1, 100], got {self.programmings!r}")
+
+
+def cells_needed(layout_cells: int, cfg: EvaluationConfig, medium: MediumConfig) -> int:
+    """Cells the evaluation programs after the model."""
+    return layout_cells * (cfg.programmings - 1) + medium.cells()
+
+
+def interval95(values: list[float]) -> list[float]:
+    """95 % confidence interval of the mean (Student t); the value itself for one sample."""
+    v = np.asarray(values, float)
+    if v.size < 2 or np.all(v == v[0]):
+        return [float(v.mean()), float(v.mean())]
+    lo, hi = stats.t.interval(0.95, v.size - 1, loc=v.mean(), scale=stats.sem(v))
+    return [float(lo), float(hi)]
+
+
+@dataclass
+class Evaluation:
+    accuracy_test: list[float]  # per programming, the stored one first
+    accuracy_val: list[float]
+    medium: Medium
+    pulses: int                 # SET pulses + RESETs the extra programmings and the medium test spent
+
+    def figures(self) -> dict[str, Any]:
+        return {"programmings": len(self.accuracy_test), "accuracy_stored_programmings": self.accuracy_test,
+                "accuracy_stored_mean": float(np.mean(self.accuracy_test)),
+                "accuracy_stored_ci95": interval95(self.accuracy_test),
+                "accuracy_stored_val_mean": float(np.mean(self.accuracy_val)),
+                "accuracy_stored_val_ci95": interval95(self.accuracy_val),
+                "evaluation_pulses": self.pulses, "digital_medium": self.medium.as_dict()}
+
+
+def evaluate(chip: Chip, noise: NoiseModel, first_cell: int, layout: Layout, plan: Plan, vcfg: VerifyConfig,
+             inputs: Inputs, model: Any, code: CodeConfig, stored: tuple[float, float], retention_s: float,
+             cfg: EvaluationConfig, medium_cfg: MediumConfig, readback: ReadbackConfig, g_hi_us: float,
+             stop: Callable[[], bool] | None = None, run_id: str = "") -> Evaluation:
+    """Program the copies and the medium pattern from ``first_cell``, wait, read, score.
+    ``stored``: (test, validation) accuracy of the stored programming."""
+    n = layout.targets.size
+    copies = cfg.programmings - 1
+    pat = digital_medium.pattern(noise, g_hi_us, medium_cfg)
+    aims = np.concatenate([np.tile(plan.aim_us, copies), pat.aims_us])
+    tol = np.concatenate([np.tile(plan.tolerance_us, copies), pat.tolerance_us])
+    cap = np.concatenate([np.tile(plan.max_pulses, copies), pat.max_pulses])
+    cells = np.arange(first_cell, first_cell + aims.size, dtype=np.int64)
+    res = program_verify(chip, cells, aims, replace(vcfg, max_pulses=int(cap.max())),
+                         tolerance_us=tol, max_pulses=cap, stop=stop)
+    if res.stop_reason == "interrupted":
+        raise Interrupted(run_id, "evaluation programmings")
+
+    def between(now: float) -> None:
+        if stop is not None and stop():
+            raise Interrupted(run_id, "evaluation retention wait")
+
+    wait_until(chip, chip.now() + retention_s, between)
+    reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
+    acc_test, acc_val = [stored[0]], [stored[1]]
+    for k in range(copies):
+        part = slice(k * n, (k + 1) * n)
+        back = evaluate_reads(reads[part], model, inputs.names, layout, code, res.converged[part], inputs.train,
+                              inputs.test, readback, inputs.val)
+        acc_test.append(back.figures["accuracy_stored"])
+        acc_val.append(back.figures["accuracy_stored_val"])
+    medium = digital_medium.choose(digital_medium.decode(pat, reads[copies * n:], medium_cfg), medium_cfg)
+    return Evaluation(acc_test, acc_val, medium, int(res.pulses.sum() + res.resets.sum() + cells.size))

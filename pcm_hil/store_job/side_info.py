@@ -1,0 +1,60 @@
+"""Everything the decoder reads besides the analog cells, counted at a real coder's output.
+
+A store run's decoder needs, per stored tensor: its keep-mask (pruning), the signs of kept
+weights (codes that store |w|), its scale and window top, how many replicas each kept
+weight has, which cells verified (the decoder prefers verified replicas), and the network's
+parameters kept digital (biases, norms) in fp32. Masks, replica maps and verify flags are
+range-coded (``constriction``) with their own empirical distribution, whose probabilities
+are counted too; what the coder really writes is what is counted.
+"""
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from ..coding import CodeConfig
+from .layout import Layout
+
+PROBABILITY_BITS = 16  # each symbol probability of a coded stream's model, stored beside it
+SCALE_BITS = 64        # per tensor: scale and window top, fp32 each
+
+
+def coded_bits(symbols: np.ndarray) -> int:
+    """Bits of a range-coded stream of small non-negative integers, coded with their own
+    empirical distribution, plus that distribution (``PROBABILITY_BITS`` per symbol value);
+    a stream of one repeated value costs only its value."""
+    import constriction
+
+    x = np.asarray(symbols, np.int32).ravel()
+    if x.size == 0:
+        return 0
+    counts = np.bincount(x)
+    if np.count_nonzero(counts) == 1:
+        return PROBABILITY_BITS
+    model = constriction.stream.model.Categorical(counts / x.size, perfect=False)
+    coder = constriction.stream.queue.RangeEncoder()
+    coder.encode(x, model)
+    return int(coder.num_bits()) + PROBABILITY_BITS * counts.size
+
+
+def digital_parameters(network: nn.Module, names: list[str]) -> int:
+    """Floating-point parameters kept digital (biases, norms): everything not stored in cells."""
+    return sum(p.numel() for n, p in network.state_dict().items() if n not in names and p.dtype.is_floating_point)
+
+
+def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[str],
+              verified: np.ndarray | None = None) -> dict[str, int]:
+    """Bits of every part the decoder reads (``verified``: per cell of the layout, whether it
+    verified, when the decoder uses it)."""
+    parts = {"mask": 0, "signs": 0, "scales": 0, "replica_map": 0, "verify_flags": 0, "digital_parameters": 0}
+    for enc in layout.encoded:
+        if enc.mask is not None:
+            parts["mask"] += coded_bits(enc.mask.ravel())
+        if code.sign_bits:
+            parts["signs"] += enc.kept  # signs of trained weights do not compress
+        parts["scales"] += SCALE_BITS
+        parts["replica_map"] += coded_bits(enc.replicas - 1)
+    if verified is not None:
+        parts["verify_flags"] = coded_bits(np.asarray(verified, bool)[~layout.reference])
+    parts["digital_parameters"] = 32 * digital_parameters(network, names)
+    return parts
