@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -147,10 +148,12 @@ def bench_procedure() -> type:
             self.outputs_off: dict[str, bool] = {}
             visa = {"visa_library": "@py", "read_termination": "\n", "write_termination": "\n"}
             self.board = PCMBoardPyMeasure(self.board_resource, timeout_s=self.board_timeout_s)
-            if self.smu_resource:
-                self.smu = Keithley2600(self.smu_resource, timeout=int(self.board_timeout_s * 1000), **visa)
-            if self.pg_resource:
-                self.pg = Agilent33500(self.pg_resource, timeout=int(self.board_timeout_s * 1000), **visa)
+            with warnings.catch_warnings():  # PyMeasure: "not known whether this device supports SCPI"
+                warnings.simplefilter("ignore", FutureWarning)
+                if self.smu_resource:
+                    self.smu = Keithley2600(self.smu_resource, timeout=int(self.board_timeout_s * 1000), **visa)
+                if self.pg_resource:
+                    self.pg = Agilent33500(self.pg_resource, timeout=int(self.board_timeout_s * 1000), **visa)
 
         def execute(self) -> None:
             self.board.n_avg = self.n_avg
