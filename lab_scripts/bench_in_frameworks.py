@@ -21,8 +21,9 @@ import math
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 STATION_YAML = Path(__file__).resolve().with_name("bench_station.yaml")
 
@@ -68,8 +69,8 @@ def run_qcodes(cfg: Any, station_yaml: Path, cells: int, n_avg: int, bias_v: flo
             board = station.load_instrument("board", address=cfg.board.resource, timeout_s=cfg.board.timeout_s)
             smu = (station.load_instrument("smu", address=cfg.smu.resource, timeout=cfg.smu.timeout_s)
                    if cfg.smu else None)
-            pg = (station.load_instrument("pulse_generator", address=cfg.pulse_generator.resource,
-                                          timeout=cfg.pulse_generator.timeout_s) if cfg.pulse_generator else None)
+            _pg = (station.load_instrument("pulse_generator", address=cfg.pulse_generator.resource,
+                                           timeout=cfg.pulse_generator.timeout_s) if cfg.pulse_generator else None)
         board.n_avg(n_avg)
         out["board_reads_us"] = [float(g) for g in board.read_cells(list(range(cells)))]
         if smu is not None:
@@ -136,13 +137,12 @@ def bench_procedure() -> type:
         n_avg = IntegerParameter("Reads averaged", minimum=1, maximum=1024, default=4)
         bias_v = FloatParameter("SMU read bias", units="V", minimum=0.01, maximum=1.0, default=0.2)
 
-        DATA_COLUMNS = ["cell", "source", "g_us", "current_a"]
+        DATA_COLUMNS = ("cell", "source", "g_us", "current_a")
 
         def startup(self) -> None:
+            from pcm_hil_drivers.pymeasure_board import PCMBoardPyMeasure
             from pymeasure.instruments.agilent import Agilent33500
             from pymeasure.instruments.keithley import Keithley2600
-
-            from pcm_hil_drivers.pymeasure_board import PCMBoardPyMeasure
 
             self.board = self.smu = self.pg = None
             self.outputs_off: dict[str, bool] = {}
