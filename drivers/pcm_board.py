@@ -109,6 +109,20 @@ class PCMBoard(Instrument):
         return self._geometry  # type: ignore[return-value]
 
     @property
+    def selected_cell(self) -> tuple[int, int, int] | None:
+        """The selected cell as (array, row, col), or None when no cell is selected (``CELL?``)."""
+        reply = self.ask("CELL?").strip()
+        if reply.upper() == "NONE":
+            return None
+        try:
+            cell = tuple(int(p) for p in reply.split(","))
+        except ValueError:
+            raise ProtocolError(f"CELL?: malformed reply {reply!r}") from None
+        if len(cell) != 3:
+            raise ProtocolError(f"CELL?: malformed reply {reply!r}")
+        return cell  # type: ignore[return-value]
+
+    @property
     def n_cells(self) -> int:
         a, r, c = self.geometry
         return a * r * c
