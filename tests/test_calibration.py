@@ -247,7 +247,7 @@ def test_store_resumes_a_calibration_killed_on_the_spot_then_stores(tmp_path, ca
 
     _, cal_run = _killed_calibration(tmp_path, "retention", 600)
     assert cli.main(["store", "--resume", cal_run, "--model", "mlp-digits", "--run-dir", str(tmp_path),
-                     "--report", "none", "--json"]) == 0
+                     "--programmings", "1", "--medium-cells", "256", "--report", "none", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     with RunStore(tmp_path / "pcm-hil.sqlite") as store:
         assert store.run(cal_run)["status"] == "done"

@@ -104,7 +104,9 @@ def test_store_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path,
     if stage == "program":
         assert 0 < done_before.size < r["cells"]
     else:
-        assert "programmed" in stages_before and np.array_equal(chip.pulse_count, before)  # nothing pulsed at all
+        # no cell of the model pulsed at all (the evaluation's copies and medium test use other cells)
+        model_cells = np.arange(r["cells"])
+        assert "programmed" in stages_before and np.array_equal(chip.pulse_count[model_cells], before[model_cells])
     # the same chip seed, the same plan: the end state matches within the noise
     u = uninterrupted
     assert r["cells"] == u["cells"] and r["pulses_planned"] == pytest.approx(u["pulses_planned"])

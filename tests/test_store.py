@@ -146,7 +146,10 @@ def test_digital_medium_sizes_a_code_from_the_measured_error_rate() -> None:
     assert medium.cells_per_bit == min(per_bit.values()) and medium.bits_per_cell == 2  # the cheapest usable
     assert [r["usable"] for r in medium.densities] == [True, True, False]  # 2.7 % needs t > 64 at any block size
     assert medium.blocks_failed == 0 and medium.blocks_decoded >= 1  # and its code corrects what was measured
-    assert rng_errors.sum() > 0
+    assert rng_errors.sum() > 0 and medium.target_met
+    # a measurement that shows no code reaching the target gets the strongest code, flagged
+    worst = choose([rows[2]], cfg)
+    assert not worst.target_met and worst.code.endswith("t=64) over GF(2^13)") and worst.data_bits == 512
 
 
 def _store(tmp_path, noise, **kw):

@@ -112,7 +112,7 @@ def store(args: argparse.Namespace) -> int:
         code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity, importance=args.importance,
         allocation=args.allocation, pulse_budget=args.pulse_budget, target_loss=args.target_loss,
         replicas_per_weight=args.replicas, retention_s=args.retention, bn_samples=args.bn_samples,
-        programmings=args.programmings, seed=args.seed)
+        programmings=args.programmings, medium_cells=args.medium_cells, seed=args.seed)
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
         if args.resume and rs.run(args.resume)["kind"] == "calibration":

@@ -38,8 +38,9 @@ class MediumConfig:
     def __post_init__(self) -> None:
         if not self.densities or any(d not in (1, 2, 3, 4) for d in self.densities):
             raise ValueError(f"densities must be among 1-4 bits per cell, got {self.densities!r}")
-        if type(self.cells_per_density) is not int or not 64 <= self.cells_per_density <= 1_000_000:
-            raise ValueError(f"cells_per_density must be an integer in [64, 1000000], got {self.cells_per_density!r}")
+        if type(self.cells_per_density) is not int or not 256 <= self.cells_per_density <= 1_000_000:
+            raise ValueError(f"cells_per_density must be an integer in [256, 1000000] (fewer cannot bound the error "
+                             f"rate below what a code corrects), got {self.cells_per_density!r}")
         if not 0 < self.target_block_failure < 1e-3:
             raise ValueError(f"target_block_failure must be in (0, 1e-3), got {self.target_block_failure!r}")
 
@@ -165,6 +166,7 @@ class Medium:
     blocks_decoded: int
     blocks_failed: int
     densities: list[dict[str, Any]]
+    target_met: bool = True  # False: no code could be shown to reach the target; the strongest is used
 
     def cells(self, bits: float) -> float:
         """Cells that store ``bits`` data bits with their code."""
@@ -175,7 +177,10 @@ class Medium:
 
 
 def choose(per_density: list[dict[str, Any]], cfg: MediumConfig) -> Medium:
-    """The density and code with the fewest cells per data bit."""
+    """The density and code with the fewest cells per data bit; when the measurement cannot
+    show that any code reaches the target (too few cells, too many errors), the strongest
+    code (t = ``MAX_T`` on the smallest block) at the least error-prone density, flagged
+    ``target_met=False``."""
     best = None
     rows = []
     for r in per_density:
@@ -191,13 +196,17 @@ def choose(per_density: list[dict[str, Any]], cfg: MediumConfig) -> Medium:
         rows.append(row)
         if best is None or cells_per_bit < best[0]:
             best = (cells_per_bit, r, k, n, t)
-    if best is None:
-        raise ValueError(f"no density stores data error-free on this chip with a BCH code of t <= {MAX_T}")
+    target_met = best is not None
+    if best is None:  # the sample cannot show any code reaches the target: the strongest code, flagged
+        r = min(per_density, key=lambda x: x["raw_ber_upper95"] / x["bits_per_cell"])
+        k = min(cfg.block_bits)
+        n, t = k + BCH_M * MAX_T, MAX_T
+        best = (n / (k * r["bits_per_cell"]), r, k, n, t)
     cells_per_bit, r, k, n, t = best
     check = run_code(r["_errors"], n, t, seed=cfg.seed)
     name = f"BCH(n={n}, k={k}, t={t}) over GF(2^{BCH_M})" if t else "none (no error measured)"
     return Medium(r["bits_per_cell"], r["raw_ber"], r["raw_ber_upper95"], name, n, k, cells_per_bit,
-                  check["blocks"], check["blocks_failed"], rows)
+                  check["blocks"], check["blocks_failed"], rows, target_met)
 
 
 def slc_ecc_cells(bits: float) -> float:
