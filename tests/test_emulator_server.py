@@ -68,7 +68,8 @@ def test_half_sent_scpi_command_is_discarded_at_disconnect(vb) -> None:
     assert vb.pg.ch[1].output is True
 
 
-def test_ipv6_loopback_serves_all_three() -> None:
+def _needs_ipv6_loopback() -> None:
+    """Skip, saying why, where this machine has no IPv6 loopback."""
     if not socket.has_ipv6:
         pytest.skip("no IPv6 in this Python build")
     try:
@@ -77,6 +78,10 @@ def test_ipv6_loopback_serves_all_three() -> None:
         probe.close()
     except OSError:
         pytest.skip("IPv6 loopback is not configured on this machine")
+
+
+def test_ipv6_loopback_serves_all_three() -> None:
+    _needs_ipv6_loopback()
     with VirtualBench(GEOM, seed=1, host="::1") as v6:
         a = v6.addresses
         assert a["board"].startswith("socket://[::1]:") and "[::1]" in a["smu"]
@@ -88,12 +93,7 @@ def test_ipv6_loopback_serves_all_three() -> None:
 
 
 def test_cli_emulate_binds_ipv6_loopback(tmp_path) -> None:
-    try:
-        probe = socket.socket(socket.AF_INET6)
-        probe.bind(("::1", 0))
-        probe.close()
-    except OSError:
-        pytest.skip("IPv6 loopback is not configured on this machine")
+    _needs_ipv6_loopback()
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen([sys.executable, "-m", "pcm_hil.cli", "emulate", "--host", "::1", "--geometry", "1", "4",
                              "4", "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
