@@ -32,14 +32,20 @@ def write_store_report(outcome: "StoreOutcome", path: str | Path) -> Path:
     if curve:
         b.plot([c["cells_per_weight"] for c in curve], [100 * c["accuracy_predicted"] for c in curve], "o-",
                label="predicted by the noise model")
-    b.plot([result["cells_per_weight"]], [100 * result["accuracy_stored"]], "r*", ms=14, label="measured on the chip")
+    mean = 100 * result["accuracy_stored_mean"]
+    lo, hi = (100 * v for v in result["accuracy_stored_ci95"])
+    b.errorbar([result["cells_per_weight"]], [mean], yerr=[[mean - lo], [hi - mean]], fmt="r*", ms=14, capsize=4,
+               label=f"measured: mean of {result['programmings']} programmings, 95 % CI")
     b.axhline(100 * result["accuracy_reference"], color="k", lw=1, label="float reference")
     b.axhline(100 * result["accuracy_reference"] - 0.5, color="k", lw=1, ls="--", label="reference − 0.5 pp")
     best = result.get("best_digital")
     if best:
-        b.axvline(best["cells"] / result["weights"], color="g", lw=1,
-                  label=f"best digital ({best['bits']} bit, {best['sparsity']:.0%} pruned, MLC+ECC)")
-    b.set(xlabel="cells per weight (analog cells + digital side information)", ylabel="accuracy (%)",
+        medium = result["digital_medium"]
+        b.plot([best["cells"] / result["weights"]], [100 * best["accuracy_test"]], "gs", ms=9,
+               label=f"strongest digital ({best['bits']} bit, {best['start']}; "
+                     f"{medium['bits_per_cell']} bit/cell + BCH t={medium['code'].split('t=')[-1].split(')')[0]})")
+    b.set(xlabel="cells per weight, everything the decoder reads counted",
+          ylabel="test accuracy (%)",
           title=f"{result['model']}: accuracy after {result['retention_s']:g} s")
     b.legend(fontsize=8)
     fig.tight_layout()
