@@ -94,8 +94,8 @@ def build_parser() -> Parser:
     st.add_argument("--programmings", type=int_in(1, 100), default=5,
                     help="programmings of the layout the stored accuracy is averaged over, with a 95 %% interval "
                          "(default 5: the stored one and 4 copies on free cells after it)")
-    st.add_argument("--medium-cells", type=int_in(256, 1_000_000), default=4096,
-                    help="data cells per density of the digital-medium test (default 4096)")
+    st.add_argument("--medium-cells", type=int_in(256, 1_000_000), default=16384,
+                    help="data cells per density of the digital-medium test (default 16384)")
     st.add_argument("--report", default=None, help="PNG report path (default RUN_DIR/RUN.png; 'none' to skip)")
     st.add_argument("--resume", metavar="RUN", help="continue a store run that was stopped or killed "
                                                      "(its settings are the run's own; other options are ignored)")

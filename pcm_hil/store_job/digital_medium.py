@@ -29,7 +29,7 @@ class MediumConfig:
     """What the medium measurement reads."""
 
     densities: tuple[int, ...] = (1, 2, 3)   # bits per cell tried
-    cells_per_density: int = 4096            # data cells per density
+    cells_per_density: int = 16384           # data cells per density (the error-rate bound tightens with more)
     reference_cells_per_level: int = 32
     block_bits: tuple[int, ...] = (512, 1024, 2048, 4096)  # data bits per BCH codeword tried
     target_block_failure: float = 1e-12      # per block, after decoding
