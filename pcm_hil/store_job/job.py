@@ -4,7 +4,8 @@ A short orchestration over the stages, each taking only its own config:
 inputs (network and data, loaded once) → compression → importance → layout (codes,
 replicas, reference cells) → allocation (program-and-verify settings under a pulse
 budget) → program (checkpointed) → wait the retention time → read-back (drift
-compensation, decoding, batch-norm re-estimation) → baselines and cost accounting.
+compensation, decoding, batch-norm re-estimation) → evaluation (more programmings of the
+layout, the digital medium measured on the chip) → baselines and cost accounting.
 The layout goes to the run store before the first pulse, so ``load_run`` reads the model
 back later and ``resume_store_job`` continues a run that was stopped or killed.
 """
