@@ -340,7 +340,7 @@ def test_temperature_conductance_is_thermally_activated_more_at_low_g() -> None:
     expected = np.exp(-ea / 8.617333262e-5 * (1 / 358.15 - 1 / 300.0))
     assert np.allclose(ratio, expected, rtol=2e-3)
     r_lo, r_hi = ratio[x < 0.1].mean(), ratio[x > 0.5].mean()
-    assert r_lo > 4 and r_hi < 2  # low G gains several times more
+    assert r_lo > 4 and r_lo > 2 * r_hi  # low G gains several times more
     with pytest.raises(ValueError, match="kelvin"):
         chip.set_temperature_k(float("nan"))
 
