@@ -205,6 +205,22 @@ class Chip(ABC):
             raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         self._wait(float(seconds))
 
+    # -- temperature --------------------------------------------------------------
+    def temperature_k(self) -> "float | None":
+        """Chip temperature in kelvin, or None where the backend has no temperature controller
+        (the default)."""
+        return None
+
+    def set_temperature_k(self, kelvin: float) -> None:
+        """Bring the chip to ``kelvin`` (150–700 K). Raises ``NotImplementedError`` on a backend
+        without a temperature controller (the default)."""
+        if isinstance(kelvin, bool) or not isinstance(kelvin, (int, float, np.floating)) or not 150 <= kelvin <= 700:
+            raise ValueError(f"kelvin must be a number in [150, 700] K, got {kelvin!r}")
+        self._set_temperature_k(float(kelvin))
+
+    def _set_temperature_k(self, kelvin: float) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no temperature controller")
+
     @abstractmethod
     def now(self) -> float:
         """Current chip time in seconds."""

@@ -66,7 +66,13 @@ def test_profile_show(run) -> None:
     r = run("profile", "show", "hermes-14nm", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["g_max_us"] == 10.35
     r = run("profile", "show", "nope")
-    assert r.returncode == 2 and "must be a preset (hermes-14nm, nandakumar-2018, pcm)" in r.stderr
+    assert r.returncode == 2 and "must be a preset (hermes-14nm, nandakumar-2018, pcm, pcm-harsh, pcm-realistic)" in r.stderr
+
+
+def test_profile_random_is_seeded(run) -> None:
+    a = json.loads(run("profile", "random", "--seed", "4", "--json").stdout)
+    b = json.loads(run("profile", "random", "--seed", "4", "--json").stdout)
+    assert a == b and a["name"] == "random-4" and a["shape_physics"] == 1.0
 
 
 def test_emulate_serves_until_sigterm(tmp_path, run) -> None:

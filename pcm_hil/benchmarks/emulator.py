@@ -39,6 +39,7 @@ def run(cells: int = 1_000_000, repeats: int = 7, seed: int = 0, profile: str = 
     t_normal = _median_time(lambda: rng.standard_normal(cells, dtype=np.float32), repeats)
     return {
         "benchmark": "emulator",
+        "profile": str(profile),
         "cells": cells,
         "repeats": repeats,
         "cell_iterations_per_s": cells / t_iter,

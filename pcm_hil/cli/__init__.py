@@ -32,6 +32,7 @@ def build_parser() -> Parser:
     b.add_argument("--cells", type=int_in(1, 100_000_000), default=None,
                    help="batch size (default: 1e6 emulator, 1e5 wire)")
     b.add_argument("--repeats", type=int_in(1, 1000), default=7)
+    b.add_argument("--profile", default="pcm", help="emulator: device profile (preset name or file)")
     b.add_argument("--replicas", type=float_in(1, 8), default=2.0, help="budgets: mean replicas per kept weight (default 2)")
     b.set_defaults(func=commands.benchmark)
 
@@ -115,8 +116,10 @@ def build_parser() -> Parser:
     r.set_defaults(func=commands.runs)
 
     pr = sub.add_parser("profile", parents=[js], help="list or show emulator device profiles")
-    pr.add_argument("action", choices=["list", "show"])
+    pr.add_argument("action", choices=["list", "show", "random"],
+                    help="random: a plausible unknown device drawn from published ranges (--seed)")
     pr.add_argument("name", nargs="?", default="pcm")
+    pr.add_argument("--seed", type=SEED, default=0, help="random: seed of the drawn device (default 0)")
     pr.set_defaults(func=commands.profile)
     return p
 

@@ -46,9 +46,10 @@ def benchmark(args: argparse.Namespace) -> int:
     import importlib
 
     bench = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.benchmarks.{args.what}")
-    if args.what in ("emulator", "wire"):
-        default_cells = 1_000_000 if args.what == "emulator" else 100_000
-        r = bench.run(cells=args.cells or default_cells, repeats=args.repeats, seed=args.seed)
+    if args.what == "emulator":
+        r = bench.run(cells=args.cells or 1_000_000, repeats=args.repeats, seed=args.seed, profile=args.profile)
+    elif args.what == "wire":
+        r = bench.run(cells=args.cells or 100_000, repeats=args.repeats, seed=args.seed)
     elif args.what == "faults":
         r = bench.run(seed=args.seed)
     else:
@@ -59,8 +60,12 @@ def benchmark(args: argparse.Namespace) -> int:
 
 
 def profile(args: argparse.Namespace) -> int:
-    from ..emulator import preset_names, resolve
+    from ..emulator import preset_names, random_profile, resolve
 
+    if args.action == "random":
+        prof = random_profile(args.seed)
+        _emit(args, prof.to_dict(), lambda: render.profile(prof.describe(), prof.name))
+        return 0
     if args.action == "list":
         names = preset_names()
         _emit(args, {"presets": names}, lambda: "\n".join(names))
