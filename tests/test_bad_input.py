@@ -127,7 +127,7 @@ def _dir(d: Path, name: str, content: bytes) -> Path:
 def _copy_run(d: Path, name: str, run_id: str, truncate: bool) -> Path:
     sub = d / name
     sub.mkdir(exist_ok=True)
-    for f in d.glob(f"{run_id}*"):
+    for f in [*d.glob(f"{run_id}*"), *d.glob("chip-*.npz")]:  # the run's files and the emulated chip
         data = f.read_bytes()
         (sub / f.name).write_bytes(data[: len(data) // 2] if truncate and f.suffix == ".npz" else data)
     with RunStore(d / "pcm-hil.sqlite") as src:

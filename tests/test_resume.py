@@ -81,12 +81,18 @@ def _verified(store: RunStore, run_id: str) -> np.ndarray:
     return last.loc[last["status"] != 0, "cell"].to_numpy()
 
 
+def _saved_chip(db: Path, run_id: str) -> EmulatedChip:
+    """The emulated chip as a run left it in its run directory."""
+    with RunStore(db) as store:
+        return EmulatedChip.load_state(store.chip_file(store.run(run_id)["settings"]["chip_id"]))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, at", [("program", 0.5), ("retention", 0.0), ("accuracy curve", 0.0)])
 def test_store_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path, noise_file, uninterrupted,
                                                                        stage, at) -> None:
     run_id = _kill(tmp_path, noise_file, stage, at)
-    chip = EmulatedChip.load_state(tmp_path / f"{run_id}-chip.npz")
+    chip = _saved_chip(tmp_path / "s.sqlite", run_id)
     before = chip.pulse_count.copy()
     with RunStore(tmp_path / "s.sqlite") as store:
         done_before = _verified(store, run_id)

@@ -30,14 +30,16 @@ def demo(args: argparse.Namespace) -> int:
 
     from ..demo import DemoConfig, run_demo
 
-    with app.open_chip(ChipOptions.of(args)) as chip:
+    with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs) as chip:
         # the top level: 85 % of the device's saturation (the emulator's profile; 25 µS on a bench)
         g_hi = 0.85 * getattr(getattr(chip, "profile", None), "g_max_us", 25.0)
         cfg = DemoConfig(cells=args.cells, levels=args.levels, tolerance_us=args.tolerance,
                          read_after_s=tuple(args.read_after), g_hi_us=g_hi)
         with tqdm(total=min(cfg.cells, chip.geometry.n_cells), desc="program-and-verify", unit="cell",
                   disable=args.json or not sys.stderr.isatty()) as bar:
-            r = run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n))
+            r = app.owned_run(chip, rs, "demo", min(cfg.cells, chip.geometry.n_cells),
+                              lambda cells: run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n), cells=cells),
+                              overwrite=args.overwrite)
     _emit(args, r, lambda: render.demo(r, args.seed))
     return 0
 
@@ -78,15 +80,20 @@ def calibrate(args: argparse.Namespace) -> int:
 
     if args.action == "validate":
         noise = NoiseModel.load(args.noise_model)
-        with app.open_chip(ChipOptions.of(args)) as chip, _bars(args) as bar:
-            r = validate(chip, noise, n_cells=args.cells, tolerance_us=args.tolerance, max_pulses=args.max_pulses,
-                         progress=bar)
+        with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs) as chip, \
+                _bars(args) as bar:
+            chip.require_same_chip(noise.provenance.get("chip_id"), "the noise model was fitted")
+            r = app.owned_run(chip, rs, "validation", args.cells,
+                              lambda cells: validate(chip, noise, cells, tolerance_us=args.tolerance,
+                                                     max_pulses=args.max_pulses, progress=bar),
+                              settings={"noise_model": noise.provenance}, overwrite=args.overwrite)
         _emit(args, r, lambda: render.validation(r, args.noise_model, args.tolerance, args.max_pulses))
         return 0
     cfg = CalibrationConfig(cells=args.cells, first_cell=args.first_cell, seed=args.seed)
     with app.open_store(args.run_dir) as store, app.chip_for_run(ChipOptions.of(args), store, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
-        run_id, noise = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume)
+        run_id, noise = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume,
+                                        overwrite=args.overwrite)
         noise.save(args.out)
         report = None
         if args.report != "none":
@@ -111,7 +118,8 @@ def store(args: argparse.Namespace) -> int:
         model=own_model_name(args.model), checkpoint=_absolute(args.checkpoint), data_dir=_absolute(args.data_dir),
         code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity, importance=args.importance,
         allocation=args.allocation, pulse_budget=args.pulse_budget, target_loss=args.target_loss,
-        replicas_per_weight=args.replicas, retention_s=args.retention, bn_samples=args.bn_samples, seed=args.seed)
+        replicas_per_weight=args.replicas, retention_s=args.retention, bn_samples=args.bn_samples, seed=args.seed,
+        overwrite=args.overwrite)
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
         if args.resume and rs.run(args.resume)["kind"] == "calibration":
@@ -147,8 +155,9 @@ def load(args: argparse.Namespace) -> int:
 def runs(args: argparse.Namespace) -> int:
     with app.open_store(args.run_dir) as rs:
         if args.action == "list":
-            table = rs.runs()
-            _emit(args, {"runs": table.to_dict(orient="records")}, lambda: render.runs(table))
+            table, cells = rs.runs(), rs.cell_map()
+            _emit(args, {"runs": table.to_dict(orient="records"), "cells": cells.to_dict(orient="records")},
+                  lambda: render.runs(table, cells))
             return 0
         if not args.run:
             raise ValueError("runs export needs a RUN id (see 'pcm-hil runs list')")

@@ -316,6 +316,10 @@ class EmulatedChip(Chip):
         """Stuck code per cell (0 none, 1 at RESET, 2 at SET, 3 at a random value); emulator-only."""
         return self.stuck[self.cells(cells)]
 
+    def write_counts(self, cells: Any = None) -> np.ndarray:
+        """The endurance counter: pulses each cell has taken since the chip was made."""
+        return self.pulse_count[self.cells(cells)].astype(np.int64)
+
     def chip_id(self) -> str:
         shape = "x".join(str(v) for v in self.geometry.shape)
         return f"emulated:{self.profile.name}:seed={self.seed}:{shape}"
