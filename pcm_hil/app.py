@@ -119,9 +119,9 @@ def owned_run(chip: Chip, store: RunStore, kind: str, count: int, work: Callable
 
 def noise_model_for(chip: Chip, store: RunStore, path: str | None, seed: int = 0,
                     progress: Callable[[str, float, float], None] | None = None,
-                    stop: Callable[[], bool] | None = None) -> NoiseModel:
+                    stop: Callable[[], bool] | None = None, purpose: dict[str, Any] | None = None) -> NoiseModel:
     """The noise model in ``path`` (checked to belong to ``chip``), or one calibrated now on
-    the chip's last free cells."""
+    the chip's last free cells (its run records ``purpose``: what the job will do with it)."""
     if path:
         model = NoiseModel.load(path)
         chip.require_same_chip(model.provenance.get("chip_id"), f"noise model {path} was fitted")
@@ -129,7 +129,7 @@ def noise_model_for(chip: Chip, store: RunStore, path: str | None, seed: int = 0
     n = chip.geometry.n_cells
     cells = min(CALIBRATION_CELLS, n // 4)
     _, model = run_calibration(chip, store, CalibrationConfig(cells=cells, seed=seed), progress=progress, stop=stop,
-                               from_end=True)
+                               from_end=True, purpose=purpose)
     return model
 
 

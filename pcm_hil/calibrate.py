@@ -115,13 +115,15 @@ class _Reader:
 
 def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | None = None,
                     progress: Progress | None = None, stop: Callable[[], bool] | None = None,
-                    resume: str | None = None, from_end: bool = False,
-                    overwrite: str | None = None) -> tuple[str, NoiseModel]:
+                    resume: str | None = None, from_end: bool = False, overwrite: str | None = None,
+                    purpose: dict[str, Any] | None = None) -> tuple[str, NoiseModel]:
     """Measure the chip, store every table, fit and return (run_id, model).
 
     The run claims its cells in the run store: ``config.first_cell`` onwards, or the first
     free ones (from the chip's end with ``from_end``); ``overwrite`` names a run whose cells
-    it may reuse. Cells another run holds are refused before any pulse.
+    it may reuse. Cells another run holds are refused before any pulse. ``purpose`` is kept
+    with the run's settings: what a job calibrating on the spot will do with the model, so
+    that resuming the run finishes that job as it was asked for.
 
     Every stage is marked complete in the run store in the same transaction as its data,
     and the program-and-verify sweep checkpoints per cell, so ``resume=RUN`` continues a
@@ -148,7 +150,7 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
     report = progress or (lambda stage, done, total: None)
     if resume is None:
         settings = {"procedure": "calibration", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
-                    "chip_id": chip.chip_id(), "config": asdict(cfg)}
+                    "chip_id": chip.chip_id(), "config": asdict(cfg), **({"purpose": purpose} if purpose else {})}
         run_id = store.create_run("calibration", settings, CellClaim(chip.chip_id(), n, cfg.cells, cfg.first_cell,
                                                                       from_end, overwrite))
     else:

@@ -251,3 +251,47 @@ def test_a_checkpoint_that_names_foreign_cells_is_refused(tmp_path) -> None:
         other = VerifyJournal(store, run_id, "program", np.arange(0, 10))  # another layout: cells 0-9
         with pytest.raises(ValueError, match="outside the run's layout"):
             other.load()
+
+
+@pytest.mark.slow
+def test_a_store_killed_while_calibrating_on_the_spot_resumes_with_the_options_it_was_given(tmp_path) -> None:
+    """Issue #17 point 4: ``store --resume CAL`` stores the model asked for (not the default),
+    and resuming it again starts no second store run."""
+    db = tmp_path / "pcm-hil.sqlite"
+    p = subprocess.Popen([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--sparsity", "0.5",
+                          "--run-dir", str(tmp_path), "--report", "none", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and p.poll() is None:  # wait until the calibration programs cells
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                if con.execute(f"SELECT count(*) FROM {TABLE} WHERE part = 'levels'").fetchone()[0] > 0:
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    p.kill()
+    p.communicate(timeout=60)
+    with RunStore(db) as store:
+        runs = store.runs()
+    assert list(runs["kind"]) == ["calibration"] and runs["status"].iloc[0] == "killed (resumable)"
+    cal = runs["run_id"].iloc[0]
+    resume = [sys.executable, "-m", "pcm_hil.cli", "store", "--resume", cal, "--run-dir", str(tmp_path),
+              "--report", "none", "--json"]
+    r = subprocess.run(resume, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"] == "mlp-digits" and out["sparsity"] == 0.5  # the options it was started with
+    again = subprocess.run(resume, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "nothing to resume" in again.stderr and again.stderr.count("\n") == 1
+    with RunStore(db) as store:
+        assert list(store.runs()["kind"]) == ["calibration", "store"]  # no second store run
+
+
+def test_the_ctrl_c_hint_names_the_bench_run_dir_and_outputs() -> None:
+    from pcm_hil.cli import _resume_hint, build_parser
+
+    args = build_parser().parse_args(["store", "--bench", "my bench.toml", "--run-dir", "/data/runs"])
+    assert _resume_hint(args, "R1") == "pcm-hil store --resume R1 --bench 'my bench.toml' --run-dir /data/runs"
+    args = build_parser().parse_args(["calibrate", "run", "--out", "m.json"])
+    assert _resume_hint(args, "R2") == "pcm-hil calibrate run --resume R2 --out m.json"

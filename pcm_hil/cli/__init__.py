@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Sequence
 
@@ -121,6 +122,17 @@ def build_parser() -> Parser:
     return p
 
 
+def _resume_hint(args: argparse.Namespace, run_id: str) -> str:
+    """The command that continues run ``run_id``: the same chip, run directory and outputs."""
+    words = [*args.resume_command.split(), "--resume", run_id]
+    for option in ("bench", "run_dir", "out", "report"):
+        value = getattr(args, option, None)
+        if value is not None and not (option == "run_dir" and value == "runs") and \
+                not (option == "out" and value == "noise-model.json"):
+            words += [f"--{option.replace('_', '-')}", str(value)]
+    return shlex.join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pcm_hil_drivers.errors import DriverError
 
@@ -134,10 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Interrupted as exc:
-        resume = f"{getattr(args, 'resume_command', 'pcm-hil')} --resume {exc.run_id}"
-        if getattr(args, "run_dir", "runs") != "runs":
-            resume += f" --run-dir {args.run_dir}"
-        print(f"pcm-hil: stopped during {exc.stage}; outputs are off. Continue with: {resume}", file=sys.stderr)
+        print(f"pcm-hil: stopped during {exc.stage}; outputs are off. Continue with: {_resume_hint(args, exc.run_id)}",
+              file=sys.stderr)
         return 130
     except (ValueError, RunLocked) as exc:
         print(f"pcm-hil: error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -123,14 +124,20 @@ def store(args: argparse.Namespace) -> int:
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
         if args.resume and rs.run(args.resume)["kind"] == "calibration":
-            # killed while calibrating on the spot: finish that calibration, then store
-            _, noise = run_calibration(chip, rs, progress=bar, stop=stop, resume=args.resume)
-            out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop)
+            # killed while calibrating on the spot: finish that calibration, then the store it was for
+            cfg, stored = _store_of_calibration(rs, args.resume, cfg)
+            if stored is not None:  # the store run had begun: continue it
+                out = resume_store_job(chip, rs, stored, progress=bar, stop=stop)
+            else:
+                inputs = load_inputs(cfg.network)  # checked before any pulse
+                _, noise = run_calibration(chip, rs, progress=bar, stop=stop, resume=args.resume)
+                out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop, inputs=inputs)
         elif args.resume:
             out = resume_store_job(chip, rs, args.resume, progress=bar, stop=stop)
         else:
             inputs = load_inputs(cfg.network)  # checked before any pulse
-            noise = app.noise_model_for(chip, rs, args.noise_model, seed=args.seed, progress=bar, stop=stop)
+            noise = app.noise_model_for(chip, rs, args.noise_model, seed=args.seed, progress=bar, stop=stop,
+                                        purpose={"store_config": asdict(cfg)})
             out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop, inputs=inputs)
         r = out.record
         if args.report != "none":
@@ -139,6 +146,24 @@ def store(args: argparse.Namespace) -> int:
             r["report"] = str(write_store_report(out, args.report or rs.run_file(r["run_id"], "report")))
     _emit(args, r, lambda: render.store(r))
     return 0
+
+
+def _store_of_calibration(rs: Any, cal_id: str, given: Any) -> tuple[Any, str | None]:
+    """For ``store --resume CAL``: the store config CAL was calibrated for (``given``, the
+    options of this command, for a calibration that no store started), and the store run
+    that began after it, if any (None: none began)."""
+    from ..store_job import StoreConfig
+
+    recorded = rs.run(cal_id)["settings"].get("purpose", {}).get("store_config")
+    cfg = StoreConfig.from_dict(recorded) if recorded else given
+    for run_id in rs.runs().query("kind == 'store'")["run_id"]:
+        info = rs.run(run_id)
+        if info["settings"].get("noise_model", {}).get("run_id") == cal_id:
+            if info["status"] == "done":
+                raise ValueError(f"run {cal_id} is already done, and so is store run {run_id} it calibrated for; "
+                                 f"nothing to resume (read the model back with 'pcm-hil load {run_id}')")
+            return cfg, run_id
+    return cfg, None
 
 
 def load(args: argparse.Namespace) -> int:
