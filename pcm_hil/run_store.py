@@ -82,27 +82,54 @@ class RunStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, int] = {}
+        exists = self.path.exists()
+        if exists and self.path.stat().st_size == 0:  # sqlite would take it for a new, empty store
+            raise ValueError(f"run store {self.path} is empty (0 bytes): truncated or lost, not a store with no "
+                             "runs; restore it from a backup, or move it away to start a new store")
+        self.read_only = exists and not _writable(self.path)
+        if not self.read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-                "started REAL NOT NULL, finished REAL, status TEXT NOT NULL, settings TEXT NOT NULL, "
-                "result TEXT)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS stages (run_id TEXT NOT NULL, stage TEXT NOT NULL, "
-                             "time REAL NOT NULL, info TEXT, PRIMARY KEY (run_id, stage))")
-            self._db.execute("CREATE TABLE IF NOT EXISTS cell_owners (chip_id TEXT NOT NULL, run_id TEXT NOT NULL, "
-                             "first INTEGER NOT NULL, stop INTEGER NOT NULL, released_by TEXT)")
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if self.read_only:  # read what is there, write nothing
+                self._open_read_only()
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS cell_owners (chip_id TEXT, run_id TEXT, "
+                                 "first INTEGER, stop INTEGER, released_by TEXT)")  # stores older than cell owners
+            else:
+                self._create()
             version = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"run store {self.path} is not a readable SQLite database: {exc}") from None
         if int(version) != SCHEMA_VERSION:
             raise ValueError(f"run store {self.path} has schema version {version}; this pcm-hil reads {SCHEMA_VERSION}")
+
+    def _open_read_only(self) -> None:
+        uri = self.path.resolve().as_uri()
+        try:
+            self._db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+            self._db.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.OperationalError:  # a WAL store whose directory cannot take the index: read the file as is
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise ValueError(f"run store {self.path} is read-only and its last changes are still in {wal.name}: "
+                                 "make it writable once (any pcm-hil command merges them)") from None
+            self._db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+            self._db.execute("SELECT count(*) FROM runs").fetchone()
+
+    def _create(self) -> None:
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+            "started REAL NOT NULL, finished REAL, status TEXT NOT NULL, settings TEXT NOT NULL, "
+            "result TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS stages (run_id TEXT NOT NULL, stage TEXT NOT NULL, "
+                         "time REAL NOT NULL, info TEXT, PRIMARY KEY (run_id, stage))")
+        self._db.execute("CREATE TABLE IF NOT EXISTS cell_owners (chip_id TEXT NOT NULL, run_id TEXT NOT NULL, "
+                         "first INTEGER NOT NULL, stop INTEGER NOT NULL, released_by TEXT)")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- runs ------------------------------------------------------------------------
     def create_run(self, kind: str, settings: dict[str, Any], claim: CellClaim | None = None) -> str:
@@ -235,6 +262,9 @@ class RunStore:
     def _lock(self, run_id: str) -> None:
         if run_id in self._locks:
             return
+        if self.read_only:
+            raise ValueError(f"run store {self.path} is read-only: it can be listed, exported and loaded from, "
+                             "not written; copy it to a writable directory (or make it writable) to run jobs")
         path = self._lock_path(run_id)
         path.parent.mkdir(exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -387,6 +417,13 @@ class RunStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _writable(path: Path) -> bool:
+    """Whether pcm-hil may write the store: the file and its directory writable, and the file
+    not marked read-only (no write bit: respected even where root could write it anyway)."""
+    return (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+            and bool(path.stat().st_mode & 0o222))
 
 
 def _chip_key(chip_id: str) -> str:
