@@ -83,6 +83,8 @@ class RunStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._locks: dict[str, int] = {}
+        if not self.path.exists():
+            self._create_new()
         exists = self.path.exists()
         if exists and self.path.stat().st_size == 0:  # sqlite would take it for a new, empty store
             raise ValueError(f"run store {self.path} is empty (0 bytes): truncated or lost, not a store with no "
@@ -116,8 +118,23 @@ class RunStore:
             self._db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
             self._db.execute("SELECT count(*) FROM runs").fetchone()
 
-    def _create(self) -> None:
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+    def _create_new(self) -> None:
+        """A new store appears whole: made aside, then linked into place (a process that
+        finds the file never sees it half made; of two creators, the first link wins)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        try:
+            self._create(tmp)
+            self._db.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _create(self, path: Path | None = None) -> None:
+        self._db = sqlite3.connect(path or self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
