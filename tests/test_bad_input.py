@@ -25,8 +25,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 
 class _Evil:
-    def __reduce__(self):  # noqa: ANN204 - would run a command if anyone unpickled it
-        return (print, ("pwned",))
+    """Unpickling it creates the file ``marker``: the test sees whether the payload ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):  # noqa: ANN204 - runs code (creates a file) if anyone unpickles it
+        return (open, (self.marker, "w"))
 
 
 def _closed_port() -> int:
@@ -65,7 +70,7 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
     other_chip = {**noise, "provenance": {**noise["provenance"], "chip_id": "bench:OTHER:1x16x16"}}
     db = (d / "pcm-hil.sqlite").read_bytes()
     sd = torch.load(CHECKPOINTS / "mlp-digits.pt", weights_only=True)
-    (d / "evil.pt").write_bytes(pickle.dumps(_Evil()))
+    (d / "evil.pt").write_bytes(pickle.dumps(_Evil(d / "PWNED")))
     torch.save({"fc9.weight": torch.zeros(3, 3)}, d / "foreign.pt")
     torch.save({k: v * float("nan") for k, v in sd.items()}, d / "nan.pt")
     store = ["store", "--model", "mlp-digits", "--noise-model", str(d / "noise.json"), "--run-dir", str(d),
@@ -166,6 +171,8 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(lab, case, capsys) -> 
     print(f"{case}: {err.strip()}")
     assert code in (2, 3), err
     assert "Traceback" not in err and re.search(match, err), err
+    assert err.count("\n") == 1, err  # one line
+    assert not (d / "PWNED").exists()  # the pickle's payload never ran
     assert _runs(d) == runs  # no run was created or changed
     after = _snapshot(d)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that was there changed

@@ -181,9 +181,7 @@ def test_ctrl_c_stops_cleanly_and_the_cli_resumes(tmp_path, noise_file) -> None:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
-    if p.returncode == 0:  # pragma: no cover - the run beat the signal; nothing to resume
-        pytest.skip("the store finished before Ctrl-C arrived")
-    assert p.returncode == 130, err
+    assert p.returncode == 130, err  # never skipped: a store that beats the signal fails the test
     assert "Continue with: pcm-hil store --resume" in err
     run_id = err.split("--resume ")[1].split()[0]
     with RunStore(db) as store:

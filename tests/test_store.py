@@ -194,8 +194,13 @@ def test_nan_weights_are_refused(tmp_path, noise) -> None:
 
 
 class _Evil:
-    def __reduce__(self):
-        return (print, ("pwned",))
+    """Unpickling it creates the file ``marker``: the test sees whether the payload ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):  # noqa: ANN204 - runs code (creates a file) if anyone unpickles it
+        return (open, (self.marker, "w"))
 
 
 def test_model_files_load_safely(tmp_path) -> None:
@@ -203,9 +208,10 @@ def test_model_files_load_safely(tmp_path) -> None:
     with pytest.raises(ValueError, match="does not hold a state dict"):
         load_state_dict(tmp_path / "notdict.pt")
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump(_Evil(), f)
+        pickle.dump(_Evil(tmp_path / "PWNED"), f)
     with pytest.raises(ValueError, match="not a loadable weights-only checkpoint"):
         load_state_dict(tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED").exists()  # the payload never ran
     with pytest.raises(ValueError, match="does not exist"):
         load_state_dict(tmp_path / "missing.pt")
     torch.save(load_model("mlp-digits").state_dict(), tmp_path / "ok.pt")
@@ -222,9 +228,10 @@ def test_cifar_loader_reads_the_standard_layout_and_refuses_code(tmp_path) -> No
     train, test = cifar10(tmp_path)
     assert train.x.shape == (50, 3, 32, 32) and test.y.shape == (10,)
     with open(tmp_path / "test_batch", "wb") as f:
-        pickle.dump(_Evil(), f)
+        pickle.dump(_Evil(tmp_path / "PWNED"), f)
     with pytest.raises(ValueError, match="refusing to unpickle"):
         cifar10(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.slow

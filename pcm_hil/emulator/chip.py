@@ -53,6 +53,7 @@ class EmulatedChip(Chip):
         self.profile = resolve(profile)
         self.seed = int(seed)
         self.real_time = bool(real_time)
+        self.truth_us: np.ndarray | None = None  # see track_truth
         self.state_file: Path | None = None  # where sync() saves the chip, like non-volatile cells
         self._t = 0.0
         self._t_wall0 = _time.monotonic()
@@ -257,6 +258,8 @@ class EmulatedChip(Chip):
         sigma *= self._rng.standard_normal(cells.size, dtype=F32)
         n_rel += 1
         g *= n_rel
+        if self.truth_us is not None:
+            self.truth_us[sel] = g  # what the cell held as it was read, before the read's own noise
         g += sigma
         self._advance(n_avg * p.read_time_s)
         return g
@@ -302,6 +305,12 @@ class EmulatedChip(Chip):
     def true_conductance(self, cells: Any = None) -> np.ndarray:
         """Noise-free drifted conductance (µS) now; emulator-only, for tests and reports."""
         return self._state_at(self.cells(cells), self.now())[0]
+
+    def track_truth(self) -> None:
+        """From now on keep, per cell, the conductance it held at its last read, without the
+        read's white noise (``truth_us``, NaN for cells not read since); emulator-only: the
+        ground truth that tests judge program-and-verify against."""
+        self.truth_us = np.full(self.geometry.n_cells, np.nan, np.float32)
 
     def inject_stuck(self, cells: Any) -> None:
         """Emulator-only fault: these cells become stuck where they are now."""
