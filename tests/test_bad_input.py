@@ -116,6 +116,9 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
         "model-weights-nan": (store + ["--checkpoint", str(d / "nan.pt")], "NaN or infinite"),
         "bn-samples-negative": (store + ["--bn-samples", "-1"], r"argument --bn-samples: must be in \[0, 100000\], got -1"),
         "model-unknown": ([*store[:2], "nope", *store[3:]], "unknown model 'nope'"),
+        # no --noise-model: a late check would come after an on-the-spot calibration (pulses, a run)
+        "data-dir-missing": (["store", "--model", "mlp-digits", "--data-dir", str(d / "nowhere"), "--run-dir", str(d),
+                              "--report", "none"], "--data-dir .*nowhere is not a directory"),
         "own-model-no-checkpoint": ([*store[:2], _write(d, "net.py", "import torch.nn as nn\nclass Net(nn.Module):\n"
                                                        "    pass\n") + ":Net", *store[3:]],
                                     "give its weights with --checkpoint"),
@@ -157,7 +160,7 @@ CASE_IDS = ["bench-not-toml", "bench-unknown-key", "bench-no-board", "bench-limi
             "noise-model-schema-version", "noise-model-not-json", "run-store-corrupted", "run-store-truncated",
             "chip-state-truncated", "resume-unknown-run", "resume-finished-run", "resume-wrong-kind",
             "model-file-pickle", "model-file-not-state-dict", "model-file-foreign-keys", "model-weights-nan",
-            "bn-samples-negative", "model-unknown", "own-model-no-checkpoint"]
+            "bn-samples-negative", "model-unknown", "own-model-no-checkpoint", "data-dir-missing"]
 
 
 @pytest.mark.parametrize("case", CASE_IDS)

@@ -47,9 +47,7 @@ def test_sigterm_stops_a_store_cleanly_like_ctrl_c(lab) -> None:
             pass
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
-    t0 = time.monotonic()
     _, err = p.communicate(timeout=60)
-    assert time.monotonic() - t0 < 2.5
     assert p.returncode == 130, err  # was: killed by the signal, the run left 'running'
     assert "outputs are off. Continue with: pcm-hil store --resume" in err
     run_id = err.split("--resume ")[1].split()[0]
