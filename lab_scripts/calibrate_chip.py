@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pcm_hil_noisemodel.report import write_report
 from pcm_hil.calibrate import CalibrationConfig, run_calibration, validate
-from pcm_hil.app import ChipOptions, StageProgress, chip_arguments, open_chip, open_store
+from pcm_hil.app import ChipOptions, StageProgress, chip_arguments, chip_for_run, open_store, owned_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="noise-model.json", help="model file")
     p.add_argument("--run-dir", default="runs", help="run store directory")
     args = p.parse_args(argv)
-    with open_chip(ChipOptions.of(args)) as chip, open_store(args.run_dir) as store, \
+    with open_store(args.run_dir) as store, chip_for_run(ChipOptions.of(args), store) as chip, \
             StageProgress(sys.stderr.isatty()) as bar:
         run_id, model = run_calibration(chip, store, CalibrationConfig(cells=args.cells, seed=args.seed), bar)
         model.save(args.out)
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         png = write_report(model, data, Path(args.out).with_suffix(".png"))
         out = {"run_id": run_id, "noise_model": args.out, "report": str(png), **model.summary()}
         if args.validate_cells:
-            check = validate(chip, model, n_cells=args.validate_cells, progress=bar)
+            check = owned_run(chip, store, "validation", args.validate_cells,  # on free cells
+                              lambda cells: validate(chip, model, cells, progress=bar))
             out["validation"] = {k: v for k, v in check.items() if k != "per_level"}
     print(json.dumps(out, indent=2, default=float))
     return 0

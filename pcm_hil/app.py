@@ -9,16 +9,19 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from pcm_hil_noisemodel import NoiseModel
 
 from .calibrate import CalibrationConfig, run_calibration
+from .checkpoint import recording_outcome
 from .chip import Chip, Geometry
-from .run_store import RunStore
+from .run_store import CellClaim, RunStore
 
 STORE_FILE = "pcm-hil.sqlite"
-CALIBRATION_CELLS = 20_000  # a job without a noise model calibrates on the chip's last cells
+CALIBRATION_CELLS = 20_000  # a job without a noise model calibrates on the chip's last free cells
 
 
 @dataclass(frozen=True)
@@ -67,33 +70,66 @@ def open_store(run_dir: str | Path) -> RunStore:
     return RunStore(Path(run_dir) / STORE_FILE)
 
 
-def chip_for_run(opts: ChipOptions, store: RunStore, run_id: str | None) -> Chip:
-    """The chip for a new run (``opts``), or the one an earlier run used: the bench, or the
-    emulated chip saved next to that run (its cells are non-volatile)."""
-    if run_id is None or opts.bench:
-        return open_chip(opts)
+def chip_for_run(opts: ChipOptions, store: RunStore, run_id: str | None = None) -> Chip:
+    """The chip for a new run (``opts``), or the one an earlier run ``run_id`` used, locked
+    for this process (``RunLocked`` if another one drives it). An emulated chip lives in the
+    run directory (``store.chip_file``) like a chip on a bench: every run of the directory
+    finds the cells as the runs before left them."""
     from .emulator import EmulatedChip
 
-    store.run(run_id)  # names an unknown run before anything else
-    state = store.run_file(run_id, "chip")
-    if not state.exists():
-        raise ValueError(f"run {run_id} has no saved emulated chip ({state}); give --bench FILE for a real chip")
-    return EmulatedChip.load_state(state)
+    if run_id is not None:
+        recorded = store.run(run_id)["settings"].get("chip_id")  # names an unknown run before anything else
+    if opts.bench:
+        chip = open_chip(opts)
+    elif run_id is None:
+        chip = open_chip(opts)
+        if store.chip_file(chip.chip_id()).exists():
+            chip = EmulatedChip.load_state(store.chip_file(chip.chip_id()))
+    else:
+        state = store.chip_file(recorded) if recorded else None
+        if state is None or not state.exists():
+            state = store.run_file(run_id, "chip")  # runs recorded before the chip lived in the run directory
+        if not state.exists():
+            raise ValueError(f"run {run_id} has no saved emulated chip ({state}); give --bench FILE for a real chip")
+        chip = EmulatedChip.load_state(state)
+    try:
+        store.lock_chip(chip.chip_id())
+    except BaseException:
+        chip.close()
+        raise
+    return chip
+
+
+def owned_run(chip: Chip, store: RunStore, kind: str, count: int, work: Callable[[np.ndarray], dict[str, Any]],
+              settings: dict[str, Any] | None = None, overwrite: str | None = None) -> dict[str, Any]:
+    """Run ``work(cells)`` as a run of ``kind`` on ``count`` free cells it claims (or the cells
+    of run ``overwrite``); the result is recorded with the run and returned with its id."""
+    from . import __version__
+
+    run_id = store.create_run(kind, {"procedure": kind, "software": f"pcm-hil {__version__}",
+                                     "chip": chip.identity(), "chip_id": chip.chip_id(), **(settings or {})},
+                              CellClaim(chip.chip_id(), chip.geometry.n_cells, count, overwrite=overwrite))
+    with recording_outcome(store, run_id):
+        chip.attach_state(store.chip_file(chip.chip_id()))
+        result = {"run_id": run_id, **work(store.cells_of(run_id))}
+        chip.sync()
+    store.finish(run_id, result=result)
+    return result
 
 
 def noise_model_for(chip: Chip, store: RunStore, path: str | None, seed: int = 0,
                     progress: Callable[[str, float, float], None] | None = None,
-                    stop: Callable[[], bool] | None = None) -> NoiseModel:
+                    stop: Callable[[], bool] | None = None, purpose: dict[str, Any] | None = None) -> NoiseModel:
     """The noise model in ``path`` (checked to belong to ``chip``), or one calibrated now on
-    the chip's last cells."""
+    the chip's last free cells (its run records ``purpose``: what the job will do with it)."""
     if path:
         model = NoiseModel.load(path)
         chip.require_same_chip(model.provenance.get("chip_id"), f"noise model {path} was fitted")
         return model
     n = chip.geometry.n_cells
     cells = min(CALIBRATION_CELLS, n // 4)
-    _, model = run_calibration(chip, store, CalibrationConfig(cells=cells, first_cell=n - cells, seed=seed),
-                               progress=progress, stop=stop)
+    _, model = run_calibration(chip, store, CalibrationConfig(cells=cells, seed=seed), progress=progress, stop=stop,
+                               from_end=True, purpose=purpose)
     return model
 
 

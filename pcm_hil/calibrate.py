@@ -26,7 +26,7 @@ from . import __version__
 from .checkpoint import Interrupted, VerifyJournal, recording_outcome, wait_until
 from .chip import Chip, PulseKind
 from .program import VerifyConfig, program_verify
-from .run_store import RunStore
+from .run_store import CellClaim, RunStore
 
 Progress = Callable[[str, float, float], None]
 
@@ -36,7 +36,7 @@ class CalibrationConfig:
     """What a calibration run measures (defaults: 20,000 cells, 8 levels × 6 tolerances)."""
 
     cells: int = 20_000
-    first_cell: int = 0
+    first_cell: int | None = None  # None: the first free cells of the chip (see RunStore's cell owners)
     levels: int = 8
     level_min_us: float = 1.0
     level_max_fraction: float = 0.8
@@ -57,7 +57,7 @@ class CalibrationConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
     def __post_init__(self) -> None:
-        ints = {"cells": (64, 10_000_000), "first_cell": (0, 1 << 40), "levels": (2, 64), "max_pulses": (1, 1000),
+        ints = {"cells": (64, 10_000_000), "levels": (2, 64), "max_pulses": (1, 1000),
                 "n_avg": (1, 1024), "noise_cells_per_level": (2, 100_000), "noise_reads": (3, 10_000),
                 "noise_avg_reads": (3, 10_000), "window_cells": (8, 1_000_000), "window_pulses": (1, 1000),
                 "hammer_pulses": (1, 1000), "seed": (0, 1 << 63)}
@@ -65,6 +65,8 @@ class CalibrationConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        if self.first_cell is not None and (type(self.first_cell) is not int or not 0 <= self.first_cell <= 1 << 40):
+            raise ValueError(f"first_cell must be an integer in [0, 2**40] or None, got {self.first_cell!r}")
         if self.cells < self.levels * len(self.tolerances_us) * 8:
             raise ValueError(f"cells must be at least 8 per (level, tolerance) group: "
                              f">= {self.levels * len(self.tolerances_us) * 8}, got {self.cells}")
@@ -113,8 +115,15 @@ class _Reader:
 
 def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | None = None,
                     progress: Progress | None = None, stop: Callable[[], bool] | None = None,
-                    resume: str | None = None) -> tuple[str, NoiseModel]:
+                    resume: str | None = None, from_end: bool = False, overwrite: str | None = None,
+                    purpose: dict[str, Any] | None = None) -> tuple[str, NoiseModel]:
     """Measure the chip, store every table, fit and return (run_id, model).
+
+    The run claims its cells in the run store: ``config.first_cell`` onwards, or the first
+    free ones (from the chip's end with ``from_end``); ``overwrite`` names a run whose cells
+    it may reuse. Cells another run holds are refused before any pulse. ``purpose`` is kept
+    with the run's settings: what a job calibrating on the spot will do with the model, so
+    that resuming the run finishes that job as it was asked for.
 
     Every stage is marked complete in the run store in the same transaction as its data,
     and the program-and-verify sweep checkpoints per cell, so ``resume=RUN`` continues a
@@ -127,31 +136,40 @@ def run_calibration(chip: Chip, store: RunStore, config: CalibrationConfig | Non
             chip.require_same_chip(info["settings"].get("chip_id"), f"calibration run {resume} was measured")
         if info["kind"] == "calibration" and info["status"] == "done":  # nothing left to measure: refit
             cfg = _config_from_dict(info["settings"]["config"])
-            cells = np.arange(cfg.first_cell, cfg.first_cell + cfg.cells, dtype=np.int64)
-            return resume, _fit(store, resume, chip, cfg, cells)
+            return resume, _fit(store, resume, chip, cfg, _cells_of(store, resume, cfg))
         cfg = _config_from_dict(store.resume_run(resume, "calibration")["settings"]["config"])
     else:
         cfg = config or CalibrationConfig()
     n = chip.geometry.n_cells
-    if cfg.first_cell + cfg.cells > n:
-        raise ValueError(f"cells [{cfg.first_cell}, {cfg.first_cell + cfg.cells}) do not fit the chip's {n} cells")
-    cells = np.arange(cfg.first_cell, cfg.first_cell + cfg.cells, dtype=np.int64)
+    if cfg.first_cell is not None and cfg.first_cell + cfg.cells > n:
+        raise ValueError(f"cells [{cfg.first_cell}, {cfg.first_cell + cfg.cells}) do not fit the chip's {n} cells "
+                         f"(accepted first cell: 0 to {n - cfg.cells})")
     vcfg = _sweep_verify(cfg)
     chip.limits.check_pulse(np.array([_max_drive_amplitude(vcfg)]), np.array([vcfg.set_width_s]))
     chip.limits.check_pulse(np.array([vcfg.reset_amplitude_v]), np.array([vcfg.reset_width_s]))
     report = progress or (lambda stage, done, total: None)
     if resume is None:
         settings = {"procedure": "calibration", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
-                    "chip_id": chip.chip_id(), "config": asdict(cfg)}
-        run_id = store.create_run("calibration", settings)
+                    "chip_id": chip.chip_id(), "config": asdict(cfg), **({"purpose": purpose} if purpose else {})}
+        run_id = store.create_run("calibration", settings, CellClaim(chip.chip_id(), n, cfg.cells, cfg.first_cell,
+                                                                      from_end, overwrite))
     else:
         run_id = resume
-    chip.attach_state(store.run_file(run_id, "chip"))  # an emulated chip keeps its cells next to the run
+    cells = _cells_of(store, run_id, cfg)
+    chip.attach_state(store.chip_file(chip.chip_id()))  # an emulated chip keeps its cells in the run directory
     with recording_outcome(store, run_id):
         _measure(chip, store, run_id, cells, cfg, vcfg, report, stop or (lambda: False))
         model = _fit(store, run_id, chip, cfg, cells)
     store.finish(run_id, result=model.summary())
     return run_id, model
+
+
+def _cells_of(store: RunStore, run_id: str, cfg: CalibrationConfig) -> np.ndarray:
+    """The cells the run claimed (runs recorded before cells had owners: from its config)."""
+    cells = store.cells_of(run_id)
+    if cells is None:
+        cells = np.arange(cfg.first_cell or 0, (cfg.first_cell or 0) + cfg.cells, dtype=np.int64)
+    return cells
 
 
 def _sweep_verify(cfg: CalibrationConfig) -> VerifyConfig:

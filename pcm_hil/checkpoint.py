@@ -6,11 +6,13 @@ store as it goes; :meth:`VerifyJournal.load` turns it back into a
 made durable (``chip.sync()``: a no-op on hardware, whose cells are non-volatile; the
 emulator saves its state file), so the store never claims more than the chip holds.
 
-:class:`StopRequest` turns the first Ctrl-C into a request to stop after the transaction
-in flight; a second Ctrl-C aborts at once.
+:class:`StopRequest` turns the first Ctrl-C (or SIGTERM) into a request to stop after the
+transaction in flight; a second one aborts at once, and so does a request that no procedure
+takes up in time.
 """
 from __future__ import annotations
 
+import _thread
 import signal
 import sys
 import threading
@@ -121,33 +123,62 @@ def wait_until(chip: Chip, t_end_s: float, between: Callable[[float], None] | No
 
 
 class StopRequest:
-    """``with StopRequest() as stop:`` the first Ctrl-C sets ``stop()`` to True (the
-    procedure ends after the transaction in flight, resumable); a second one raises
-    KeyboardInterrupt. Outside the main thread it only offers :meth:`request`."""
+    """``with StopRequest() as stop:`` the first Ctrl-C or SIGTERM sets ``stop()`` to True (the
+    procedure ends after the transaction in flight, resumable); a second one aborts at once
+    (KeyboardInterrupt, deferred by the drivers until the exchange on the wire is complete).
+    A request that no procedure takes up aborts too: after ``grace_s`` in a stage that does
+    not poll (preparing a model), or after three of its usual intervals in a loop that polls
+    slowly (a long transaction on a bench). Outside the main thread it only offers
+    :meth:`request`."""
 
-    def __init__(self, message: str = "stopping after the transaction in flight (Ctrl-C again to abort)") -> None:
-        self.message = message
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, message: str = "stopping after the transaction in flight (Ctrl-C again to abort)",
+                 grace_s: float = 1.5) -> None:
+        self.message, self.grace_s = message, grace_s
         self._event = threading.Event()
-        self._previous = None
+        self._taken = threading.Event()
+        self._previous: dict[int, object] = {}
+        self._polls: list[float] = []  # when stop() was last asked (the last few times)
 
     def __call__(self) -> bool:
-        return self._event.is_set()
+        self._polls = [*self._polls[-7:], time.monotonic()]
+        if self._event.is_set():
+            self._taken.set()  # a procedure saw the request: it stops cleanly, no abort needed
+            return True
+        return False
 
     def request(self) -> None:
         self._event.set()
 
+    def _watch(self) -> None:
+        """Abort unless a procedure takes the request up in time (see the class)."""
+        asked = time.monotonic()
+        while not self._taken.wait(0.05):
+            now, polls = time.monotonic(), self._polls
+            usual = float(np.median(np.diff(polls))) if len(polls) >= 3 else 0.0
+            if now - asked >= self.grace_s and now - (polls[-1] if polls else asked) > max(self.grace_s, 3 * usual):
+                _thread.interrupt_main(signal.SIGINT)  # through the SIGINT handler in place (deferred on the wire)
+                return
+
     def _handler(self, signum, frame) -> None:  # noqa: ANN001
         if self._event.is_set():
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            _thread.interrupt_main(signal.SIGINT)  # a second SIGTERM: abort as a second Ctrl-C would
+            return
         self._event.set()
         print(f"\n{self.message}", file=sys.stderr, flush=True)
+        threading.Thread(target=self._watch, daemon=True, name="stop-watchdog").start()
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        self._taken.set()  # ends the watchdog
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()

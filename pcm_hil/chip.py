@@ -249,6 +249,11 @@ class Chip(ABC):
         if recorded_id not in (None, self.chip_id()):
             raise ValueError(f"{what} on {recorded_id!r}, not on this chip ({self.chip_id()!r})")
 
+    def write_counts(self, cells: Any = None) -> np.ndarray | None:
+        """Pulses each cell has taken over its life (int64), or None where the backend keeps no
+        such counter; ``load`` compares them with the counts recorded when a model was stored."""
+        return None
+
     def attach_state(self, path: "str | os.PathLike[str]") -> None:
         """Keep the chip's state in ``path`` from now on (``sync`` writes it). A no-op on
         hardware, whose cells keep their state; the emulator saves itself there."""

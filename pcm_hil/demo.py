@@ -27,11 +27,15 @@ class DemoConfig:
             raise ValueError(f"cells must be at least levels ({self.levels}), got {self.cells}")
 
 
-def run_demo(chip: Chip, cfg: DemoConfig, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Program ``cfg.cells`` cells (at most the chip's) and read them back; the result record."""
-    n = min(cfg.cells, chip.geometry.n_cells)
+def run_demo(chip: Chip, cfg: DemoConfig, progress: Callable[[int, int], None] | None = None,
+             cells: np.ndarray | None = None) -> dict[str, Any]:
+    """Program ``cells`` (default: the first ``cfg.cells``, at most the chip's) and read them
+    back; the result record. The command line passes cells the demo run owns."""
+    if cells is None:
+        cells = np.arange(min(cfg.cells, chip.geometry.n_cells), dtype=np.int64)
+    cells = chip.cells(cells)
+    n = int(cells.size)
     levels = np.linspace(1.0, cfg.g_hi_us, cfg.levels)
-    cells = np.arange(n, dtype=np.int64)
     targets = levels[np.arange(n) % cfg.levels]
     vcfg = VerifyConfig(tolerance_us=cfg.tolerance_us)
     res = program_verify(chip, cells, targets, vcfg, progress=progress)
@@ -50,5 +54,6 @@ def run_demo(chip: Chip, cfg: DemoConfig, progress: Callable[[int, int], None] |
             row[f"sigma_us@{age:g}s"] = float(g[ok].std()) if ok.any() else float("nan")
         per_level.append(row)
     chip_info = {k: v for k, v in chip.identity().items() if k != "profile_parameters"}
-    return {"job": "demo", "chip": chip_info, "backend": type(chip).__name__, "cells": n, "levels": cfg.levels,
+    return {"job": "demo", "chip": chip_info, "backend": type(chip).__name__, "cells": n, "first_cell": int(cells[0]),
+            "levels": cfg.levels,
             "verify": asdict(vcfg), "summary": res.summary(), "per_level": per_level, "version": __version__}

@@ -5,6 +5,11 @@ software version, seed, every parameter). Data are appended batch by batch, each
 in its own committed transaction (WAL journal, synchronous=FULL), so a run killed midway
 keeps everything up to its last completed batch. Tables export to Parquet or CSV.
 
+Cells belong to runs: the ``cell_owners`` table keeps, per chip (``Chip.chip_id()``), the
+cell ranges each run claimed when it was created (:class:`CellClaim`). A stored model holds
+its cells until a later run names it to overwrite; a calibration, demo or validation run
+holds them until it is done. New runs get free cells; a claim of held cells is refused.
+
 Only the process holding a run's lock writes to it: :meth:`RunStore.create_run` and
 :meth:`RunStore.resume_run` take an exclusive ``flock`` on ``.locks/<store>.<run>.lock``; the
 kernel releases it when the process ends, SIGKILL included, so a killed run can be resumed
@@ -19,6 +24,7 @@ import re
 import sqlite3
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,35 @@ _SQL_TYPES = {"i": "INTEGER", "u": "INTEGER", "b": "INTEGER", "f": "REAL"}
 
 
 class RunLocked(RuntimeError):
-    """Another process is writing this run."""
+    """Another process is writing this run (or driving this chip)."""
+
+
+@dataclass(frozen=True)
+class CellClaim:
+    """The cells a new run asks for on chip ``chip_id`` (``chip_cells`` cells in all):
+    ``count`` contiguous cells from ``first``, or (``first=None``) the first free range,
+    searched from the chip's end with ``from_end``. ``overwrite`` names a run whose cells may
+    be reused; they are taken from it (its ``load`` fails from then on)."""
+
+    chip_id: str
+    chip_cells: int
+    count: int
+    first: int | None = None
+    from_end: bool = False
+    overwrite: str | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.count) is not int or not 1 <= self.count <= self.chip_cells:
+            raise ValueError(f"the run needs {self.count} cells; the chip has {self.chip_cells} "
+                             f"(accepted: 1 to {self.chip_cells})")
+        if self.first is not None and (type(self.first) is not int or self.first < 0
+                                       or self.first + self.count > self.chip_cells):
+            raise ValueError(f"cells [{self.first}, {self.first + self.count}) do not fit the chip's "
+                             f"{self.chip_cells} cells (accepted first cell: 0 to {self.chip_cells - self.count})")
+
+
+# a run holds its cells while: a stored model not overwritten, or any other run not yet done
+_HELD = ("o.released_by IS NULL AND (r.kind = 'store' OR r.status != 'done')")
 
 
 def _check_name(name: str, what: str) -> str:
@@ -48,35 +82,180 @@ class RunStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, int] = {}
+        if not self.path.exists():
+            self._create_new()
+        exists = self.path.exists()
+        if exists and self.path.stat().st_size == 0:  # sqlite would take it for a new, empty store
+            raise ValueError(f"run store {self.path} is empty (0 bytes): truncated or lost, not a store with no "
+                             "runs; restore it from a backup, or move it away to start a new store")
+        self.read_only = exists and not _writable(self.path)
+        if not self.read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-                "started REAL NOT NULL, finished REAL, status TEXT NOT NULL, settings TEXT NOT NULL, "
-                "result TEXT)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS stages (run_id TEXT NOT NULL, stage TEXT NOT NULL, "
-                             "time REAL NOT NULL, info TEXT, PRIMARY KEY (run_id, stage))")
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if self.read_only:  # read what is there, write nothing
+                self._open_read_only()
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS cell_owners (chip_id TEXT, run_id TEXT, "
+                                 "first INTEGER, stop INTEGER, released_by TEXT)")  # stores older than cell owners
+            else:
+                self._create()
             version = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"run store {self.path} is not a readable SQLite database: {exc}") from None
         if int(version) != SCHEMA_VERSION:
             raise ValueError(f"run store {self.path} has schema version {version}; this pcm-hil reads {SCHEMA_VERSION}")
 
+    def _open_read_only(self) -> None:
+        uri = self.path.resolve().as_uri()
+        try:
+            self._db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+            self._db.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.OperationalError:  # a WAL store whose directory cannot take the index: read the file as is
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise ValueError(f"run store {self.path} is read-only and its last changes are still in {wal.name}: "
+                                 "make it writable once (any pcm-hil command merges them)") from None
+            self._db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+            self._db.execute("SELECT count(*) FROM runs").fetchone()
+
+    def _create_new(self) -> None:
+        """A new store appears whole: made aside, then linked into place (a process that
+        finds the file never sees it half made; of two creators, the first link wins)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        try:
+            self._create(tmp)
+            self._db.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _create(self, path: Path | None = None) -> None:
+        self._db = sqlite3.connect(path or self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+            "started REAL NOT NULL, finished REAL, status TEXT NOT NULL, settings TEXT NOT NULL, "
+            "result TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS stages (run_id TEXT NOT NULL, stage TEXT NOT NULL, "
+                         "time REAL NOT NULL, info TEXT, PRIMARY KEY (run_id, stage))")
+        self._db.execute("CREATE TABLE IF NOT EXISTS cell_owners (chip_id TEXT NOT NULL, run_id TEXT NOT NULL, "
+                         "first INTEGER NOT NULL, stop INTEGER NOT NULL, released_by TEXT)")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
     # -- runs ------------------------------------------------------------------------
-    def create_run(self, kind: str, settings: dict[str, Any]) -> str:
-        """Register a run; returns its id (time stamp + random suffix)."""
+    def create_run(self, kind: str, settings: dict[str, Any], claim: CellClaim | None = None) -> str:
+        """Register a run; returns its id (time stamp + random suffix). With ``claim``, the run
+        gets its cells in the same transaction (:meth:`cells_of`), or no run is created and
+        ``ValueError`` says which runs hold the cells asked for."""
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
         text = json.dumps(settings, default=_jsonable)
         self._lock(run_id)
-        self._db.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', ?, NULL)",
-                         (run_id, _check_name(kind, "run kind"), time.time(), text))
+        try:
+            self._db.execute("BEGIN IMMEDIATE")  # allocation and registration: one writer at a time
+            try:
+                self._db.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', ?, NULL)",
+                                 (run_id, _check_name(kind, "run kind"), time.time(), text))
+                if claim is not None:
+                    self._claim(run_id, claim)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except BaseException:
+            self._unlock(run_id)
+            raise
         return run_id
+
+    # -- cells: which run owns which cells of which chip --------------------------------
+    def _held(self, chip_id: str, exclude: str | None = None) -> list[tuple[int, int, str, str, str]]:
+        """(first, stop, run, kind, status) of every range held on the chip, sorted."""
+        rows = self._db.execute(
+            f"SELECT o.first, o.stop, o.run_id, r.kind, r.status FROM cell_owners o JOIN runs r USING (run_id) "
+            f"WHERE o.chip_id = ? AND {_HELD} ORDER BY o.first", (chip_id,)).fetchall()
+        return [r for r in rows if r[2] != exclude]
+
+    def _claim(self, run_id: str, c: CellClaim) -> None:
+        if c.overwrite is not None:
+            old = self.run(c.overwrite)
+            if not self._db.execute("SELECT 1 FROM cell_owners WHERE run_id=? AND chip_id=? AND released_by IS NULL",
+                                    (c.overwrite, c.chip_id)).fetchone():
+                raise ValueError(f"--overwrite {c.overwrite}: that {old['kind']} run holds no cells on this chip "
+                                 f"({c.chip_id}); see 'pcm-hil runs list'")
+            if self.is_written(c.overwrite):
+                raise RunLocked(f"--overwrite {c.overwrite}: that run is being written by another process")
+        held = self._held(c.chip_id, exclude=c.overwrite)
+        if c.first is not None:
+            first = c.first
+            clash = [h for h in held if h[0] < first + c.count and first < h[1]]
+            if clash:
+                raise ValueError(f"cells [{first}, {first + c.count}) overlap cells held by "
+                                 + ", ".join(f"{k} run {r} [{a}, {b})" for a, b, r, k, _ in clash)
+                                 + "; leave out the first cell to get free cells, or name a run to reuse with "
+                                   "--overwrite RUN")
+        else:
+            gaps, at = [], 0
+            for a, b, *_ in held:
+                if a > at:
+                    gaps.append((at, a))
+                at = max(at, b)
+            if at < c.chip_cells:
+                gaps.append((at, c.chip_cells))
+            fits = [(a, b) for a, b in gaps if b - a >= c.count]
+            if not fits:
+                free = sum(b - a for a, b in gaps)
+                raise ValueError(f"no {c.count} free contiguous cells on {c.chip_id}: {free} of {c.chip_cells} "
+                                 f"are free, in {len(gaps)} ranges; free cells with --overwrite RUN "
+                                 "(see 'pcm-hil runs list')")
+            first = fits[-1][1] - c.count if c.from_end else fits[0][0]
+        if c.overwrite is not None:
+            self._db.execute("UPDATE cell_owners SET released_by=? WHERE run_id=? AND chip_id=? AND released_by IS NULL",
+                             (run_id, c.overwrite, c.chip_id))
+        self._db.execute("INSERT INTO cell_owners VALUES (?, ?, ?, ?, NULL)", (c.chip_id, run_id, first, first + c.count))
+
+    def cells_of(self, run_id: str) -> np.ndarray | None:
+        """The cells a run claimed (None for runs recorded before cells had owners)."""
+        rows = self._db.execute("SELECT first, stop FROM cell_owners WHERE run_id=? ORDER BY first",
+                                (run_id,)).fetchall()
+        if not rows:
+            return None
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in rows])
+
+    def overwritten_by(self, run_id: str) -> list[str]:
+        """The runs that took this run's cells (``--overwrite``)."""
+        rows = self._db.execute("SELECT DISTINCT released_by FROM cell_owners WHERE run_id=? AND "
+                                "released_by IS NOT NULL", (run_id,))
+        return [r[0] for r in rows]
+
+    def cell_map(self) -> pd.DataFrame:
+        """Every claim on every chip: chip, first, stop, run, kind, status and whether it holds
+        its cells now (``held``) or who took them (``released_by``)."""
+        df = pd.read_sql_query(
+            f"SELECT o.chip_id, o.first, o.stop, o.run_id, r.kind, r.status, ({_HELD}) AS held, o.released_by "
+            "FROM cell_owners o JOIN runs r USING (run_id) ORDER BY o.chip_id, o.first, r.started", self._db)
+        df["held"] = df["held"].astype(bool)
+        return df
+
+    # -- chips: one process drives a chip at a time ------------------------------------
+    def lock_chip(self, chip_id: str) -> None:
+        """Take the exclusive lock of chip ``chip_id`` for this process (released on close or
+        when the process ends); ``RunLocked`` names the process that drives it."""
+        key = _chip_key(chip_id)
+        try:
+            self._lock(key)
+        except RunLocked:
+            holder = self._lock_path(key).read_text(errors="replace").strip() or "?"
+            raise RunLocked(f"chip {chip_id} is in use by another pcm-hil process (pid {holder}); "
+                            "wait for it to end or stop it first") from None
+
+    def chip_file(self, chip_id: str) -> Path:
+        """Where an emulated chip of this run directory keeps its cells between processes."""
+        return self.path.parent / f"{_chip_key(chip_id)}.npz"
 
     def resume_run(self, run_id: str, kind: str) -> dict[str, Any]:
         """Take the lock of an unfinished run of ``kind`` and mark it running again."""
@@ -100,6 +279,9 @@ class RunStore:
     def _lock(self, run_id: str) -> None:
         if run_id in self._locks:
             return
+        if self.read_only:
+            raise ValueError(f"run store {self.path} is read-only: it can be listed, exported and loaded from, "
+                             "not written; copy it to a writable directory (or make it writable) to run jobs")
         path = self._lock_path(run_id)
         path.parent.mkdir(exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -174,7 +356,8 @@ class RunStore:
 
     # -- data ------------------------------------------------------------------------
     def tables(self) -> list[str]:
-        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT IN ('runs','meta')")
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT IN "
+                                "('runs', 'meta', 'cell_owners')")
         return sorted(r[0] for r in rows)
 
     def append(self, run_id: str, table: str, df: pd.DataFrame, stage: str | None = None,
@@ -190,14 +373,13 @@ class RunStore:
                 self.mark(run_id, stage, info)
             return
         cols = ["run_id", *map(str, df.columns)]
-        if table not in self.tables():
-            decl = ", ".join(f'"{c}" {_SQL_TYPES.get(df[c].dtype.kind, "TEXT")}' for c in df.columns)
-            self._db.execute(f"CREATE TABLE {table} (run_id TEXT NOT NULL, {decl})")
-            self._db.execute(f"CREATE INDEX {table}_run ON {table}(run_id)")
-        else:
-            have = [r[1] for r in self._db.execute(f"PRAGMA table_info({table})")]
-            if have != cols:
-                raise ValueError(f"table {table} has columns {have[1:]}, got {cols[1:]}")
+        # IF NOT EXISTS: two processes may create the same table at once (a fresh run directory)
+        decl = ", ".join(f'"{c}" {_SQL_TYPES.get(df[c].dtype.kind, "TEXT")}' for c in df.columns)
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (run_id TEXT NOT NULL, {decl})")
+        self._db.execute(f"CREATE INDEX IF NOT EXISTS {table}_run ON {table}(run_id)")
+        have = [r[1] for r in self._db.execute(f"PRAGMA table_info({table})")]
+        if have != cols:
+            raise ValueError(f"table {table} has columns {have[1:]}, got {cols[1:]}")
         rows = zip([run_id] * len(df), *(_column(df[c]) for c in df.columns))
         placeholders = ", ".join("?" * len(cols))
         self._db.execute("BEGIN")
@@ -252,6 +434,18 @@ class RunStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _writable(path: Path) -> bool:
+    """Whether pcm-hil may write the store: the file and its directory writable, and the file
+    not marked read-only (no write bit: respected even where root could write it anyway)."""
+    return (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+            and bool(path.stat().st_mode & 0o222))
+
+
+def _chip_key(chip_id: str) -> str:
+    """A file-name-safe key of a chip id."""
+    return "chip-" + re.sub(r"[^A-Za-z0-9=._-]+", "_", chip_id)
 
 
 def _column(s: pd.Series) -> list[Any]:

@@ -25,8 +25,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
 
 class _Evil:
-    def __reduce__(self):  # noqa: ANN204 - would run a command if anyone unpickled it
-        return (print, ("pwned",))
+    """Unpickling it creates the file ``marker``: the test sees whether the payload ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):  # noqa: ANN204 - runs code (creates a file) if anyone unpickles it
+        return (open, (self.marker, "w"))
 
 
 def _closed_port() -> int:
@@ -65,7 +70,7 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
     other_chip = {**noise, "provenance": {**noise["provenance"], "chip_id": "bench:OTHER:1x16x16"}}
     db = (d / "pcm-hil.sqlite").read_bytes()
     sd = torch.load(CHECKPOINTS / "mlp-digits.pt", weights_only=True)
-    (d / "evil.pt").write_bytes(pickle.dumps(_Evil()))
+    (d / "evil.pt").write_bytes(pickle.dumps(_Evil(d / "PWNED")))
     torch.save({"fc9.weight": torch.zeros(3, 3)}, d / "foreign.pt")
     torch.save({k: v * float("nan") for k, v in sd.items()}, d / "nan.pt")
     store = ["store", "--model", "mlp-digits", "--noise-model", str(d / "noise.json"), "--run-dir", str(d),
@@ -111,6 +116,9 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
         "model-weights-nan": (store + ["--checkpoint", str(d / "nan.pt")], "NaN or infinite"),
         "bn-samples-negative": (store + ["--bn-samples", "-1"], r"argument --bn-samples: must be in \[0, 100000\], got -1"),
         "model-unknown": ([*store[:2], "nope", *store[3:]], "unknown model 'nope'"),
+        # no --noise-model: a late check would come after an on-the-spot calibration (pulses, a run)
+        "data-dir-missing": (["store", "--model", "mlp-digits", "--data-dir", str(d / "nowhere"), "--run-dir", str(d),
+                              "--report", "none"], "--data-dir .*nowhere is not a directory"),
         "own-model-no-checkpoint": ([*store[:2], _write(d, "net.py", "import torch.nn as nn\nclass Net(nn.Module):\n"
                                                        "    pass\n") + ":Net", *store[3:]],
                                     "give its weights with --checkpoint"),
@@ -127,7 +135,7 @@ def _dir(d: Path, name: str, content: bytes) -> Path:
 def _copy_run(d: Path, name: str, run_id: str, truncate: bool) -> Path:
     sub = d / name
     sub.mkdir(exist_ok=True)
-    for f in d.glob(f"{run_id}*"):
+    for f in [*d.glob(f"{run_id}*"), *d.glob("chip-*.npz")]:  # the run's files and the emulated chip
         data = f.read_bytes()
         (sub / f.name).write_bytes(data[: len(data) // 2] if truncate and f.suffix == ".npz" else data)
     with RunStore(d / "pcm-hil.sqlite") as src:
@@ -152,7 +160,7 @@ CASE_IDS = ["bench-not-toml", "bench-unknown-key", "bench-no-board", "bench-limi
             "noise-model-schema-version", "noise-model-not-json", "run-store-corrupted", "run-store-truncated",
             "chip-state-truncated", "resume-unknown-run", "resume-finished-run", "resume-wrong-kind",
             "model-file-pickle", "model-file-not-state-dict", "model-file-foreign-keys", "model-weights-nan",
-            "bn-samples-negative", "model-unknown", "own-model-no-checkpoint"]
+            "bn-samples-negative", "model-unknown", "own-model-no-checkpoint", "data-dir-missing"]
 
 
 @pytest.mark.parametrize("case", CASE_IDS)
@@ -166,6 +174,8 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(lab, case, capsys) -> 
     print(f"{case}: {err.strip()}")
     assert code in (2, 3), err
     assert "Traceback" not in err and re.search(match, err), err
+    assert err.count("\n") == 1, err  # one line
+    assert not (d / "PWNED").exists()  # the pickle's payload never ran
     assert _runs(d) == runs  # no run was created or changed
     after = _snapshot(d)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that was there changed

@@ -201,7 +201,7 @@ def test_a_killed_run_keeps_every_completed_batch_and_resumes(tmp_path) -> None:
         ret = store.read(run_id, "retention")
         assert sorted(ret["read_idx"].unique()) == [0, 1, 2, 3]  # t0, 60, 200, 600 s were read before the kill
         assert store.run(run_id)["settings"]["config"]["cells"] == 2000
-        chip = EmulatedChip.load_state(tmp_path / f"{run_id}-chip.npz")
+        chip = EmulatedChip.load_state(store.chip_file(store.run(run_id)["settings"]["chip_id"]))
         before = chip.pulse_count[:2000].copy()
         _, model = run_calibration(chip, store, resume=run_id)
         assert store.run(run_id)["status"] == "done"
@@ -222,7 +222,7 @@ def test_calibration_killed_during_program_and_verify_resumes_to_the_same_model(
         ck = store.read(run_id, TABLE)
         verified = ck.sort_values("seq").drop_duplicates("cell", keep="last")
         verified = verified[verified["status"] == 1]["cell"].to_numpy()
-        chip = EmulatedChip.load_state(tmp_path / f"{run_id}-chip.npz")
+        chip = EmulatedChip.load_state(store.chip_file(store.run(run_id)["settings"]["chip_id"]))
         before = chip.pulse_count.copy()
         with RunStore(db) as other:
             other.resume_run(run_id, "calibration")

@@ -15,10 +15,13 @@ from pcm_hil.bench.chip import BenchChip, GaveUp, RetryPolicy
 from pcm_hil.chip import Geometry
 from pcm_hil.emulator.instruments import VirtualBench
 from pcm_hil.emulator.instruments.faults import TRANSIENT_CODE, FaultPlan
-from pcm_hil.program import VerifyConfig, program_verify
+from pcm_hil.emulator.profile import resolve
+from pcm_hil.program import VerifyConfig, VerifyResult, program_verify
 
 GEOM = Geometry(1, 32, 32)
 TIMEOUT_S = 0.2
+VCFG = VerifyConfig(tolerance_us=0.5, max_pulses=20)
+PROFILE = resolve("pcm")  # the virtual bench's device profile: its read noise is the ground truth's
 
 # what the driver raises for one transaction that meets each fault
 TYPED = {
@@ -46,34 +49,61 @@ def test_each_wire_fault_is_a_typed_driver_error(kind: str) -> None:
         assert vb.faults.counts[kind] >= 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["drop", "delay", "corrupt", "truncate", "error", "silent", "stuck"])
-def test_program_verify_survives_each_fault_kind(kind: str) -> None:
-    """At a 5 % rate of one kind, every cell reported verified really is in its window, and
-    only the stuck-burst kind costs yield (the cells it hits cannot be programmed)."""
+def _program_under(kind: str) -> tuple[VerifyResult, np.ndarray, np.ndarray, np.ndarray, list, dict]:
+    """Program-and-verify every cell through the drivers at a 5 % rate of fault ``kind``:
+    (result, targets, ground truth at each cell's last read, stuck cells, fault log, counts)."""
     n = GEOM.n_cells
     targets = np.random.default_rng(4).uniform(2.0, 18.0, n)
-    vcfg = VerifyConfig(tolerance_us=0.5, max_pulses=20)
     plan = FaultPlan(rate=0.05, kinds=(kind,), seed=2, delay_s=2 * TIMEOUT_S, silent_s=2 * TIMEOUT_S, stuck_burst=4)
     with VirtualBench(GEOM, seed=1, faults=plan, frame_timeout_s=1.0) as vb:
+        vb.chip.track_truth()
         cfg = vb.bench_config()
         cfg = replace(cfg, board=replace(cfg.board, timeout_s=TIMEOUT_S, max_batch=128))
         with BenchChip(cfg, retry=RetryPolicy(attempts=6)) as chip:
-            res = program_verify(chip, np.arange(n), targets, vcfg)
+            res = program_verify(chip, np.arange(n), targets, VCFG)
             log = list(chip.fault_log)
-        final = vb.chip.read(np.arange(n), n_avg=64)  # what the cells hold now, as any read sees it
+        truth = vb.chip.truth_us.astype(np.float64)
         stuck = vb.chip.stuck_kind(np.arange(n)) != 0
-        bound = soak._divergence_bound(1, targets, vcfg, vb.chip.now())
-    assert vb.faults.counts[kind] >= 1
+        return res, targets, truth, stuck, log, dict(vb.faults.counts)
+
+
+def _judge(res: VerifyResult, targets: np.ndarray, truth: np.ndarray, stuck: np.ndarray) -> tuple[int, float]:
+    """Verified cells (stuck ones excluded) against ground truth, the conductance each held at
+    its verify read: (cells beyond the tolerance + 4.5σ of that read's white noise, share of
+    cells beyond the tolerance + 1σ). A correct loop: 0 and about 2 %; one accepting twice its
+    tolerance: about 50 and 43 %; a board reading +1.5 µS in 5 % of replies: about 50 and 9 %."""
+    ok = res.converged & ~stuck
+    sigma = PROFILE.read_sigma(targets[ok]) / np.sqrt(VCFG.n_avg)
+    err = np.abs(truth[ok] - targets[ok])
+    return int((err > VCFG.tolerance_us + 4.5 * sigma).sum()), float((err > VCFG.tolerance_us + sigma).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["drop", "delay", "corrupt", "truncate", "error", "silent", "stuck"])
+def test_program_verify_survives_each_fault_kind(kind: str) -> None:
+    """At a 5 % rate of one kind, every cell reported verified really held its target (ground
+    truth) within the tolerance and the read noise, and only the stuck-burst kind costs yield."""
+    res, targets, truth, stuck, log, counts = _program_under(kind)
+    assert counts[kind] >= 1
     if kind == "stuck":
         assert not log  # physical: invisible on the wire, flagged by verify instead
         assert res.converged[stuck].mean() < 0.5
     else:
-        assert len(log) >= vb.faults.counts[kind]  # every wire fault shows up in the log (with reconnects)
-    ok = res.converged & ~stuck
-    # a verified cell is within its window up to 5σ of the read noise of the two reads
-    assert np.all(np.abs(final[ok] - targets[ok]) <= bound[ok])
+        assert len(log) >= counts[kind]  # every wire fault shows up in the log (with reconnects)
+    beyond, share = _judge(res, targets, truth, stuck)
+    assert beyond == 0 and share < 0.06
     assert res.converged[~stuck].mean() > 0.85
+
+
+@pytest.mark.slow
+def test_a_board_that_measures_wrong_with_a_valid_crc_is_caught_by_the_ground_truth() -> None:
+    """The judge above can fail: reads +1.5 µS off in well-formed frames pass every wire check
+    (nothing logged) and program-and-verify trusts them; ground truth finds the cells. (pcm-hil
+    does not detect this yet: see docs/reliability.md, what is open.)"""
+    res, targets, truth, stuck, log, counts = _program_under("offset")
+    assert counts["offset"] >= 1 and not log
+    beyond, _ = _judge(res, targets, truth, stuck)
+    assert beyond > 0
 
 
 def test_giving_up_is_bounded_and_leaves_outputs_off() -> None:

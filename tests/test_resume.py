@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +26,8 @@ from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.emulator.instruments import VirtualBench
 from pcm_hil.emulator.instruments.faults import FaultPlan
-from pcm_hil.store_job import StoreConfig, resume_store_job, run_store_job
 from pcm_hil.run_store import RunLocked, RunStore
+from pcm_hil.store_job import StoreConfig, resume_store_job, run_store_job
 
 GEOM = Geometry(1, 128, 128)
 CFG = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, checkpoint_s=0.0,
@@ -81,12 +82,18 @@ def _verified(store: RunStore, run_id: str) -> np.ndarray:
     return last.loc[last["status"] != 0, "cell"].to_numpy()
 
 
+def _saved_chip(db: Path, run_id: str) -> EmulatedChip:
+    """The emulated chip as a run left it in its run directory."""
+    with RunStore(db) as store:
+        return EmulatedChip.load_state(store.chip_file(store.run(run_id)["settings"]["chip_id"]))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage, at", [("program", 0.5), ("retention", 0.0), ("accuracy curve", 0.0)])
 def test_store_killed_at_any_stage_resumes_to_the_uninterrupted_result(tmp_path, noise_file, uninterrupted,
                                                                        stage, at) -> None:
     run_id = _kill(tmp_path, noise_file, stage, at)
-    chip = EmulatedChip.load_state(tmp_path / f"{run_id}-chip.npz")
+    chip = _saved_chip(tmp_path / "s.sqlite", run_id)
     before = chip.pulse_count.copy()
     with RunStore(tmp_path / "s.sqlite") as store:
         done_before = _verified(store, run_id)
@@ -177,9 +184,7 @@ def test_ctrl_c_stops_cleanly_and_the_cli_resumes(tmp_path, noise_file) -> None:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
-    if p.returncode == 0:  # pragma: no cover - the run beat the signal; nothing to resume
-        pytest.skip("the store finished before Ctrl-C arrived")
-    assert p.returncode == 130, err
+    assert p.returncode == 130, err  # never skipped: a store that beats the signal fails the test
     assert "Continue with: pcm-hil store --resume" in err
     run_id = err.split("--resume ")[1].split()[0]
     with RunStore(db) as store:
@@ -247,3 +252,47 @@ def test_a_checkpoint_that_names_foreign_cells_is_refused(tmp_path) -> None:
         other = VerifyJournal(store, run_id, "program", np.arange(0, 10))  # another layout: cells 0-9
         with pytest.raises(ValueError, match="outside the run's layout"):
             other.load()
+
+
+@pytest.mark.slow
+def test_a_store_killed_while_calibrating_on_the_spot_resumes_with_the_options_it_was_given(tmp_path) -> None:
+    """Issue #17 point 4: ``store --resume CAL`` stores the model asked for (not the default),
+    and resuming it again starts no second store run."""
+    db = tmp_path / "pcm-hil.sqlite"
+    p = subprocess.Popen([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--sparsity", "0.5",
+                          "--run-dir", str(tmp_path), "--report", "none", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and p.poll() is None:  # wait until the calibration programs cells
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                if con.execute(f"SELECT count(*) FROM {TABLE} WHERE part = 'levels'").fetchone()[0] > 0:
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.05)
+    p.kill()
+    p.communicate(timeout=60)
+    with RunStore(db) as store:
+        runs = store.runs()
+    assert list(runs["kind"]) == ["calibration"] and runs["status"].iloc[0] == "killed (resumable)"
+    cal = runs["run_id"].iloc[0]
+    resume = [sys.executable, "-m", "pcm_hil.cli", "store", "--resume", cal, "--run-dir", str(tmp_path),
+              "--report", "none", "--json"]
+    r = subprocess.run(resume, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"] == "mlp-digits" and out["sparsity"] == 0.5  # the options it was started with
+    again = subprocess.run(resume, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "nothing to resume" in again.stderr and again.stderr.count("\n") == 1
+    with RunStore(db) as store:
+        assert list(store.runs()["kind"]) == ["calibration", "store"]  # no second store run
+
+
+def test_the_ctrl_c_hint_names_the_bench_run_dir_and_outputs() -> None:
+    from pcm_hil.cli import _resume_hint, build_parser
+
+    args = build_parser().parse_args(["store", "--bench", "my bench.toml", "--run-dir", "/data/runs"])
+    assert _resume_hint(args, "R1") == "pcm-hil store --resume R1 --bench 'my bench.toml' --run-dir /data/runs"
+    args = build_parser().parse_args(["calibrate", "run", "--out", "m.json"])
+    assert _resume_hint(args, "R2") == "pcm-hil calibrate run --resume R2 --out m.json"

@@ -5,6 +5,7 @@ import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +17,11 @@ from pcm_hil.coding import CODES, CodeConfig, decode, encode
 from pcm_hil.datasets import cifar10
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.models import load_model, load_state_dict
+from pcm_hil.run_store import RunStore
 from pcm_hil.store_job import StoreConfig, allocation, load_run, run_store_job
 from pcm_hil.store_job.digital_medium import MediumConfig, bch_for, choose
-from pcm_hil.store_job.side_info import PROBABILITY_BITS, coded_bits
 from pcm_hil.store_job.inputs import NetworkConfig, load_inputs
-from pcm_hil.run_store import RunStore
+from pcm_hil.store_job.side_info import PROBABILITY_BITS, coded_bits
 
 GEOM = Geometry(1, 128, 128)
 
@@ -227,8 +228,13 @@ def test_nan_weights_are_refused(tmp_path, noise) -> None:
 
 
 class _Evil:
-    def __reduce__(self):
-        return (print, ("pwned",))
+    """Unpickling it creates the file ``marker``: the test sees whether the payload ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):  # noqa: ANN204 - runs code (creates a file) if anyone unpickles it
+        return (open, (self.marker, "w"))
 
 
 def test_model_files_load_safely(tmp_path) -> None:
@@ -236,9 +242,10 @@ def test_model_files_load_safely(tmp_path) -> None:
     with pytest.raises(ValueError, match="does not hold a state dict"):
         load_state_dict(tmp_path / "notdict.pt")
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump(_Evil(), f)
+        pickle.dump(_Evil(tmp_path / "PWNED"), f)
     with pytest.raises(ValueError, match="not a loadable weights-only checkpoint"):
         load_state_dict(tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED").exists()  # the payload never ran
     with pytest.raises(ValueError, match="does not exist"):
         load_state_dict(tmp_path / "missing.pt")
     torch.save(load_model("mlp-digits").state_dict(), tmp_path / "ok.pt")
@@ -255,9 +262,10 @@ def test_cifar_loader_reads_the_standard_layout_and_refuses_code(tmp_path) -> No
     train, test = cifar10(tmp_path)
     assert train.x.shape == (50, 3, 32, 32) and test.y.shape == (10,)
     with open(tmp_path / "test_batch", "wb") as f:
-        pickle.dump(_Evil(), f)
+        pickle.dump(_Evil(tmp_path / "PWNED"), f)
     with pytest.raises(ValueError, match="refusing to unpickle"):
         cifar10(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.slow

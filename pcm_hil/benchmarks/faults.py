@@ -8,7 +8,8 @@ random points inside an iteration (the run is abandoned without cleanup, as a ki
 leave it) and resumes from its per-cell checkpoints in the run store with a new connection.
 
 Figures: what was injected and what was detected; ``measurements_lost``: cells without a
-final record in the run store plus non-finite reads returned; ``cells_diverged``: cells
+final record in the run store, non-finite reads returned, and final records that differ from
+the last value measured for the cell (``measurements_misrecorded``); ``cells_diverged``: cells
 reported verified whose state at the end is outside their window by more than the read
 noise allows (stuck cells, a physical fault that verify flags, excluded). The twin runs the
 same bench path with the same batch size, so the comparison isolates the faults: small
@@ -39,13 +40,15 @@ class _Crash(Exception):
 
 
 def _program(vb: VirtualBench, cells: np.ndarray, targets: np.ndarray, vcfg: VerifyConfig, timeout_s: float,
-             batch: int, store: RunStore, crash_at: list[int]) -> tuple[VerifyResult, int, int, list]:
+             batch: int, store: RunStore, crash_at: list[int]) -> tuple[VerifyResult, int, int, list, np.ndarray]:
     """Program-and-verify through the drivers; crash at the given event counts and resume.
-    Returns (result, runs resumed, non-finite reads, driver fault log)."""
+    Returns (result, runs resumed, non-finite reads, driver fault log, the last value read of
+    each cell as the drivers returned it)."""
     cfg = vb.bench_config()
     cfg = replace(cfg, board=replace(cfg.board, timeout_s=timeout_s, max_batch=batch))
     run_id = store.create_run("soak", {"cells": int(cells.size), "crash_at": crash_at})
     events, resumed, bad_reads, log = 0, 0, 0, []
+    measured = np.full(cells.size, np.nan, np.float32)
     pending = sorted(crash_at)
 
     def record(event: str, iteration: int, pos: np.ndarray, values: np.ndarray) -> None:
@@ -53,6 +56,7 @@ def _program(vb: VirtualBench, cells: np.ndarray, targets: np.ndarray, vcfg: Ver
         events += 1
         if event == "read":
             bad_reads += int((~np.isfinite(values)).sum())
+            measured[pos] = values
         if pending and events >= pending[0]:
             pending.pop(0)
             raise _Crash
@@ -73,7 +77,7 @@ def _program(vb: VirtualBench, cells: np.ndarray, targets: np.ndarray, vcfg: Ver
         log += chip.fault_log
         chip.close()
         store.finish(run_id)
-        return res, resumed, bad_reads, log
+        return res, resumed, bad_reads, log, measured
 
 
 def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, timeout_s: float = 0.15,
@@ -87,13 +91,13 @@ def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, ti
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, RunStore(Path(tmp) / "soak.sqlite") as store:
         with VirtualBench(geometry, seed=seed, frame_timeout_s=1.0) as twin:
-            clean, _, _, _ = _program(twin, idx, targets, vcfg, timeout_s, batch, store, [])
+            clean, _, _, _, _ = _program(twin, idx, targets, vcfg, timeout_s, batch, store, [])
             clean_final = twin.chip.read(idx, n_avg=64)
             clean_time = twin.chip.now()
         # crash points spread over the run's events (about 3 events per iteration)
         crash_at = sorted(np.random.default_rng(seed + 1).integers(5, 60, crashes).tolist())
         with VirtualBench(geometry, seed=seed, faults=plan, frame_timeout_s=1.0) as vb:
-            res, resumed, bad_reads, log = _program(vb, idx, targets, vcfg, timeout_s, batch, store, crash_at)
+            res, resumed, bad_reads, log, measured = _program(vb, idx, targets, vcfg, timeout_s, batch, store, crash_at)
             run_time_s = vb.chip.now()
             final = vb.chip.read(idx, n_avg=64)  # what the cells hold now, as any read sees it
             injected_stuck = vb.chip.stuck_kind(idx) != EmulatedChip(geometry, seed=seed).stuck_kind(idx)
@@ -103,6 +107,10 @@ def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, ti
         ck = store.read(soak_id, "verify_checkpoint").sort_values("seq", kind="stable")
         last = ck.drop_duplicates("cell", keep="last")
         unrecorded = cells - int((last["status"] != 0).sum())
+        # a stored value is lost if it is not what was measured: the final record of each cell
+        # against the last value the drivers returned for it
+        stored = last.set_index("cell")["final_us"].reindex(idx).to_numpy(np.float32)
+        misrecorded = int((~np.isclose(stored, measured, rtol=1e-6, atol=0, equal_nan=False)).sum())
     bound = _divergence_bound(seed, targets, vcfg, max(run_time_s, clean_time))
 
     def diverged(result: VerifyResult, reads: np.ndarray) -> np.ndarray:
@@ -119,7 +127,8 @@ def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, ti
         "stuck_cells_flagged_by_verify": stuck_flagged,
         "pulse_batches_uncertain": res.uncertain_batches,
         "crashes": crashes, "runs_resumed": resumed,
-        "measurements_lost": unrecorded + bad_reads,
+        "measurements_lost": unrecorded + bad_reads + misrecorded,
+        "measurements_misrecorded": misrecorded,
         "cells_diverged": int(diverged(res, final)[~injected_stuck].sum()),
         "cells_diverged_uninterrupted": int(diverged(clean, clean_final).sum()),
         "cells_made_stuck": int(injected_stuck.sum()),

@@ -1,6 +1,8 @@
 """The ``pcm-hil`` command: parse, call the application layer, render. Nothing imports it."""
 from __future__ import annotations
 
+import argparse
+import shlex
 import sys
 from typing import Sequence
 
@@ -16,8 +18,11 @@ def build_parser() -> Parser:
     p.add_argument("--version", action="version", version=f"pcm-hil {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     js, rd, chip = json_option(), run_dir_option(), chip_options()
+    ow = argparse.ArgumentParser(add_help=False)
+    ow.add_argument("--overwrite", metavar="RUN", help="reuse the cells of this earlier run (its model or data on "
+                                                         "the chip are lost; see 'pcm-hil runs list')")
 
-    d = sub.add_parser("demo", parents=[chip, js], help="program and read back an array; print per-level statistics")
+    d = sub.add_parser("demo", parents=[chip, rd, ow, js], help="program and read back an array; print per-level statistics")
     d.add_argument("--cells", type=int_in(1, 100_000_000), default=20_000, help="cells to program (default 20000)")
     d.add_argument("--levels", type=int_in(1, 64), default=8, help="target levels across the window (default 8)")
     d.add_argument("--tolerance", type=float_in(0, 100, lo_open=True), default=0.5,
@@ -53,14 +58,15 @@ def build_parser() -> Parser:
 
     c = sub.add_parser("calibrate", help="measure the chip and fit its noise model, or validate a model")
     csub = c.add_subparsers(dest="action", required=True, parser_class=Parser)
-    cr = csub.add_parser("run", parents=[chip, rd, js], help="calibrate: measure and fit")
+    cr = csub.add_parser("run", parents=[chip, rd, ow, js], help="calibrate: measure and fit")
     cr.add_argument("--cells", type=int_in(64, 10_000_000), default=20_000, help="cells to use (default 20000)")
-    cr.add_argument("--first-cell", type=int_in(0, 2**40), default=0, help="first cell index used (default 0)")
+    cr.add_argument("--first-cell", type=int_in(0, 2**40), default=None,
+                    help="first cell index used (default: the first free cells; held cells are refused)")
     cr.add_argument("--out", default="noise-model.json", help="model file to write (JSON)")
     cr.add_argument("--report", default=None, help="PNG report path (default next to --out; 'none' to skip)")
     cr.add_argument("--resume", metavar="RUN", help="continue a calibration run that was stopped or killed")
     cr.set_defaults(func=commands.calibrate, resume_command="pcm-hil calibrate run")
-    cv = csub.add_parser("validate", parents=[chip, js], help="program fresh cells and compare with the model")
+    cv = csub.add_parser("validate", parents=[chip, rd, ow, js], help="program fresh cells and compare with the model")
     cv.add_argument("noise_model", metavar="NOISE_MODEL", help="noise model JSON file")
     cv.add_argument("--cells", type=int_in(1, 10_000_000), default=10_000, help="fresh cells to program (default 10000)")
     cv.add_argument("--tolerance", type=float_in(0, 10, lo_open=True), default=0.5,
@@ -68,7 +74,7 @@ def build_parser() -> Parser:
     cv.add_argument("--max-pulses", type=int_in(1, 1000), default=20, help="pulse cap to validate")
     cv.set_defaults(func=commands.calibrate)
 
-    st = sub.add_parser("store", parents=[chip, rd, js], help="the main job: store a model in the chip and read it back")
+    st = sub.add_parser("store", parents=[chip, rd, ow, js], help="the main job: store a model in the chip and read it back")
     st.add_argument("--model", default="lenet5-fmnist",
                     help="registry model (default lenet5-fmnist), or your own architecture as file.py:Class or "
                          "package.module:Class, built with no arguments (needs --checkpoint and --data-dir)")
@@ -124,6 +130,17 @@ def build_parser() -> Parser:
     return p
 
 
+def _resume_hint(args: argparse.Namespace, run_id: str) -> str:
+    """The command that continues run ``run_id``: the same chip, run directory and outputs."""
+    words = [*args.resume_command.split(), "--resume", run_id]
+    for option in ("bench", "run_dir", "out", "report"):
+        value = getattr(args, option, None)
+        if value is not None and not (option == "run_dir" and value == "runs") and \
+                not (option == "out" and value == "noise-model.json"):
+            words += [f"--{option.replace('_', '-')}", str(value)]
+    return shlex.join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pcm_hil_drivers.errors import DriverError
 
@@ -137,10 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Interrupted as exc:
-        resume = f"{getattr(args, 'resume_command', 'pcm-hil')} --resume {exc.run_id}"
-        if getattr(args, "run_dir", "runs") != "runs":
-            resume += f" --run-dir {args.run_dir}"
-        print(f"pcm-hil: stopped during {exc.stage}; outputs are off. Continue with: {resume}", file=sys.stderr)
+        print(f"pcm-hil: stopped during {exc.stage}; outputs are off. Continue with: {_resume_hint(args, exc.run_id)}",
+              file=sys.stderr)
         return 130
     except (ValueError, RunLocked) as exc:
         print(f"pcm-hil: error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,14 +31,16 @@ def demo(args: argparse.Namespace) -> int:
 
     from ..demo import DemoConfig, run_demo
 
-    with app.open_chip(ChipOptions.of(args)) as chip:
+    with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs) as chip:
         # the top level: 85 % of the device's saturation (the emulator's profile; 25 µS on a bench)
         g_hi = 0.85 * getattr(getattr(chip, "profile", None), "g_max_us", 25.0)
         cfg = DemoConfig(cells=args.cells, levels=args.levels, tolerance_us=args.tolerance,
                          read_after_s=tuple(args.read_after), g_hi_us=g_hi)
         with tqdm(total=min(cfg.cells, chip.geometry.n_cells), desc="program-and-verify", unit="cell",
                   disable=args.json or not sys.stderr.isatty()) as bar:
-            r = run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n))
+            r = app.owned_run(chip, rs, "demo", min(cfg.cells, chip.geometry.n_cells),
+                              lambda cells: run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n), cells=cells),
+                              overwrite=args.overwrite)
     _emit(args, r, lambda: render.demo(r, args.seed))
     return 0
 
@@ -83,15 +86,20 @@ def calibrate(args: argparse.Namespace) -> int:
 
     if args.action == "validate":
         noise = NoiseModel.load(args.noise_model)
-        with app.open_chip(ChipOptions.of(args)) as chip, _bars(args) as bar:
-            r = validate(chip, noise, n_cells=args.cells, tolerance_us=args.tolerance, max_pulses=args.max_pulses,
-                         progress=bar)
+        with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs) as chip, \
+                _bars(args) as bar:
+            chip.require_same_chip(noise.provenance.get("chip_id"), "the noise model was fitted")
+            r = app.owned_run(chip, rs, "validation", args.cells,
+                              lambda cells: validate(chip, noise, cells, tolerance_us=args.tolerance,
+                                                     max_pulses=args.max_pulses, progress=bar),
+                              settings={"noise_model": noise.provenance}, overwrite=args.overwrite)
         _emit(args, r, lambda: render.validation(r, args.noise_model, args.tolerance, args.max_pulses))
         return 0
     cfg = CalibrationConfig(cells=args.cells, first_cell=args.first_cell, seed=args.seed)
     with app.open_store(args.run_dir) as store, app.chip_for_run(ChipOptions.of(args), store, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
-        run_id, noise = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume)
+        run_id, noise = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume,
+                                        overwrite=args.overwrite)
         noise.save(args.out)
         report = None
         if args.report != "none":
@@ -117,18 +125,24 @@ def store(args: argparse.Namespace) -> int:
         code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity, importance=args.importance,
         allocation=args.allocation, pulse_budget=args.pulse_budget, target_loss=args.target_loss,
         replicas_per_weight=args.replicas, retention_s=args.retention, bn_samples=args.bn_samples,
-        programmings=args.programmings, medium_cells=args.medium_cells, seed=args.seed)
+        programmings=args.programmings, medium_cells=args.medium_cells, seed=args.seed, overwrite=args.overwrite)
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
         if args.resume and rs.run(args.resume)["kind"] == "calibration":
-            # killed while calibrating on the spot: finish that calibration, then store
-            _, noise = run_calibration(chip, rs, progress=bar, stop=stop, resume=args.resume)
-            out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop)
+            # killed while calibrating on the spot: finish that calibration, then the store it was for
+            cfg, stored = _store_of_calibration(rs, args.resume, cfg)
+            if stored is not None:  # the store run had begun: continue it
+                out = resume_store_job(chip, rs, stored, progress=bar, stop=stop)
+            else:
+                inputs = load_inputs(cfg.network)  # checked before any pulse
+                _, noise = run_calibration(chip, rs, progress=bar, stop=stop, resume=args.resume)
+                out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop, inputs=inputs)
         elif args.resume:
             out = resume_store_job(chip, rs, args.resume, progress=bar, stop=stop)
         else:
             inputs = load_inputs(cfg.network)  # checked before any pulse
-            noise = app.noise_model_for(chip, rs, args.noise_model, seed=args.seed, progress=bar, stop=stop)
+            noise = app.noise_model_for(chip, rs, args.noise_model, seed=args.seed, progress=bar, stop=stop,
+                                        purpose={"store_config": asdict(cfg)})
             out = run_store_job(chip, noise, rs, cfg, progress=bar, stop=stop, inputs=inputs)
         r = out.record
         if args.report != "none":
@@ -137,6 +151,24 @@ def store(args: argparse.Namespace) -> int:
             r["report"] = str(write_store_report(out, args.report or rs.run_file(r["run_id"], "report")))
     _emit(args, r, lambda: render.store(r))
     return 0
+
+
+def _store_of_calibration(rs: Any, cal_id: str, given: Any) -> tuple[Any, str | None]:
+    """For ``store --resume CAL``: the store config CAL was calibrated for (``given``, the
+    options of this command, for a calibration that no store started), and the store run
+    that began after it, if any (None: none began)."""
+    from ..store_job import StoreConfig
+
+    recorded = rs.run(cal_id)["settings"].get("purpose", {}).get("store_config")
+    cfg = StoreConfig.from_dict(recorded) if recorded else given
+    for run_id in rs.runs().query("kind == 'store'")["run_id"]:
+        info = rs.run(run_id)
+        if info["settings"].get("noise_model", {}).get("run_id") == cal_id:
+            if info["status"] == "done":
+                raise ValueError(f"run {cal_id} is already done, and so is store run {run_id} it calibrated for; "
+                                 f"nothing to resume (read the model back with 'pcm-hil load {run_id}')")
+            return cfg, run_id
+    return cfg, None
 
 
 def load(args: argparse.Namespace) -> int:
@@ -153,8 +185,9 @@ def load(args: argparse.Namespace) -> int:
 def runs(args: argparse.Namespace) -> int:
     with app.open_store(args.run_dir) as rs:
         if args.action == "list":
-            table = rs.runs()
-            _emit(args, {"runs": table.to_dict(orient="records")}, lambda: render.runs(table))
+            table, cells = rs.runs(), rs.cell_map()
+            _emit(args, {"runs": table.to_dict(orient="records"), "cells": cells.to_dict(orient="records")},
+                  lambda: render.runs(table, cells))
             return 0
         if not args.run:
             raise ValueError("runs export needs a RUN id (see 'pcm-hil runs list')")

@@ -144,8 +144,15 @@ def load(r: dict[str, Any]) -> str:
                                    ["cells read", r["cells"]]], title=f"loaded {r['model']} from run {r['run_id']}")
 
 
-def runs(table: Any) -> str:
-    return format_table(list(table.columns), table.values.tolist()) if len(table) else "no runs"
+def runs(table: Any, cells: Any) -> str:
+    """The runs, then each chip's cell map (who holds which cells; released claims say by whom)."""
+    out = [format_table(list(table.columns), table.values.tolist()) if len(table) else "no runs"]
+    for chip_id, m in cells.groupby("chip_id", sort=True):
+        rows = [[f"[{a}, {b})", r, k, s, "held" if h else f"free (taken by {t})" if t else "free (run done)"]
+                for a, b, r, k, s, h, t in m[["first", "stop", "run_id", "kind", "status", "held",
+                                               "released_by"]].itertuples(index=False)]
+        out.append(format_table(["cells", "run", "kind", "status", "now"], rows, title=f"\ncells of {chip_id}"))
+    return "\n".join(out)
 
 
 def emulate(addresses: dict[str, str], title: str) -> str:

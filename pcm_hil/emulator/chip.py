@@ -54,6 +54,7 @@ class EmulatedChip(Chip):
         self.profile = resolve(profile)
         self.seed = int(seed)
         self.real_time = bool(real_time)
+        self.truth_us: np.ndarray | None = None  # see track_truth
         self.state_file: Path | None = None  # where sync() saves the chip, like non-volatile cells
         self._t = 0.0
         self._t_wall0 = _time.monotonic()
@@ -488,6 +489,8 @@ class EmulatedChip(Chip):
         tf = self._thermal_factor(lx)
         if tf is not None:
             g *= tf
+        if self.truth_us is not None:
+            self.truth_us[sel] = g  # what the cell held as it was read, before the read's own noise
         g += sigma
         if p.read_disturb_us:  # each read crystallizes a little (drift clock not restarted)
             gp = self.g_prog[sel]
@@ -545,6 +548,12 @@ class EmulatedChip(Chip):
         tf = self._thermal_factor(lx)
         return g if tf is None else g * tf
 
+    def track_truth(self) -> None:
+        """From now on keep, per cell, the conductance it held at its last read, without the
+        read's white noise (``truth_us``, NaN for cells not read since); emulator-only: the
+        ground truth that tests judge program-and-verify against."""
+        self.truth_us = np.full(self.geometry.n_cells, np.nan, np.float32)
+
     def inject_stuck(self, cells: Any) -> None:
         """Emulator-only fault: these cells become stuck where they are now."""
         idx = self.cells(cells)
@@ -557,6 +566,10 @@ class EmulatedChip(Chip):
     def stuck_kind(self, cells: Any = None) -> np.ndarray:
         """Stuck code per cell (0 none, 1 at RESET, 2 at SET, 3 at a random value); emulator-only."""
         return self.stuck[self.cells(cells)]
+
+    def write_counts(self, cells: Any = None) -> np.ndarray:
+        """The endurance counter: pulses each cell has taken since the chip was made."""
+        return self.pulse_count[self.cells(cells)].astype(np.int64)
 
     def chip_id(self) -> str:
         shape = "x".join(str(v) for v in self.geometry.shape)

@@ -39,6 +39,9 @@ class Inputs:
 
 def load_inputs(cfg: NetworkConfig) -> Inputs:
     """Load and check the network and its data; ValueError names what is wrong."""
+    if cfg.data_dir and not Path(cfg.data_dir).is_dir():
+        raise ValueError(f"--data-dir {cfg.data_dir} is not a directory (accepted: a directory with x_test.npy and "
+                         "y_test.npy, or the dataset's own files)")
     model = load_model(cfg.name, cfg.checkpoint)
     if not spec(cfg.name).dataset and not (cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists()):
         raise ValueError(f"{cfg.name} is your own architecture: give --data-dir with x_test.npy and y_test.npy "

@@ -29,7 +29,8 @@ from ..chip import Chip
 from ..coding import CodeConfig
 from ..models import accuracy, load_state_dict
 from ..program import VerifyConfig, program_verify
-from ..run_store import RunStore
+from ..cells import check_unchanged, record_writes
+from ..run_store import CellClaim, RunStore
 from . import allocation, baselines, layout as layout_stage, readback, side_info
 from .allocation import AllocationConfig, Plan
 from .baselines import BaselineConfig
@@ -63,7 +64,8 @@ class StoreConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     medium: MediumConfig = field(default_factory=MediumConfig)
     retention_s: float = 86400.0  # programming to read-back
-    first_cell: int = 0
+    first_cell: int | None = None  # None: the first free cells (the run store keeps who owns which cells)
+    overwrite: str | None = None   # a run whose cells this one may reuse (that run's load fails from then on)
     checkpoint_s: float = 1.0     # program-and-verify state is saved at least this often
     seed: int = 0
 
@@ -72,11 +74,13 @@ class StoreConfig:
             raise ValueError(f"retention_s must be in [0, 10 years], got {self.retention_s!r}")
         if not (isinstance(self.checkpoint_s, (int, float)) and 0 <= self.checkpoint_s <= 3600):
             raise ValueError(f"checkpoint_s must be in [0, 3600] s, got {self.checkpoint_s!r}")
-        if type(self.first_cell) is not int or self.first_cell < 0:
-            raise ValueError("first_cell must be a non-negative integer")
+        if self.first_cell is not None and (type(self.first_cell) is not int or self.first_cell < 0):
+            raise ValueError(f"first_cell must be a non-negative integer or None, got {self.first_cell!r}")
+        if self.overwrite is not None and not (isinstance(self.overwrite, str) and self.overwrite):
+            raise ValueError(f"overwrite must name a run, got {self.overwrite!r}")
 
     # the flat option names of the command line (and of run records before the stages)
-    _OWN = ("retention_s", "first_cell", "checkpoint_s", "seed")
+    _OWN = ("retention_s", "first_cell", "overwrite", "checkpoint_s", "seed")
     _STAGE_OF = {
         "model": ("network", "name"), "checkpoint": ("network", "checkpoint"), "data_dir": ("network", "data_dir"),
         "sparsity": ("compression", "sparsity"), "finetune_epochs": ("compression", "finetune_epochs"),
@@ -143,7 +147,7 @@ class StoreConfig:
                    importance=ImportanceConfig(**d["importance"]), layout=LayoutConfig(**lay),
                    allocation=AllocationConfig(**alloc), readback=ReadbackConfig(**d["readback"]),
                    baselines=BaselineConfig(**base), evaluation=EvaluationConfig(**d.get("evaluation", {})),
-                   medium=MediumConfig(**medium), **{k: d[k] for k in cls._OWN})
+                   medium=MediumConfig(**medium), **{k: d[k] for k in cls._OWN if k in d})
 
 
 @dataclass
@@ -180,9 +184,9 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
     lay = layout_stage.encode(compressed.model, inputs.names, compressed.masks, imp, noise, cfg.layout,
                               cfg.retention_s)
     need = lay.targets.size + cells_needed(lay.targets.size, cfg.evaluation, cfg.medium)
-    if cfg.first_cell + need > n_cells:
+    if (cfg.first_cell or 0) + need > n_cells:
         raise ValueError(f"the model needs {lay.targets.size} cells and its evaluation {need - lay.targets.size} more "
-                         f"from cell {cfg.first_cell}; the chip has {n_cells} cells")
+                         f"from cell {cfg.first_cell or 0}; the chip has {n_cells} cells")
     plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation)
     progress("prepare", 4, 4)
     return Prepared(inputs, compressed, imp, lay, plan, acc_comp)
@@ -202,14 +206,18 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
     torch.manual_seed(cfg.seed)
     inputs = inputs or load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, chip.geometry.n_cells, report)
-    cells = np.arange(cfg.first_cell, cfg.first_cell + prep.layout.targets.size, dtype=np.int64)
     vcfg = replace(VerifyConfig.measured_with(noise), max_pulses=int(prep.plan.max_pulses.max()))
     settings = {"procedure": "store", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
                 "chip_id": chip.chip_id(), "config": asdict(cfg), "verify": asdict(vcfg),
                 "noise_model": noise.provenance, "tensors": prep.layout.tensor_info()}
-    run_id = store.create_run("store", settings)
+    # the run holds the model's cells and, after them, the cells its evaluation programs
+    n_model = int(prep.layout.targets.size)
+    run_id = store.create_run("store", settings, CellClaim(
+        chip.chip_id(), chip.geometry.n_cells, n_model + cells_needed(n_model, cfg.evaluation, cfg.medium),
+        cfg.first_cell, overwrite=cfg.overwrite))
+    cells = store.cells_of(run_id)[:n_model]
     with recording_outcome(store, run_id):
-        chip.attach_state(store.run_file(run_id, "chip"))  # an emulated chip keeps its cells next to the run
+        chip.attach_state(store.chip_file(chip.chip_id()))  # an emulated chip keeps its cells in the run directory
         noise.save(store.run_file(run_id, "noise"))
         _write_layout(store, run_id, prep, cells)
     return _program_and_read(chip, noise, store, cfg, run_id, prep, cells, vcfg, report, stop, t_start, False)
@@ -233,7 +241,7 @@ def resume_store_job(chip: Chip, store: RunStore, run_id: str, progress: Progres
         cfg, prep = _restore(store, run_id, noise, info)
         vcfg = VerifyConfig(**info["settings"]["verify"])
         cells = store.read(run_id, "layout")["cell"].to_numpy(np.int64)
-        chip.attach_state(store.run_file(run_id, "chip"))
+        chip.attach_state(store.chip_file(chip.chip_id()))
     return _program_and_read(chip, noise, store, cfg, run_id, prep, cells, vcfg, report, stop, t_start, True)
 
 
@@ -254,6 +262,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
                 "cell": cells, "final_us": res.final_us, "pulses": res.pulses, "resets": res.resets,
                 "converged": res.converged.astype(np.int64), "t_read_s": res.state.t_read_s}),
                 stage="programmed", info={"t_chip_s": chip.now()})
+        record_writes(store, run_id, chip, cells)  # load compares them: cells written since are detected
         _wait_retention(chip, store.stages(run_id)["programmed"]["t_chip_s"] + cfg.retention_s, stop, run_id, report)
         prog = store.read(run_id, "programmed")
         if "readback" in store.stages(run_id):  # read before a kill: the reads are kept, not repeated
@@ -278,7 +287,10 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             "yield": float(prog["converged"].mean())}
         report("evaluation", 0, 1)
         if "evaluation" not in store.stages(run_id):
-            ev = evaluate(chip, noise, int(cells[-1]) + 1, lay, prep.plan, vcfg, inputs, prep.compressed.model,
+            held = store.cells_of(run_id)
+            if held is None or held.size < cells.size + cells_needed(cells.size, cfg.evaluation, cfg.medium):
+                raise ValueError(f"run {run_id} holds no cells for its evaluation (recorded before cells had owners)")
+            ev = evaluate(chip, noise, int(held[cells.size]), lay, prep.plan, vcfg, inputs, prep.compressed.model,
                           cfg.layout.code, (back.figures["accuracy_stored"], back.figures["accuracy_stored_val"]),
                           cfg.retention_s, cfg.evaluation, cfg.medium, cfg.readback, cfg.layout.g_hi(noise), stop,
                           run_id)
@@ -295,7 +307,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
                                                   cfg.readback, cfg.retention_s, medium, seed=cfg.seed)
         record["seconds"] = time.monotonic() - t_start
         chip.sync()
-        record["chip_state"] = str(store.run_file(run_id, "chip"))
+        record["chip_state"] = str(store.chip_file(chip.chip_id()))
     store.finish(run_id, result=record)
     ref = lay.reference
     per_cell = {"importance": lay.importance[~ref], "error_weight": (back.corrected_us - lay.targets)[~ref] * lay.gains,
@@ -372,6 +384,7 @@ def load_run(chip: Chip, store: RunStore, run_id: str) -> dict[str, Any]:
     model.load_state_dict({**model.state_dict(), **load_state_dict(store.run_file(run_id, "digital"))}, strict=True)
     cells = store.read(run_id, "layout")["cell"].to_numpy()
     reads = chip.read(cells, n_avg=int(info["settings"]["verify"]["n_avg"])).astype(np.float64)
+    check_unchanged(store, run_id, chip, cells, reads)
     programmed = store.read(run_id, "programmed")
     trusted = programmed["converged"].to_numpy(bool) if len(programmed) == cells.size else None
     back = readback.evaluate_reads(reads, model, inputs.names, lay, cfg.layout.code, trusted, inputs.train,

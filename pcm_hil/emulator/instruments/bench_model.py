@@ -47,6 +47,7 @@ class BenchModel:
     lock: threading.RLock = field(default_factory=threading.RLock)
     selected: tuple[int, int, int] | None = None
     route: str = "NONE"
+    read_offset_us: float = 0.0  # fault injection: what the board adds to every conductance it measures
 
     @classmethod
     def create(cls, geometry: Geometry | None = None, profile: object = None, seed: int = 0) -> "BenchModel":

@@ -9,7 +9,10 @@ Each board transaction draws a fault with probability ``rate``. Kinds:
 - ``error``: the board answers ``ERR 210,"Transient fault"`` without running it;
 - ``silent``: the board stops answering for ``silent_s`` (the command is lost);
 - ``stuck``: a burst of ``stuck_burst`` random cells becomes stuck where it is, then the
-  command runs normally (a physical fault, invisible to the drivers).
+  command runs normally (a physical fault, invisible to the drivers);
+- ``offset`` (opt-in, not in the default kinds): a conductance read comes back ``offset_us``
+  off, in a well-formed frame with a valid CRC (a board that measures wrong: invisible on the
+  wire; only ground truth shows it).
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-FAULT_KINDS = ("drop", "delay", "corrupt", "truncate", "error", "silent", "stuck")
+FAULT_KINDS = ("drop", "delay", "corrupt", "truncate", "error", "silent", "stuck")  # the default plan
+ALL_FAULT_KINDS = (*FAULT_KINDS, "offset")
 TRANSIENT_CODE = 210
 
 
@@ -30,13 +34,14 @@ class FaultPlan:
     delay_s: float = 2.0
     silent_s: float = 2.0
     stuck_burst: int = 16
+    offset_us: float = 1.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"fault rate must be in [0, 1], got {self.rate!r}")
-        unknown = [k for k in self.kinds if k not in FAULT_KINDS]
+        unknown = [k for k in self.kinds if k not in ALL_FAULT_KINDS]
         if unknown or not self.kinds:
-            raise ValueError(f"fault kinds must be among {', '.join(FAULT_KINDS)}, got {list(self.kinds)}")
+            raise ValueError(f"fault kinds must be among {', '.join(ALL_FAULT_KINDS)}, got {list(self.kinds)}")
         if self.delay_s < 0 or self.silent_s < 0 or self.stuck_burst < 0:
             raise ValueError("delay_s, silent_s and stuck_burst must be >= 0")
 
@@ -44,7 +49,7 @@ class FaultPlan:
 @dataclass
 class FaultInjector:
     plan: FaultPlan
-    counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in FAULT_KINDS})
+    counts: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ALL_FAULT_KINDS})
     transactions: int = 0
 
     def __post_init__(self) -> None:

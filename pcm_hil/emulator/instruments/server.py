@@ -220,7 +220,12 @@ class FrameHandler(_Handler):
         if kind == "stuck":
             with emu.model.lock:
                 emu.model.chip.inject_stuck(faults.stuck_cells(emu.model.chip.geometry.n_cells))
-        frame = bp.encode_frame(emu.handle(payload))
+        if kind == "offset":  # a well-formed, CRC-valid reply that measures wrong
+            emu.model.read_offset_us = faults.plan.offset_us
+        try:
+            frame = bp.encode_frame(emu.handle(payload))
+        finally:
+            emu.model.read_offset_us = 0.0
         if kind == "delay":
             time.sleep(faults.plan.delay_s)
         elif kind == "corrupt":
