@@ -15,6 +15,8 @@ from pcm_hil.chip import Geometry, PulseKind
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.emulator.instruments import VirtualBench
 from pcm_hil.run_store import CellClaim, RunStore
+from pcm_hil.store_job.digital_medium import MediumConfig
+from pcm_hil.store_job.evaluation import EvaluationConfig, cells_needed
 
 
 def _cli(capsys, *argv: str) -> tuple[int, dict | None, str]:
@@ -25,13 +27,17 @@ def _cli(capsys, *argv: str) -> tuple[int, dict | None, str]:
     return rc, (json.loads(out) if rc == 0 and out.strip().startswith("{") else None), err
 
 
+EVALUATION = ("--programmings", "1", "--medium-cells", "256")  # small: the virtual bench has 16,384 cells
+EVALUATION_CELLS = cells_needed(1440, EvaluationConfig(1), MediumConfig(cells_per_density=256))
+
+
 def _stored(capsys, d: Path, *chip: str) -> dict:
     """Calibrate 6,000 cells and store mlp-digits in run directory ``d``; the store record."""
     rc, _, err = _cli(capsys, "calibrate", "run", *chip, "--cells", "6000", "--out", str(d / "noise.json"),
                       "--report", "none", "--run-dir", str(d), "--json")
     assert rc == 0, err
     rc, r, err = _cli(capsys, "store", *chip, "--model", "mlp-digits", "--noise-model", str(d / "noise.json"),
-                      "--run-dir", str(d), "--report", "none", "--retention", "60", "--json")
+                      "--run-dir", str(d), "--report", "none", "--retention", "60", *EVALUATION, "--json")
     assert rc == 0, err
     return r
 
@@ -65,7 +71,9 @@ def test_a_demo_after_a_store_leaves_the_model_intact_on_the_emulated_chip(tmp_p
     # runs list shows the chip's cell map: the store holds its cells
     rc, listed, _ = _cli(capsys, "runs", "list", "--run-dir", str(tmp_path), "--json")
     held = {c["run_id"]: c for c in listed["cells"] if c["held"]}
-    assert stored["run_id"] in held and held[stored["run_id"]]["stop"] - held[stored["run_id"]]["first"] == stored["cells"]
+    # (the model's cells, then those its evaluation programmed)
+    span = held[stored["run_id"]]["stop"] - held[stored["run_id"]]["first"]
+    assert stored["run_id"] in held and span == stored["cells"] + EVALUATION_CELLS
     # a job that asks for the model's cells explicitly is refused before any pulse
     chip_file = next(tmp_path.glob("chip-*.npz"))
     before = EmulatedChip.load_state(chip_file).pulse_count.copy()
