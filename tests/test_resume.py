@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from pcm_hil.emulator.instruments.faults import FaultPlan
 from pcm_hil.run_store import RunLocked, RunStore
 from pcm_hil.store_job import StoreConfig, resume_store_job, run_store_job
 
+from .processes import wait_for_journal
+
 GEOM = Geometry(1, 128, 128)
 CFG = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, checkpoint_s=0.0,
            digital_baseline=False, programmings=2, medium_cells=256)
@@ -40,6 +41,8 @@ from pcm_hil.chip import Geometry
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.store_job import StoreConfig, run_store_job
 from pcm_hil.run_store import RunStore
+
+from .processes import wait_for_journal
 
 run_dir, stage, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
 cfg = StoreConfig.from_options(**%r)
@@ -173,15 +176,7 @@ def test_ctrl_c_stops_cleanly_and_the_cli_resumes(tmp_path, noise_file) -> None:
     cmd[cmd.index(str(noise_file))] = str(tmp_path / "noise.json")
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     db = tmp_path / "pcm-hil.sqlite"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and p.poll() is None:  # wait until programming has started
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-                if con.execute(f"SELECT count(*) FROM {TABLE} WHERE part = 'program'").fetchone()[0] > 0:
-                    break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.05)
+    wait_for_journal(db, "program", p)  # wait until programming has started
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err  # never skipped: a store that beats the signal fails the test
@@ -262,15 +257,7 @@ def test_a_store_killed_while_calibrating_on_the_spot_resumes_with_the_options_i
     p = subprocess.Popen([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--sparsity", "0.5",
                           "--run-dir", str(tmp_path), "--report", "none", "--json"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and p.poll() is None:  # wait until the calibration programs cells
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-                if con.execute(f"SELECT count(*) FROM {TABLE} WHERE part = 'levels'").fetchone()[0] > 0:
-                    break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.05)
+    wait_for_journal(db, "levels", p)  # wait until the calibration programs cells
     p.kill()
     p.communicate(timeout=60)
     with RunStore(db) as store:

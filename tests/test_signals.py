@@ -3,7 +3,6 @@ any stage, preparation included (it took 317 s there)."""
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -11,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pcm_hil.checkpoint import TABLE
 from pcm_hil.run_store import RunStore
+
+from .processes import wait_for_journal
 
 PCM_HIL = [sys.executable, "-m", "pcm_hil.cli"]
 
@@ -37,15 +37,7 @@ def _store(d: Path, model: str) -> subprocess.Popen:
 def test_sigterm_stops_a_store_cleanly_like_ctrl_c(lab) -> None:
     db = lab / "pcm-hil.sqlite"
     p = _store(lab, "mlp-digits")
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and p.poll() is None:  # wait until programming has started
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-                if con.execute(f"SELECT count(*) FROM {TABLE} WHERE part = 'program'").fetchone()[0] > 0:
-                    break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.05)
+    wait_for_journal(db, "program", p)  # wait until programming has started
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err  # was: killed by the signal, the run left 'running'
