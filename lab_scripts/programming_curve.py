@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from pcm_hil.app import ChipOptions, chip_arguments, open_chip
+from pcm_hil.app import ChipOptions, chip_arguments, chip_for_run, open_store, owned_run
 from pcm_hil.table import format_table
 
 
@@ -26,22 +26,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=float, default=100e-9, help="SET width (s)")
     p.add_argument("--pulses", type=int, default=30, help="SET pulses per cell")
     p.add_argument("--cells", type=int, default=500, help="cells per amplitude")
-    p.add_argument("--first-cell", type=int, default=0)
+    p.add_argument("--run-dir", default="runs", help="run store: the cells used are claimed there (default ./runs)")
+    p.add_argument("--overwrite", metavar="RUN", help="reuse the cells of this run (its model is lost)")
     p.add_argument("--reset-amplitude", type=float, default=2.2, help="RESET amplitude (V)")
     p.add_argument("--n-avg", type=int, default=8, help="reads averaged per read")
     p.add_argument("--out", default="programming_curve", help="output prefix (.csv, .png)")
     args = p.parse_args(argv)
     rows = []
-    with open_chip(ChipOptions.of(args)) as chip:
+
+    def measure(chip, cells: np.ndarray) -> dict:  # noqa: ANN001
         for k, amp in enumerate(args.amplitudes):
-            cells = np.arange(args.first_cell + k * args.cells, args.first_cell + (k + 1) * args.cells)
-            chip.pulse(cells, "RESET", args.reset_amplitude, 50e-9)
-            g = chip.read(cells, n_avg=args.n_avg)
-            rows.append(pd.DataFrame({"amplitude_v": amp, "cell": cells, "pulse": 0, "g_us": g}))
+            part = cells[k * args.cells:(k + 1) * args.cells]
+            chip.pulse(part, "RESET", args.reset_amplitude, 50e-9)
+            rows.append(pd.DataFrame({"amplitude_v": amp, "cell": part, "pulse": 0,
+                                      "g_us": chip.read(part, n_avg=args.n_avg)}))
             for n in range(1, args.pulses + 1):
-                chip.pulse(cells, "SET", amp, args.width)
-                rows.append(pd.DataFrame({"amplitude_v": amp, "cell": cells, "pulse": n,
-                                          "g_us": chip.read(cells, n_avg=args.n_avg)}))
+                chip.pulse(part, "SET", amp, args.width)
+                rows.append(pd.DataFrame({"amplitude_v": amp, "cell": part, "pulse": n,
+                                          "g_us": chip.read(part, n_avg=args.n_avg)}))
+        return {"amplitudes_v": args.amplitudes, "pulses": args.pulses, "first_cell": int(cells[0])}
+
+    with open_store(args.run_dir) as store, chip_for_run(ChipOptions.of(args), store) as chip:
+        # the cells are claimed like any job's: a stored model's cells are never pulsed
+        owned_run(chip, store, "programming_curve", args.cells * len(args.amplitudes), lambda c: measure(chip, c),
+                  {"amplitudes_v": args.amplitudes}, args.overwrite)
     df = pd.concat(rows, ignore_index=True)
     df.to_csv(args.out + ".csv", index=False)
     stats = df.groupby(["amplitude_v", "pulse"])["g_us"].quantile([0.1, 0.5, 0.9]).unstack()

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pcm_hil_noisemodel.stats import cell_slopes
-from pcm_hil.app import ChipOptions, chip_arguments, open_chip
+from pcm_hil.app import ChipOptions, chip_arguments, chip_for_run, open_store, owned_run
 from pcm_hil.program import program_verify
 from pcm_hil.table import format_table
 
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                                 parents=[chip_arguments()])
     p.add_argument("--levels", type=float, nargs="+", default=[2.0, 6.0, 10.0, 14.0, 18.0], help="targets (µS)")
     p.add_argument("--cells", type=int, default=1000, help="cells per level")
-    p.add_argument("--first-cell", type=int, default=0)
+    p.add_argument("--run-dir", default="runs", help="run store: the cells used are claimed there (default ./runs)")
+    p.add_argument("--overwrite", metavar="RUN", help="reuse the cells of this run (its model is lost)")
     p.add_argument("--tolerance", type=float, default=0.5, help="verify tolerance (µS)")
     p.add_argument("--t0", type=float, default=20.0, help="first read after programming (s)")
     p.add_argument("--until", type=float, default=86400.0, help="last read after programming (s)")
@@ -39,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need 0 < --t0 < --until")
     times = np.geomspace(args.t0, args.until, args.points)
     n = args.cells * len(args.levels)
-    cells = np.arange(args.first_cell, args.first_cell + n)
     target = np.repeat(args.levels, args.cells)
     rows = []
-    with open_chip(ChipOptions.of(args)) as chip:
+
+    def measure(chip, cells: np.ndarray) -> dict:  # noqa: ANN001
         res = program_verify(chip, cells, target, tolerance_us=args.tolerance)
         t_end = chip.now()
         with tqdm(total=args.until, desc="retention", unit="s", disable=not sys.stderr.isatty()) as bar:
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(pd.DataFrame({"cell": cells, "level_us": target, "read_idx": k,
                                           "age_s": chip.now() - t_end, "g_us": g, "converged": res.converged}))
                 bar.update(t - bar.n)
+        return {"levels_us": args.levels, "first_cell": int(cells[0]), "yield": float(res.converged.mean())}
+
+    with open_store(args.run_dir) as store, chip_for_run(ChipOptions.of(args), store) as chip:
+        # the cells are claimed like any job's: a stored model's cells are never pulsed
+        owned_run(chip, store, "retention", n, lambda c: measure(chip, c), {"levels_us": args.levels}, args.overwrite)
     df = pd.concat(rows, ignore_index=True)
     df.to_csv(args.out + ".csv", index=False)
     ok = df[df["converged"]]
