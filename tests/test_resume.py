@@ -42,8 +42,6 @@ from pcm_hil.emulator import EmulatedChip
 from pcm_hil.store_job import StoreConfig, run_store_job
 from pcm_hil.run_store import RunStore
 
-from .processes import wait_for_journal
-
 run_dir, stage, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
 cfg = StoreConfig.from_options(**%r)
 
