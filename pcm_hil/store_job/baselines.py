@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..models import accuracy
-from .compression import CompressionConfig, prune_and_finetune, quantize
+from .compression import CompressionConfig, prune_and_finetune, quantize_levels
 from .digital_medium import Medium, slc_ecc_cells
 from .inputs import Inputs
 from .readback import ReadbackConfig, bn_recalibrated
@@ -55,17 +55,12 @@ def quantized(network: nn.Module, names: list[str], bits: int) -> tuple[nn.Modul
     m = copy.deepcopy(network)
     p = dict(m.named_parameters())
     total = 0
-    qmax = 2 ** (bits - 1) - 1
     with torch.no_grad():
         for n in names:
-            w = p[n].numpy().astype(np.float64)
-            q = quantize(w, bits)
-            p[n].copy_(torch.from_numpy(q.astype(np.float32)))
-            axes = tuple(range(1, w.ndim))
-            amax = np.max(np.abs(w), axis=axes, keepdims=True) if w.ndim > 1 else np.max(np.abs(w))
-            step = np.where(amax > 0, amax / qmax, 1.0)
-            levels = np.round(q / step).astype(np.int64) + qmax
-            total += coded_bits(levels) + 32 * (w.shape[0] if w.ndim > 1 else 1)
+            w = p[n].numpy()
+            levels, step = quantize_levels(w, bits)
+            p[n].copy_(torch.from_numpy((levels * step).astype(np.float32)))
+            total += coded_bits(levels + 2 ** (bits - 1) - 1) + 32 * step.size  # values, scales per channel
     return m, total
 
 

@@ -79,8 +79,9 @@ def prune_and_finetune(model: nn.Module, names: list[str], sparsity: float, x: n
     return pruned, masks
 
 
-def quantize(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
-    """Symmetric uniform quantization to ``bits`` bits (sign included), per output channel."""
+def quantize_levels(w: np.ndarray, bits: int, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric uniform quantization to ``bits`` bits (sign included), per output channel:
+    (integer levels in [−(2^(bits−1) − 1), 2^(bits−1) − 1], step per channel); w ≈ levels·step."""
     if not 2 <= bits <= 16:
         raise ValueError(f"bits must be in [2, 16], got {bits}")
     w = np.asarray(w, np.float64)
@@ -88,7 +89,13 @@ def quantize(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
     amax = np.max(np.abs(w), axis=axes, keepdims=axes is not None)
     qmax = 2 ** (bits - 1) - 1
     step = np.where(amax > 0, amax / qmax, 1.0)
-    return np.round(w / step).clip(-qmax, qmax) * step
+    return np.round(w / step).clip(-qmax, qmax).astype(np.int64), step
+
+
+def quantize(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
+    """``w`` on its quantization levels (see :func:`quantize_levels`)."""
+    levels, step = quantize_levels(w, bits, per_channel)
+    return levels * step
 
 
 @dataclass(frozen=True)
@@ -137,13 +144,3 @@ def quantized_copy(model: nn.Module, names: list[str], levels: int) -> nn.Module
             step = np.abs(w).max() / (levels - 1) if np.abs(w).max() > 0 else 1.0
             p[n].copy_(torch.from_numpy((np.sign(w) * np.round(np.abs(w) / step) * step).astype(np.float32)))
     return q
-
-
-def with_quantized(model: nn.Module, names: list[str], bits: int) -> nn.Module:
-    """A copy of ``model`` whose named tensors are quantized to ``bits`` bits per output channel."""
-    m = copy.deepcopy(model)
-    p = dict(m.named_parameters())
-    with torch.no_grad():
-        for n in names:
-            p[n].copy_(torch.from_numpy(quantize(p[n].numpy(), bits).astype(np.float32)))
-    return m
