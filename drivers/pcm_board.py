@@ -23,6 +23,8 @@ WIDTH_RANGE_S = (10e-9, 100e-6)
 COMPLIANCE_RANGE_A = (1e-6, 10e-3)
 READ_BIAS_RANGE_V = (0.01, 1.0)
 N_AVG_RANGE = (1, 1024)
+LEASE_RANGE_S = (0.0, 600.0)
+TEMPERATURE_RANGE_K = (150.0, 700.0)
 MAX_BULK_CELLS = 1 << 22
 KINDS = {"SET": "SET", "RESET": "RES"}
 
@@ -91,6 +93,17 @@ class PCMBoard(Instrument):
     read_bias_v = CommonBase.control(
         "READ:BIAS?", "READ:BIAS %.6g", "Read bias of on-board reads (V).",
         validator=strict_range, values=READ_BIAS_RANGE_V, get_process=float)
+    lease_s = CommonBase.control(
+        "SYST:LEASE?", "SYST:LEASE %.6g",
+        "Heartbeat lease (s): setting it makes this connection the controlling one; any frame it "
+        "sends renews the lease, and the board turns its output off when the lease lapses or this "
+        "connection closes. 0 releases it. Reads the time left (0: this connection holds none).",
+        validator=strict_range, values=LEASE_RANGE_S, get_process=float)
+    temperature_setpoint_k = CommonBase.control(
+        "SOUR:TEMP?", "SOUR:TEMP %.6g", "Set point of the chip's temperature controller (K).",
+        validator=strict_range, values=TEMPERATURE_RANGE_K, get_process=float)
+    temperature_k = CommonBase.measurement("MEAS:TEMP?", "Chip temperature as the board measures it (K).",
+                                           get_process=float)
     route = CommonBase.control(
         "ROUT:EXT?", "ROUT:EXT %s", "Connect the selected cell to an external port: NONE, SMU or PG.",
         validator=strict_discrete_set, values=["NONE", "SMU", "PG"], get_process=str)

@@ -303,6 +303,9 @@ BOARD_SET = [
     ("output_enabled", False, b"OUTP 0"),
     ("route", "SMU", b"ROUT:EXT SMU"),
     ("route", "NONE", b"ROUT:EXT NONE"),
+    ("lease_s", 5.0, b"SYST:LEASE 5"),  # take (or renew) the heartbeat lease
+    ("lease_s", 0, b"SYST:LEASE 0"),  # release it
+    ("temperature_setpoint_k", 358.15, b"SOUR:TEMP 358.15"),
 ]
 BOARD_GET = [
     ("idn", b"*IDN?", b"PCMHIL,PCM-BOARD-EMU,EMU0001,0.1.0", "PCMHIL,PCM-BOARD-EMU,EMU0001,0.1.0"),
@@ -314,12 +317,19 @@ BOARD_GET = [
     ("route", b"ROUT:EXT?", b"PG", "PG"),
     ("geometry", b"CHIP:GEOM?", b"2,64,32", (2, 64, 32)),
     ("n_cells", b"CHIP:GEOM?", b"2,64,32", 4096),
+    ("lease_s", b"SYST:LEASE?", b"4.25", 4.25),
+    ("temperature_setpoint_k", b"SOUR:TEMP?", b"300", 300.0),
+    ("temperature_k", b"MEAS:TEMP?", b"358.15", 358.15),
 ]
 BOARD_REFUSED = [
     ("compliance_a", 20e-3, r"PCMBoard\.compliance_a: .* \[1e-06, 0.01\]"),
     ("read_bias_v", 0.0, r"read_bias_v: .* \[0.01, 1\]"),
     ("output_enabled", "on", "output_enabled: 'on' is not one of"),
     ("route", "DMM", "route: 'DMM' is not one of"),
+    ("lease_s", 601, r"PCMBoard\.lease_s: .* \[0, 600\]"),
+    ("lease_s", -1, r"lease_s: .* \[0, 600\]"),
+    ("temperature_setpoint_k", 100, r"PCMBoard\.temperature_setpoint_k: .* \[150, 700\]"),
+    ("temperature_setpoint_k", float("nan"), r"temperature_setpoint_k: must be a finite number in \[150, 700\]"),
 ]
 
 
@@ -523,6 +533,6 @@ def test_malformed_blocks_are_protocol_errors(payload: bytes, match: str) -> Non
 
 
 @pytest.mark.parametrize("name", ["AMPLITUDE_RANGE_V", "WIDTH_RANGE_S", "COMPLIANCE_RANGE_A", "READ_BIAS_RANGE_V",
-                                  "N_AVG_RANGE"])
+                                  "N_AVG_RANGE", "LEASE_RANGE_S", "TEMPERATURE_RANGE_K"])
 def test_driver_and_emulated_board_agree_on_limits(name: str) -> None:
     assert getattr(pcm_board, name) == getattr(emulated_board, name)

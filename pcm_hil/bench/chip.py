@@ -8,6 +8,7 @@ leaves every output off and is idempotent, also after an error or Ctrl-C.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,25 +24,40 @@ from pcm_hil_drivers.pcm_board import PCMBoard
 from .config import BenchConfig
 from ..chip import Chip, PulseKind, PulseUncertain
 
-TRANSIENT_CODES = {210}  # board: "transient fault, command not executed"
+TRANSIENT_CODES = {210, 101, 102, 103}  # board: transient fault / framing / CRC / truncated: not executed
+# SMU and pulse generator: errors our own well-formed commands only get when a message was lost
+# or mangled on the way (system error, command errors, TSP syntax/runtime): worth a retry.
+# Settings conflicts and out-of-range data (-221, -222) are real and raised at once.
+LINE_TRANSIENT_CODES = {-310, -285, -286, *range(-199, -99)}
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How board transactions recover: reconnect and retry, at most ``attempts`` times.
+    """How instrument exchanges recover: reconnect and retry, at most ``attempts`` times.
 
     Reads and clock queries are retried. A pulse batch whose outcome is unknown (timeout,
     corrupted reply, lost connection) is not re-sent: the board is reconnected and
     :class:`PulseUncertain` tells the caller to verify those cells. A transient error
-    reply (the command did not run) is retried for pulses too.
+    reply (the command did not run) is retried for pulses too. The SMU and the pulse
+    generator recover the same way (reconnect, settings re-applied, read back); a pulse
+    generator trigger whose outcome is unknown is :class:`PulseUncertain` too.
+    ``shutdown_attempts``: how often ``close`` tries to turn each instrument's output off
+    (and read it back), reconnecting in between.
     """
 
     attempts: int = 4
     backoff_s: float = 0.02
+    shutdown_attempts: int = 3
 
 
 class GaveUp(DriverError):
     """The retry policy is exhausted; outputs are left off."""
+
+
+def _retryable(exc: BaseException, codes: set[int]) -> bool:
+    if isinstance(exc, InstrumentError):
+        return exc.code in codes
+    return isinstance(exc, (InstrumentTimeout, ProtocolError, ConnectionLost))
 
 
 class BenchChip(Chip):
@@ -52,10 +68,14 @@ class BenchChip(Chip):
         self.config = config
         self.retry = retry or RetryPolicy()
         self.fault_log: list[dict[str, Any]] = []
+        self.reads_disputed = 0  # read batches whose two transactions disagreed (then re-read)
         self.board: PCMBoard | None = None
         self.smu: Keithley2600 | None = None
         self.pg: Keysight33500B | None = None
         self._closed = False
+        self._last_board = time.monotonic()
+        self._smu_on = False
+        self._pg_settings: tuple[float, float, float] | None = None
         try:
             self._open()
         except BaseException as exc:
@@ -82,19 +102,11 @@ class BenchChip(Chip):
         self._wiring = np.asarray(cfg.wiring_arrays, dtype=np.int64)
         if cfg.smu:
             self.smu = Keithley2600.from_resource(cfg.smu.resource, timeout_s=cfg.smu.timeout_s)
-            ch = self._smu_channel
-            ch.output_enabled = False
-            ch.source_function = "voltage"
-            ch.compliance_current_a = cfg.smu.compliance_a
-            ch.source_voltage_v = cfg.chip.read_bias_v
-            ch.nplc = cfg.smu.nplc
-            self.smu.check_errors()
+            self._line_retry("SMU setup", "smu", lambda: self._setup_smu(clear=False))
         if cfg.pulse_generator:
             self.pg = Keysight33500B.from_resource(cfg.pulse_generator.resource,
                                                    timeout_s=cfg.pulse_generator.timeout_s)
-            self._pg_channel.output_enabled = False
-            self._pg_settings: tuple[float, float, float] | None = None
-            self.pg.check_errors()
+            self._line_retry("PG setup", "pg", lambda: self._setup_pg(clear=False))
 
     def _setup_board(self, reset: bool) -> None:
         cfg = self.config
@@ -104,7 +116,30 @@ class BenchChip(Chip):
         self.board.read_bias_v = cfg.chip.read_bias_v
         if reset:
             self.board.check_errors()
+        self.board.lease_s = cfg.board.lease_s  # this connection controls the output, on a heartbeat
         self.board.output_enabled = True  # compliance is set first
+        self._last_board = time.monotonic()
+
+    def _setup_smu(self, clear: bool) -> None:
+        """SMU output off, then source, compliance, level and NPLC (compliance before any output)."""
+        cfg = self.config
+        if clear:  # a reconnect: errors queued by the fault that made us reconnect are stale
+            self.smu.clear()
+        ch = self._smu_channel
+        ch.output_enabled = False
+        ch.source_function = "voltage"
+        ch.compliance_current_a = cfg.smu.compliance_a
+        ch.source_voltage_v = cfg.chip.read_bias_v
+        ch.nplc = cfg.smu.nplc
+        self._drain_errors(self.smu)
+        self._smu_on = False
+
+    def _setup_pg(self, clear: bool) -> None:
+        if clear:
+            self.pg.clear()
+        self._pg_channel.output_enabled = False
+        self._pg_settings = None
+        self._drain_errors(self.pg)
 
     # -- recovery -------------------------------------------------------------------
     def _reconnect(self) -> None:
@@ -131,19 +166,81 @@ class BenchChip(Chip):
                 self._log(f"reconnect after {what}", exc, attempt)
         raise GaveUp(f"{what}: the board did not come back after {self.retry.attempts} reconnects")
 
+    def _keep_lease(self) -> None:
+        """Renew the board's heartbeat lease when the board has not heard from us for half of it
+        (any frame renews it); after a lapse the board switched its output off: on again."""
+        if time.monotonic() - self._last_board > self.config.board.lease_s / 2:
+            self.board.lease_s = self.config.board.lease_s
+            self.board.output_enabled = True
+            self._last_board = time.monotonic()
+
     def _transact(self, what: str, fn: Callable[[], Any], idempotent: bool, cells: np.ndarray | None = None) -> Any:
         """Run one board transaction under the retry policy (see :class:`RetryPolicy`)."""
         for attempt in range(self.retry.attempts):
+            sent = False
             try:
-                return fn()
+                self._keep_lease()
+                sent = True
+                out = fn()
+                self._last_board = time.monotonic()
+                return out
             except (InstrumentTimeout, ProtocolError, ConnectionLost, InstrumentError) as exc:
                 if isinstance(exc, InstrumentError) and exc.code not in TRANSIENT_CODES:
                     raise
                 self._log(what, exc, attempt)
                 self._recover(what)
-                if not idempotent and not isinstance(exc, InstrumentError):  # it may have run: never resend
+                if sent and not idempotent and not isinstance(exc, InstrumentError):  # it may have run: never resend
                     raise PulseUncertain(cells if cells is not None else np.empty(0, np.int64), exc) from exc
         raise GaveUp(f"{what}: gave up after {self.retry.attempts} attempts")
+
+    def _reopen(self, name: str) -> None:
+        """A fresh connection to the SMU (``smu``) or pulse generator (``pg``), settings re-applied."""
+        inst = getattr(self, name)
+        if inst is not None:
+            try:
+                inst.transport.close()
+            except OSError:
+                pass
+        setattr(self, name, None)
+        if name == "smu":
+            self.smu = Keithley2600.from_resource(self.config.smu.resource, timeout_s=self.config.smu.timeout_s)
+            self._setup_smu(clear=True)
+        else:
+            self.pg = Keysight33500B.from_resource(self.config.pulse_generator.resource,
+                                                   timeout_s=self.config.pulse_generator.timeout_s)
+            self._setup_pg(clear=True)
+
+    def _line_retry(self, what: str, name: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (idempotent exchanges with the SMU or pulse generator, board transactions
+        inside it recover on their own) under the retry policy: on a wire fault reconnect that
+        instrument, re-apply its settings and try again; GaveUp when it stays away."""
+        for attempt in range(self.retry.attempts):
+            try:
+                return fn()
+            except DriverError as exc:
+                if isinstance(exc, GaveUp) or not _retryable(exc, LINE_TRANSIENT_CODES):
+                    raise
+                self._log(what, exc, attempt)
+                time.sleep(self.retry.backoff_s * 2 ** attempt)
+                try:
+                    self._reopen(name)
+                except DriverError as again:
+                    self._log(f"reconnect after {what}", again, attempt)
+        raise GaveUp(f"{what}: the {name} did not recover after {self.retry.attempts} attempts")
+
+    def _drain_errors(self, inst: Any) -> None:
+        """Empty an instrument's error queue; raise the first error (a transient one, retried
+        by the caller, only when no real one was queued)."""
+        errors = []
+        for _ in range(64):
+            code, msg = inst.next_error()
+            if code == 0:
+                break
+            errors.append((code, msg))
+        if errors:
+            real = [e for e in errors if e[0] not in LINE_TRANSIENT_CODES]
+            code, msg = (real or errors)[0]
+            raise InstrumentError(code, msg, inst.name)
 
     @property
     def _smu_channel(self) -> Any:
@@ -184,9 +281,50 @@ class BenchChip(Chip):
         step = self.config.board.max_batch
         out = np.empty(cells.size, dtype=np.float32)
         for i in self._chunks(cells.size):
-            out[i:i + step] = self._transact(
-                "BULK:MEAS:G?", lambda: self.board.bulk_measure_g(board_cells[i:i + step], n_avg), idempotent=True)
+            out[i:i + step] = self._read_chunk(board_cells[i:i + step], n_avg)
         return out
+
+    def _bulk_read(self, board_cells: np.ndarray, n_avg: int) -> np.ndarray:
+        """One read transaction; a value that is not a finite number is implausible: read again."""
+        def once() -> np.ndarray:
+            g = self.board.bulk_measure_g(board_cells, n_avg)
+            if not np.all(np.isfinite(g)):
+                raise ProtocolError(f"BULK:MEAS:G?: {int((~np.isfinite(g)).sum())} values are not finite numbers")
+            return g
+
+        return self._transact("BULK:MEAS:G?", once, idempotent=True)
+
+    def _read_chunk(self, board_cells: np.ndarray, n_avg: int) -> np.ndarray:
+        """Read a chunk; with ``confirm_reads`` in two transactions that must agree.
+
+        ``n_avg`` ≥ 2 reads are split into two halves, each its own transaction, and averaged
+        (as many reads as asked, the same noise); one read is confirmed by a second. Two
+        halves that differ on average by more than ``confirm_us`` (scaled to their noise and to
+        the size of the chunk) mean one transaction measured wrong (a CRC-valid reply can
+        still be off): the chunk is read twice more and each cell takes the median of the four.
+        """
+        if not self.config.board.confirm_reads:
+            return self._bulk_read(board_cells, n_avg)
+        h1 = max(n_avg // 2, 1)
+        h2 = max(n_avg - h1, 1)
+        a = self._bulk_read(board_cells, h1).astype(np.float64)
+        b = self._bulk_read(board_cells, h2).astype(np.float64)
+        value = a if n_avg == 1 else (a * h1 + b * h2) / n_avg
+        m = board_cells.size
+        # the noise of a − b relative to that of two 4-read halves; a small chunk averages less
+        scale = math.sqrt((1 / h1 + 1 / h2) / 0.5) * max(1.0, math.sqrt(8 / max(m, 1)))
+        limit = self.config.board.confirm_us * 0.5 * scale
+        d = a - b
+        if m == 0 or (abs(float(d.mean())) <= limit and float(np.abs(d).max()) <= 6 * limit):
+            return value.astype(np.float32)
+        self.reads_disputed += 1
+        self.fault_log.append({"what": "BULK:MEAS:G? confirm", "error": "ReadsDisagree",
+                               "detail": f"two read transactions of {m} cells differ by {float(d.mean()):+.3g} µS on "
+                                         f"average (limit {limit:.3g} µS); read again", "attempt": 0,
+                               "time": time.time()})
+        c = self._bulk_read(board_cells, h1).astype(np.float64)
+        e = self._bulk_read(board_cells, h2).astype(np.float64)
+        return np.median(np.stack([a, b, c, e]), axis=0).astype(np.float32)
 
     def now(self) -> float:
         return self._transact("SYST:CLK?", lambda: self.board.clock_s, idempotent=True)
@@ -198,62 +336,167 @@ class BenchChip(Chip):
                            idempotent=True)
             return
         end = time.monotonic() + seconds
+        nap = min(0.5, self.config.board.lease_s / 3)
         while (left := end - time.monotonic()) > 0:
-            time.sleep(min(left, 0.5))  # short naps keep Ctrl-C responsive
+            time.sleep(min(left, nap))  # short naps keep Ctrl-C responsive
+            self._transact("SYST:LEASE", lambda: None, idempotent=True)  # the heartbeat, when it is due
+
+    # -- temperature ----------------------------------------------------------------
+    def temperature_k(self) -> float:
+        """The chip temperature the board's temperature controller measures (K)."""
+        return self._temperature("MEAS:TEMP?", lambda: self.board.temperature_k)
+
+    def _set_temperature_k(self, kelvin: float) -> None:
+        self._temperature("SOUR:TEMP", lambda: setattr(self.board, "temperature_setpoint_k", kelvin))
+
+    def _temperature(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return self._transact(what, fn, idempotent=True)
+        except InstrumentError as exc:
+            if exc.code == -113:  # the board does not know the command
+                raise NotImplementedError(f"this board has no temperature controller ({exc})") from None
+            raise
 
     # -- precise and external paths ---------------------------------------------------
     def _select(self, cell: int) -> None:
         a, r, c = self.geometry.coords(np.array([cell]))
         self.board.select(int(self._wiring[a[0]]), int(r[0]), int(c[0]))  # type: ignore[union-attr]
 
+    def _route(self, cell: int | None, port: str) -> None:
+        """Connect ``cell`` to an external port (or disconnect: ``port`` NONE), one board transaction each."""
+        def go() -> None:
+            if cell is not None:
+                self._select(cell)
+            self.board.route = port  # type: ignore[union-attr]
+
+        self._transact(f"ROUT:EXT {port}", go, idempotent=True)
+
+    def _smu_read_cell(self, cell: int) -> float:
+        ch, bias = self._smu_channel, self.config.chip.read_bias_v
+        if not self._smu_on:
+            ch.compliance_current_a = self.config.smu.compliance_a  # type: ignore[union-attr]
+            ch.source_voltage_v = bias
+            ch.output_enabled = True
+            if not ch.output_enabled:  # a lost command would measure an open circuit
+                raise ProtocolError("the SMU output did not turn on (command lost?)")
+            self._smu_on = True
+        self._route(cell, "SMU")
+        i = ch.measure_current()
+        if ch.in_compliance:
+            raise ValueError(f"cell {cell}: SMU in compliance at {self.config.smu.compliance_a} A; "
+                             "raise smu.compliance_a or lower the read bias")
+        return i / bias * 1e6
+
+    def _smu_idle(self) -> None:
+        """SMU output off (read back) and the cell disconnected."""
+        def off() -> None:
+            ch = self._smu_channel
+            ch.output_enabled = False
+            if ch.output_enabled:  # the query also waits until the write above has been executed
+                raise ProtocolError("the SMU output did not turn off")
+            self._smu_on = False
+
+        try:
+            self._line_retry("SMU output off", "smu", off)
+        finally:
+            self._route(None, "NONE")
+
     def read_smu(self, cells: Any) -> np.ndarray:
-        """Conductance (µS) of each cell measured by the SMU at the read bias, cell by cell."""
+        """Conductance (µS) of each cell measured by the SMU at the read bias, cell by cell.
+
+        Wire faults on the SMU link are recovered under the retry policy (reconnect, settings
+        re-applied, the cell read again); the output is off and read back at the end."""
         if self.smu is None:
             raise ValueError("this bench has no [smu] section: precise reads need an SMU")
         idx = self.cells(cells)
-        ch, bias = self._smu_channel, self.config.chip.read_bias_v
         out = np.empty(idx.size, dtype=np.float64)
-        ch.compliance_current_a = self.config.smu.compliance_a  # type: ignore[union-attr]
-        ch.source_voltage_v = bias
         try:
-            ch.output_enabled = True
             for k, cell in enumerate(idx):
-                self._select(int(cell))
-                self.board.route = "SMU"  # type: ignore[union-attr]
-                out[k] = ch.measure_current() / bias * 1e6
-                if ch.in_compliance:
-                    raise ValueError(f"cell {int(cell)}: SMU in compliance at {self.config.smu.compliance_a} A; "
-                                     "raise smu.compliance_a or lower the read bias")
-        finally:
-            ch.output_enabled = False
-            self.board.route = "NONE"  # type: ignore[union-attr]
-            if ch.output_enabled:  # the query also waits until the write above has been executed
-                raise RuntimeError("the SMU output did not turn off")
+                out[k] = self._line_retry("SMU read", "smu", lambda: self._smu_read_cell(int(cell)))
+        except BaseException as exc:
+            try:
+                self._smu_idle()
+            except Exception as also:  # noqa: BLE001 - the first error stays the one raised
+                exc.add_note(f"and the SMU could not be switched off: {type(also).__name__}: {also}")
+            raise
+        self._smu_idle()
         return out
 
+    def _pg_arm(self, cell: int, a: float, w: float, trailing: float) -> None:
+        """Pulse shape set (when it changed), the cell on the PG port, output on; every setting
+        confirmed (error queue empty, output read back) before a trigger may fire."""
+        pgc, cfg = self._pg_channel, self.config.pulse_generator
+        if self._pg_settings != (a, w, trailing):
+            self._pg_settings = None
+            pgc.configure_single_pulse(a, w, cfg.leading_edge_s, trailing,  # type: ignore[union-attr]
+                                       limit_v=self.limits.max_amplitude_v)
+            self._drain_errors(self.pg)
+            self._pg_settings = (a, w, trailing)
+        self._route(cell, "PG")
+        pgc.output_enabled = True
+        if not pgc.output_enabled:
+            raise ProtocolError("the pulse generator output did not turn on (command lost?)")
+
+    def _pg_idle(self) -> None:
+        def off() -> None:
+            pgc = self._pg_channel
+            pgc.output_enabled = False
+            if pgc.output_enabled:
+                raise ProtocolError("the pulse generator output did not turn off")
+
+        try:
+            self._line_retry("PG output off", "pg", off)
+        finally:
+            self._route(None, "NONE")
+
     def pulse_external(self, cells: Any, kind: PulseKind | str, amplitude_v: Any, width_s: Any) -> None:
-        """Pulses shaped by the pulse generator, one cell at a time (soft limits checked first)."""
+        """Pulses shaped by the pulse generator, one cell at a time (soft limits checked first).
+
+        Faults before a trigger are recovered (reconnect, settings re-applied and confirmed);
+        a trigger whose outcome is unknown is never repeated: those cells raise
+        :class:`PulseUncertain` at the end, after the others were pulsed."""
         if self.pg is None:
             raise ValueError("this bench has no [pulse_generator] section")
         idx, kind, amp, width = self.validate_pulse(cells, kind, amplitude_v, width_s)
-        pgc, cfg = self._pg_channel, self.config.pulse_generator
+        cfg = self.config.pulse_generator
         trailing = cfg.reset_trailing_edge_s if kind is PulseKind.RESET else cfg.set_trailing_edge_s  # type: ignore[union-attr]
+        doubt: list[int] = []
+        cause: BaseException | None = None
         try:
             for k, cell in enumerate(idx):
                 a, w = float(amp[min(k, amp.size - 1)]), float(width[min(k, width.size - 1)])
-                if self._pg_settings != (a, w, trailing):
-                    pgc.configure_single_pulse(a, w, cfg.leading_edge_s, trailing,  # type: ignore[union-attr]
-                                               limit_v=self.limits.max_amplitude_v)
-                    self._pg_settings = (a, w, trailing)
-                self._select(int(cell))
-                self.board.route = "PG"  # type: ignore[union-attr]
-                pgc.output_enabled = True
-                self.pg.trigger()
-                self.pg.wait_complete()
-        finally:
-            pgc.output_enabled = False
-            self.board.route = "NONE"  # type: ignore[union-attr]
-        self.pg.check_errors()
+                self._line_retry("PG setup", "pg", lambda: self._pg_arm(int(cell), a, w, trailing))
+                try:
+                    self.pg.trigger()
+                    self.pg.wait_complete()
+                except DriverError as exc:  # fired or not: never fire again blindly
+                    if not _retryable(exc, LINE_TRANSIENT_CODES):
+                        raise
+                    self._log("PG trigger", exc, 0)
+                    doubt.append(int(cell))
+                    cause = cause or exc
+                    self._reopen_logged("pg")
+        except BaseException as exc:
+            try:
+                self._pg_idle()
+            except Exception as also:  # noqa: BLE001
+                exc.add_note(f"and the pulse generator could not be switched off: {type(also).__name__}: {also}")
+            raise
+        self._pg_idle()
+        self._line_retry("PG errors", "pg", lambda: self._drain_errors(self.pg))
+        if doubt:
+            raise PulseUncertain(np.asarray(doubt, np.int64), cause)  # type: ignore[arg-type]
+
+    def _reopen_logged(self, name: str) -> None:
+        """Reconnect ``name`` within the policy; GaveUp when it stays away."""
+        for attempt in range(self.retry.attempts):
+            time.sleep(self.retry.backoff_s * 2 ** attempt)
+            try:
+                self._reopen(name)
+                return
+            except DriverError as exc:
+                self._log(f"reconnect {name}", exc, attempt)
+        raise GaveUp(f"the {name} did not come back after {self.retry.attempts} reconnects")
 
     # -- bookkeeping ----------------------------------------------------------------
     def chip_id(self) -> str:
@@ -280,17 +523,66 @@ class BenchChip(Chip):
             exc.add_note(str(err))
 
     def close(self) -> None:
-        """Every output off, every connection closed; idempotent; tries all even if one fails."""
+        """Every output off and read back, every connection closed; idempotent.
+
+        Each instrument is tried even if another fails, each up to
+        ``retry.shutdown_attempts`` times, on a fresh connection after a failed try; what
+        could not be switched off is reported in one ``RuntimeError`` at the end."""
         if self._closed:
             return
         self._closed = True
-        errors = []
-        for inst in (self.pg, self.smu, self.board):
-            if inst is None:
-                continue
-            try:
-                inst.shutdown()
-            except Exception as exc:  # keep shutting the others down, then report
-                errors.append(f"{inst.name}: {exc}")
+        errors = [e for e in (self._shut("pg"), self._shut("smu"), self._shut("board")) if e]
         if errors:
             raise RuntimeError("shutdown incomplete: " + "; ".join(errors))
+
+    def _connect(self, name: str) -> Any:
+        cfg = self.config
+        if name == "board":
+            return PCMBoard.from_resource(cfg.board.resource, timeout_s=cfg.board.timeout_s)
+        if name == "smu":
+            return Keithley2600.from_resource(cfg.smu.resource, timeout_s=cfg.smu.timeout_s)
+        return Keysight33500B.from_resource(cfg.pulse_generator.resource, timeout_s=cfg.pulse_generator.timeout_s)
+
+    @staticmethod
+    def _off_confirmed(inst: Any) -> None:
+        """Outputs off (board: routing NONE too), then read back."""
+        if isinstance(inst, PCMBoard):
+            inst.route = "NONE"
+            inst.output_enabled = False
+            if inst.output_enabled:
+                raise ProtocolError("the board output is still on after OUTP 0")
+            return
+        for ch in inst.channels:
+            ch.output_enabled = False
+        for ch in inst.channels:
+            if ch.output_enabled:
+                raise ProtocolError(f"output {ch.id} is still on after switching it off")
+
+    def _shut(self, name: str) -> str | None:
+        """Switch one instrument off within ``retry.shutdown_attempts``; an error text, or None."""
+        inst = getattr(self, name)
+        if inst is None:
+            return None
+        label = inst.name
+        last: Exception | None = None
+        attempts = max(1, self.retry.shutdown_attempts)
+        for attempt in range(attempts):
+            try:
+                if inst is None:
+                    inst = self._connect(name)
+                self._off_confirmed(inst)
+                return None
+            except Exception as exc:  # keep trying this one, then the others
+                last = exc
+                self._log(f"shutdown {name}", exc, attempt)
+                if attempt + 1 < attempts:
+                    time.sleep(self.retry.backoff_s * 2 ** attempt)
+            finally:
+                if inst is not None:
+                    inst._closed = True
+                    try:
+                        inst.transport.close()
+                    except Exception:  # noqa: BLE001 - closing what is already gone
+                        pass
+                    inst = None
+        return f"{label}: {last} (outputs not confirmed off after {attempts} attempts)"

@@ -5,6 +5,9 @@ Example (``pcm-hil emulate --bench-file bench.toml`` writes one for the virtual 
     [board]
     resource = "socket://127.0.0.1:5025"    # or "/dev/ttyUSB0"
     timeout_s = 5.0
+    lease_s = 5.0                            # heartbeat: outputs off this long after the host goes silent
+    confirm_reads = true                     # every read in two transactions, compared
+    confirm_us = 1.0                         # how far two halves of an 8-read average may differ (µS)
 
     [smu]                                    # optional: precise reads
     resource = "TCPIP::127.0.0.1::5026::SOCKET"
@@ -49,6 +52,9 @@ class BoardConfig:
     resource: str
     timeout_s: float = 5.0
     max_batch: int = 1 << 18
+    lease_s: float = 5.0  # the board's heartbeat lease: its output turns off this long after the host fell silent
+    confirm_reads: bool = True  # read each batch in two transactions and compare (a board that measures wrong)
+    confirm_us: float = 1.0  # two halves of an 8-read average farther apart than this on average: re-read
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,8 @@ class BenchConfig:
         Geometry(self.chip.arrays, self.chip.rows, self.chip.cols)
         _range("board.timeout_s", self.board.timeout_s, 0.01, 3600)
         _range("board.max_batch", self.board.max_batch, 1, pcm_board.MAX_BULK_CELLS)
+        _range("board.lease_s", self.board.lease_s, 0.05, pcm_board.LEASE_RANGE_S[1])
+        _range("board.confirm_us", self.board.confirm_us, 0.01, 100.0)
         _range("chip.read_bias_v", self.chip.read_bias_v, *pcm_board.READ_BIAS_RANGE_V)
         _range("chip.pulse_compliance_a", self.chip.pulse_compliance_a, *pcm_board.COMPLIANCE_RANGE_A)
         if self.chip.read_bias_v > self.limits.max_read_bias_v:
@@ -186,6 +194,8 @@ def _section(cls: type, data: Any, name: str) -> Any:
                 raise ValueError(f"{name}.{f.name} must be a number, got {v!r}")
             if want == "int" and not (isinstance(v, int) and not isinstance(v, bool)):
                 raise ValueError(f"{name}.{f.name} must be an integer, got {v!r}")
+            if want == "bool" and not isinstance(v, bool):
+                raise ValueError(f"{name}.{f.name} must be true or false, got {v!r}")
             if want == "str" and not isinstance(v, str):
                 raise ValueError(f"{name}.{f.name} must be a string, got {v!r}")
     try:

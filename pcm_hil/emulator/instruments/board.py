@@ -1,6 +1,8 @@
 """The emulated controller board: payload in, payload out (framing lives in the server)."""
 from __future__ import annotations
 
+import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -21,6 +23,8 @@ WIDTH_RANGE_S = (10e-9, 100e-6)  # on-board pulse width
 COMPLIANCE_RANGE_A = (1e-6, 10e-3)  # current compliance of on-board pulses
 READ_BIAS_RANGE_V = (0.01, 1.0)  # read bias of on-board reads
 N_AVG_RANGE = (1, 1024)  # reads averaged per MEAS:G?
+LEASE_RANGE_S = (0.0, 600.0)  # heartbeat lease of the controlling connection (0 releases it)
+TEMPERATURE_RANGE_K = (150.0, 700.0)  # the temperature controller's set-point range
 
 
 class BoardCommandError(Exception):
@@ -62,6 +66,15 @@ class BoardEmulator:
     def __init__(self, model: BenchModel) -> None:
         self.model = model
         self.errors = ErrorQueue()
+        # interlock: the output follows the controlling connection (the last one that switched
+        # it on or took the lease) and, while a lease is held, its heartbeat
+        self._output = False
+        self._conn_lock = threading.Lock()
+        self.controller: object | None = None
+        self.lease_s = 0.0
+        self._lease_until = 0.0
+        self.interlock_trips = 0  # times the interlock, not a command, turned the output off
+        self._conn: object | None = None
         self._reset_settings()
         self._table: dict[str, Callable[[list], bytes]] = {
             "*IDN?": lambda a: self.IDN.encode(),
@@ -69,6 +82,9 @@ class BoardEmulator:
             "SYST:ERR?": self._err, "SYST:CLK?": lambda a: b"%.17g" % self.model.chip.now(),
             "CHIP:GEOM?": lambda a: ("%d,%d,%d" % self.model.chip.geometry.shape).encode(),
             "OUTP": self._outp, "OUTP?": lambda a: b"%d" % self.output,
+            "SYST:LEASE": self._lease, "SYST:LEASE?": self._lease_q,
+            "SOUR:TEMP": self._temp, "SOUR:TEMP?": lambda a: b"%.6g" % self._setpoint_k,
+            "MEAS:TEMP?": lambda a: b"%.6g" % self.model.chip.temperature_k(),
             "SOUR:COMP": self._comp, "SOUR:COMP?": lambda a: b"%.6g" % self.compliance_a,
             "READ:BIAS": self._bias, "READ:BIAS?": lambda a: b"%.6g" % self.read_bias_v,
             "CELL": self._cell, "CELL?": self._cell_q,
@@ -80,13 +96,54 @@ class BoardEmulator:
 
     def _reset_settings(self) -> None:
         self.output = False
+        self._setpoint_k = float(self.model.chip.temperature_k())
         self.compliance_a = 1e-3
         self.read_bias_v = 0.2
         self.model.selected = None
         self.model.route = "NONE"
 
+    # -- interlock ------------------------------------------------------------------
+    @property
+    def output(self) -> bool:
+        """Pulse drivers on; off by itself once the controlling connection's lease lapses."""
+        with self._conn_lock:
+            if self._output and self.lease_s > 0 and time.monotonic() > self._lease_until:
+                self._trip()
+            return self._output
+
+    @output.setter
+    def output(self, value: bool) -> None:
+        with self._conn_lock:
+            self._output = bool(value)
+
+    def _trip(self) -> None:  # with _conn_lock held
+        if self._output:
+            self.interlock_trips += 1
+        self._output = False
+        self.controller, self.lease_s = None, 0.0
+
+    def _renew(self, conn: object | None) -> None:
+        """Any frame from the controlling connection renews its lease (unless it lapsed)."""
+        with self._conn_lock:
+            if conn is not None and conn is self.controller and self.lease_s > 0:
+                if time.monotonic() > self._lease_until:
+                    self._trip()
+                else:
+                    self._lease_until = time.monotonic() + self.lease_s
+
+    def host_lost(self, conn: object | None = None, last: bool = True) -> None:
+        """Interlock: the output turns off when the controlling connection closes, and when the
+        last host connection closes (a controller that never took the lease or switched the
+        output on)."""
+        with self._conn_lock:
+            if (conn is not None and conn is self.controller) or last:
+                self._trip()
+
     # -- entry point ----------------------------------------------------------------
-    def handle(self, payload: bytes) -> bytes:
+    def handle(self, payload: bytes, conn: object | None = None) -> bytes:
+        """Run one command; ``conn`` identifies the host connection it came on (the interlock
+        follows the controlling one)."""
+        self._renew(conn)
         try:
             header, args = bp.split_payload(payload)
         except ProtocolError as exc:
@@ -96,6 +153,7 @@ class BoardEmulator:
             return self._error(-113, f"Undefined header;{header[:40]}")
         try:
             with self.model.lock:
+                self._conn = conn  # the connection this command came on (commands run one at a time)
                 return fn(args)
         except BoardCommandError as exc:
             return self._error(exc.code, exc.message)
@@ -129,14 +187,39 @@ class BoardEmulator:
         e = self.errors.pop()
         return b'0,"No error"' if e is None else b'%d,"%s"' % (e[0], e[1].encode("ascii", "replace"))
 
-    def host_lost(self) -> None:
-        """Interlock: when the last host connection closes, the pulse output turns off."""
-        with self.model.lock:
-            self.output = False
-
     def _outp(self, args: list) -> bytes:
         self._nargs(args, 1)
-        self.output = bool(_int(args[0], (0, 1), "output state"))
+        on = bool(_int(args[0], (0, 1), "output state"))
+        with self._conn_lock:
+            self._output = on
+            if on and self._conn is not self.controller:  # whoever switches it on controls it
+                self.controller, self.lease_s = self._conn, 0.0
+        return b"OK"
+
+    def _lease(self, args: list) -> bytes:
+        self._nargs(args, 1)
+        s = _in(_num(args[0], "lease"), LEASE_RANGE_S, "lease")
+        with self._conn_lock:
+            if s == 0:
+                if self._conn is self.controller:
+                    self.lease_s = 0.0
+            else:
+                self.controller, self.lease_s = self._conn, s
+                self._lease_until = time.monotonic() + s
+        return b"OK"
+
+    def _lease_q(self, args: list) -> bytes:
+        self._nargs(args, 0)
+        with self._conn_lock:
+            held = self.lease_s > 0 and self._conn is self.controller
+            left = max(0.0, self._lease_until - time.monotonic()) if held else 0.0
+        return b"%.6g" % left
+
+    def _temp(self, args: list) -> bytes:
+        self._nargs(args, 1)
+        k = _in(_num(args[0], "temperature"), TEMPERATURE_RANGE_K, "temperature")
+        self.model.chip.set_temperature_k(k)
+        self._setpoint_k = k
         return b"OK"
 
     def _comp(self, args: list) -> bytes:

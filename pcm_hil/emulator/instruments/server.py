@@ -16,7 +16,7 @@ import time
 from pcm_hil_drivers import board_protocol as bp
 from pcm_hil_drivers.errors import ProtocolError
 
-from .faults import TRANSIENT_CODE, FaultInjector
+from .faults import LINE_TRANSIENT_CODE, TRANSIENT_CODE, FaultInjector
 
 MAX_LINE = 1 << 20
 
@@ -66,6 +66,7 @@ class _Server(socketserver.ThreadingTCPServer):
         self.faults = faults
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
+        self.dead = False  # fault "dead": the instrument never answers again
         super().__init__((host, port), handler)
 
     def close_connections(self) -> None:
@@ -90,8 +91,13 @@ class _Handler(socketserver.BaseRequestHandler):
             self.server.connections.discard(self.request)
             last = not self.server.connections
         lost = getattr(self.server.emulator, "host_lost", None)
-        if last and lost is not None:  # interlock: no host connected, outputs off
-            lost()
+        if lost is not None:  # interlock: the controlling host (or the last one) is gone, outputs off
+            lost(self, last)
+
+    def _die(self) -> None:
+        """Fault ``dead``: from now on every connection is closed at once, forever."""
+        self.server.dead = True
+        self.server.close_connections()
 
 
 class LineHandler(_Handler):
@@ -101,6 +107,8 @@ class LineHandler(_Handler):
     (a client that died mid-command) is discarded, never executed."""
 
     def handle(self) -> None:
+        if self.server.dead:
+            return
         f = self.request.makefile("rb")
         overlong = False
         while True:
@@ -118,12 +126,66 @@ class LineHandler(_Handler):
             if overlong:
                 overlong = False
                 continue
-            reply = self.server.emulator.handle(raw.decode("latin-1").rstrip("\r\n"))
+            line = raw.decode("latin-1").rstrip("\r\n")
+            if self.server.faults is not None:
+                if not self._faulty(line):
+                    return
+                continue
+            reply = self.server.emulator.handle(line)
             if reply is not None:
                 try:
                     self.request.sendall(reply.encode("latin-1", "replace") + b"\n")
                 except OSError:
                     return
+
+    def _faulty(self, line: str) -> bool:
+        """Serve one line under fault injection; False when the connection is gone."""
+        emu, faults = self.server.emulator, self.server.faults
+        kind = faults.draw()
+        if kind == "dead":
+            self._die()
+            return False
+        if kind == "error":  # not executed; the instrument queues an error, a query gets no reply
+            emu.errors.push(LINE_TRANSIENT_CODE, "System error;transient fault, command not executed")
+            return True
+        if kind == "silent":
+            time.sleep(faults.plan.silent_s)
+            return True
+        if kind == "drop":
+            if faults.coin():
+                emu.handle(line)
+            try:
+                self.request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return False
+        if kind == "stuck":
+            with emu.model.lock:
+                emu.model.chip.inject_stuck(faults.stuck_cells(emu.model.chip.geometry.n_cells))
+        if kind == "corrupt_request" and line:  # a flipped bit on the way in: the instrument runs what arrived
+            i = len(line) // 2
+            line = line[:i] + chr(ord(line[i]) ^ 0x40) + line[i + 1:]
+        reply = emu.handle(line)
+        if reply is None:
+            return True
+        data = reply.encode("latin-1", "replace") + b"\n"
+        if kind == "delay":
+            time.sleep(faults.plan.delay_s)
+        elif kind == "corrupt":
+            i = (len(data) - 1) // 2
+            data = data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1:]
+        elif kind == "truncate":
+            try:
+                self.request.sendall(data[: len(data) // 2])
+            except OSError:
+                return False
+            time.sleep(faults.plan.delay_s)
+            return True
+        try:
+            self.request.sendall(data)
+        except OSError:
+            return False
+        return True
 
 
 class FrameHandler(_Handler):
@@ -151,6 +213,8 @@ class FrameHandler(_Handler):
             pass
 
     def handle(self) -> None:
+        if self.server.dead:
+            return
         emu = self.server.emulator
         while True:
             try:
@@ -189,7 +253,7 @@ class FrameHandler(_Handler):
                     self._reply(b'ERR 102,"Frame rejected;%s"' % str(exc).encode())
                     continue
                 if self.server.faults is None:
-                    self._reply(emu.handle(payload))
+                    self._reply(emu.handle(payload, self))
                 elif not self._faulty(payload):
                     return
             except socket.timeout:
@@ -206,15 +270,22 @@ class FrameHandler(_Handler):
         """Serve one request under fault injection; False when the connection is gone."""
         emu, faults = self.server.emulator, self.server.faults
         kind = faults.draw()
+        if kind == "dead":
+            self._die()
+            return False
         if kind == "error":
             self._reply(b'ERR %d,"Transient fault;retry"' % TRANSIENT_CODE)
+            return True
+        if kind == "corrupt_request":  # a flipped bit on the way in: the CRC refuses the frame
+            emu.errors.push(102, "Frame rejected;frame CRC mismatch: message corrupted")
+            self._reply(b'ERR 102,"Frame rejected;frame CRC mismatch: message corrupted"')
             return True
         if kind == "silent":
             time.sleep(faults.plan.silent_s)
             return True
         if kind == "drop":
             if faults.coin():
-                emu.handle(payload)
+                emu.handle(payload, self)
             self.request.shutdown(socket.SHUT_RDWR)
             return False
         if kind == "stuck":
@@ -223,7 +294,7 @@ class FrameHandler(_Handler):
         if kind == "offset":  # a well-formed, CRC-valid reply that measures wrong
             emu.model.read_offset_us = faults.plan.offset_us
         try:
-            frame = bp.encode_frame(emu.handle(payload))
+            frame = bp.encode_frame(emu.handle(payload, self))
         finally:
             emu.model.read_offset_us = 0.0
         if kind == "delay":

@@ -21,24 +21,29 @@ class VirtualBench:
 
     ``ports``: (board, smu, pulse generator); 0 picks a free port. A board frame that
     stops arriving midway is discarded after ``frame_timeout_s``. ``faults`` injects
-    seeded faults into board transactions (see :mod:`.faults`); ``self.faults`` counts them. Use as a context
-    manager, or call :meth:`close`.
+    seeded faults into board transactions, ``smu_faults`` and ``pg_faults`` into the SMU's and
+    the pulse generator's lines (see :mod:`.faults`); ``self.faults``, ``self.smu_faults`` and
+    ``self.pg_faults`` count them (None where no plan was given). Use as a context manager,
+    or call :meth:`close`.
     """
 
     def __init__(self, geometry: Geometry | None = None, profile: Any = None, seed: int = 0,
                  host: str = "127.0.0.1", ports: tuple[int, int, int] = (0, 0, 0),
-                 frame_timeout_s: float = 2.0, faults: FaultPlan | None = None) -> None:
+                 frame_timeout_s: float = 2.0, faults: FaultPlan | None = None,
+                 smu_faults: FaultPlan | None = None, pg_faults: FaultPlan | None = None) -> None:
         self.model = BenchModel.create(geometry, profile=profile, seed=seed)
         self.board = BoardEmulator(self.model)
         self.smu = Keithley2600Emulator(self.model, seed=seed)
         self.pg = Keysight33500BEmulator(self.model)
         self.faults = FaultInjector(faults) if faults is not None else None
+        self.smu_faults = FaultInjector(smu_faults) if smu_faults is not None else None
+        self.pg_faults = FaultInjector(pg_faults) if pg_faults is not None else None
         self._servers: list[ServerThread] = []
         try:
-            for emu, handler, port in ((self.board, FrameHandler, ports[0]), (self.smu, LineHandler, ports[1]),
-                                       (self.pg, LineHandler, ports[2])):
-                self._servers.append(ServerThread(emu, handler, host, port, frame_timeout_s,
-                                                  self.faults if emu is self.board else None))
+            for emu, handler, port, inj in ((self.board, FrameHandler, ports[0], self.faults),
+                                            (self.smu, LineHandler, ports[1], self.smu_faults),
+                                            (self.pg, LineHandler, ports[2], self.pg_faults)):
+                self._servers.append(ServerThread(emu, handler, host, port, frame_timeout_s, inj))
         except BaseException:
             self.close()
             raise
