@@ -123,6 +123,7 @@ class BenchChip(Chip):
     def _setup_smu(self, clear: bool) -> None:
         """SMU output off, then source, compliance, level and NPLC (compliance before any output)."""
         cfg = self.config
+        self._smu_on = False  # first: a setup that fails midway leaves the output to be switched on again
         if clear:  # a reconnect: errors queued by the fault that made us reconnect are stale
             self.smu.clear()
         ch = self._smu_channel
@@ -132,13 +133,12 @@ class BenchChip(Chip):
         ch.source_voltage_v = cfg.chip.read_bias_v
         ch.nplc = cfg.smu.nplc
         self._drain_errors(self.smu)
-        self._smu_on = False
 
     def _setup_pg(self, clear: bool) -> None:
+        self._pg_settings = None  # first: after a failed setup the pulse shape is sent again
         if clear:
             self.pg.clear()
         self._pg_channel.output_enabled = False
-        self._pg_settings = None
         self._drain_errors(self.pg)
 
     # -- recovery -------------------------------------------------------------------
@@ -174,12 +174,16 @@ class BenchChip(Chip):
             self.board.output_enabled = True
             self._last_board = time.monotonic()
 
-    def _transact(self, what: str, fn: Callable[[], Any], idempotent: bool, cells: np.ndarray | None = None) -> Any:
-        """Run one board transaction under the retry policy (see :class:`RetryPolicy`)."""
+    def _transact(self, what: str, fn: Callable[[], Any] | None, idempotent: bool,
+                  cells: np.ndarray | None = None) -> Any:
+        """Run one board transaction under the retry policy (see :class:`RetryPolicy`); ``fn``
+        None: only the heartbeat, when it is due."""
         for attempt in range(self.retry.attempts):
             sent = False
             try:
                 self._keep_lease()
+                if fn is None:
+                    return None
                 sent = True
                 out = fn()
                 self._last_board = time.monotonic()
@@ -202,6 +206,7 @@ class BenchChip(Chip):
             except OSError:
                 pass
         setattr(self, name, None)
+        self._smu_on, self._pg_settings = (False, self._pg_settings) if name == "smu" else (self._smu_on, None)
         if name == "smu":
             self.smu = Keithley2600.from_resource(self.config.smu.resource, timeout_s=self.config.smu.timeout_s)
             self._setup_smu(clear=True)
@@ -339,7 +344,7 @@ class BenchChip(Chip):
         nap = min(0.5, self.config.board.lease_s / 3)
         while (left := end - time.monotonic()) > 0:
             time.sleep(min(left, nap))  # short naps keep Ctrl-C responsive
-            self._transact("SYST:LEASE", lambda: None, idempotent=True)  # the heartbeat, when it is due
+            self._transact("SYST:LEASE", None, idempotent=True)  # the heartbeat, when it is due
 
     # -- temperature ----------------------------------------------------------------
     def temperature_k(self) -> float:
@@ -558,6 +563,15 @@ class BenchChip(Chip):
             if ch.output_enabled:
                 raise ProtocolError(f"output {ch.id} is still on after switching it off")
 
+    @staticmethod
+    def _close_quietly(inst: Any) -> None:
+        if inst is not None:
+            inst._closed = True
+            try:
+                inst.transport.close()
+            except Exception:  # noqa: BLE001 - closing what is already gone
+                pass
+
     def _shut(self, name: str) -> str | None:
         """Switch one instrument off within ``retry.shutdown_attempts``; an error text, or None."""
         inst = getattr(self, name)
@@ -566,23 +580,21 @@ class BenchChip(Chip):
         label = inst.name
         last: Exception | None = None
         attempts = max(1, self.retry.shutdown_attempts)
-        for attempt in range(attempts):
-            try:
-                if inst is None:
-                    inst = self._connect(name)
-                self._off_confirmed(inst)
-                return None
-            except Exception as exc:  # keep trying this one, then the others
-                last = exc
-                self._log(f"shutdown {name}", exc, attempt)
-                if attempt + 1 < attempts:
-                    time.sleep(self.retry.backoff_s * 2 ** attempt)
-            finally:
-                if inst is not None:
-                    inst._closed = True
-                    try:
-                        inst.transport.close()
-                    except Exception:  # noqa: BLE001 - closing what is already gone
-                        pass
-                    inst = None
+        try:
+            for attempt in range(attempts):
+                try:
+                    if inst is None:
+                        inst = self._connect(name)
+                    self._off_confirmed(inst)
+                    return None
+                except Exception as exc:  # keep trying this one, then the others
+                    last = exc
+                    self._log(f"shutdown {name}", exc, attempt)
+                    if attempt + 1 < attempts:
+                        time.sleep(self.retry.backoff_s * 2 ** attempt)
+                    if not isinstance(exc, InstrumentError):  # the instrument answered: keep its connection
+                        self._close_quietly(inst)
+                        inst = None
+        finally:
+            self._close_quietly(inst)
         return f"{label}: {last} (outputs not confirmed off after {attempts} attempts)"

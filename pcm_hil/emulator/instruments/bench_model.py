@@ -48,6 +48,7 @@ class BenchModel:
     selected: tuple[int, int, int] | None = None
     route: str = "NONE"
     read_offset_us: float = 0.0  # fault injection: what the board adds to every conductance it measures
+    offset_reads: int = 0  # fault injection: read replies that carried that offset
 
     @classmethod
     def create(cls, geometry: Geometry | None = None, profile: object = None, seed: int = 0) -> "BenchModel":

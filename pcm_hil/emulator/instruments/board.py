@@ -315,6 +315,8 @@ class BoardEmulator:
         if cells.size and cells.max() >= self.model.chip.geometry.n_cells:
             raise BoardCommandError(-222, f"Data out of range;cell accepted [0, {self.model.chip.geometry.n_cells - 1}]")
         g = self.model.chip.read(cells, n_avg=n_avg) if cells.size else np.empty(0, np.float32)
+        if self.model.read_offset_us and cells.size:
+            self.model.offset_reads += 1
         g = g + np.float32(self.model.read_offset_us)
         return visa_util.to_ieee_block(np.asarray(g, dtype=np.float32), datatype="f")  # little-endian float32
 
