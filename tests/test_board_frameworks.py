@@ -1,9 +1,9 @@
 """The controller board in QCoDeS and PyMeasure, the whole bench as a QCoDeS station, and
 the lab script that holds it in both frameworks: against a VirtualBench on loopback.
 
-Output-off checks keep a second host connection open: the board's interlock switches the
-output off by itself when the last connection closes, which would hide a close() that
-leaves it on.
+Output-off checks keep a second host connection open and check that the board's interlock
+never tripped (``interlock_trips``): it switches the output off by itself when the
+controlling connection (or the last one) closes, which would hide a close() that leaves it on.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_qcodes_board_snapshot_and_round_trips(vb, other) -> None:
     finally:
         board.close()
     assert other.output_enabled is False and other.route == "NONE"
-    assert vb.board.output is False and vb.model.route == "NONE"
+    assert vb.board.output is False and vb.model.route == "NONE" and vb.board.interlock_trips == 0
     assert board.name not in qcodes.Instrument._all_instruments
     board.close()  # idempotent
 
@@ -209,7 +209,7 @@ def test_pymeasure_board_properties_round_trip(vb, other) -> None:
     finally:
         board.shutdown()
     assert other.output_enabled is False and other.route == "NONE"
-    assert vb.board.output is False and vb.model.route == "NONE"
+    assert vb.board.output is False and vb.model.route == "NONE" and vb.board.interlock_trips == 0
     board.shutdown()  # idempotent
 
 
@@ -217,7 +217,7 @@ def test_pymeasure_board_context_manager_leaves_output_off(vb, other) -> None:
     with PCMBoardPyMeasure(PCMBoard.from_resource(vb.addresses["board"], timeout_s=2.0)) as board:
         board.output_enabled = True
         assert vb.board.output is True
-    assert vb.board.output is False and other.output_enabled is False
+    assert vb.board.output is False and other.output_enabled is False and vb.board.interlock_trips == 0
 
 
 def test_selected_cell_query_protocol() -> None:
@@ -298,7 +298,7 @@ def test_lab_script_runs_the_bench_in_both_frameworks(vb, tmp_path, capsys) -> N
     assert m["status"] == "finished" and m["rows"] == 6
     header = out.with_suffix(".csv").read_text().split("#Data:")[0]
     assert "Cells: 5" in header and "SMU read bias: 0.2 V" in header
-    assert vb.board.output is False and vb.model.route == "NONE"
+    assert vb.board.output is False and vb.model.route == "NONE" and vb.board.interlock_trips == 0
     assert all(ch.output == 0 for ch in vb.smu.channels.values())
     assert not any(vb.pg.ch[n].output for n in (1, 2))
     assert not qcodes.Instrument._all_instruments

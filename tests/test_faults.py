@@ -31,6 +31,7 @@ TYPED = {
     "truncate": (InstrumentTimeout, ProtocolError),
     "error": (InstrumentError,),
     "silent": (InstrumentTimeout,),
+    "corrupt_request": (InstrumentError,),  # the board's CRC refuses the frame: ERR 102, not executed
 }
 
 
@@ -46,25 +47,31 @@ def test_each_wire_fault_is_a_typed_driver_error(kind: str) -> None:
             board.transport.close()
         if kind == "error":
             assert info.value.code == TRANSIENT_CODE
+        if kind == "corrupt_request":
+            assert info.value.code == 102
         assert vb.faults.counts[kind] >= 1
 
 
-def _program_under(kind: str) -> tuple[VerifyResult, np.ndarray, np.ndarray, np.ndarray, list, dict]:
+def _program_under(kind: str, confirm_reads: bool = True
+                   ) -> tuple[VerifyResult, np.ndarray, np.ndarray, np.ndarray, list, dict]:
     """Program-and-verify every cell through the drivers at a 5 % rate of fault ``kind``:
-    (result, targets, ground truth at each cell's last read, stuck cells, fault log, counts)."""
+    (result, targets, ground truth at each cell's last read, stuck cells, fault log, counts;
+    the counts also hold ``offset_reads``, read replies the board sent off by the offset, and
+    ``disputed``, read batches BenchChip found in disagreement)."""
     n = GEOM.n_cells
     targets = np.random.default_rng(4).uniform(2.0, 18.0, n)
     plan = FaultPlan(rate=0.05, kinds=(kind,), seed=2, delay_s=2 * TIMEOUT_S, silent_s=2 * TIMEOUT_S, stuck_burst=4)
     with VirtualBench(GEOM, seed=1, faults=plan, frame_timeout_s=1.0) as vb:
         vb.chip.track_truth()
         cfg = vb.bench_config()
-        cfg = replace(cfg, board=replace(cfg.board, timeout_s=TIMEOUT_S, max_batch=128))
+        cfg = replace(cfg, board=replace(cfg.board, timeout_s=TIMEOUT_S, max_batch=128, confirm_reads=confirm_reads))
         with BenchChip(cfg, retry=RetryPolicy(attempts=6)) as chip:
             res = program_verify(chip, np.arange(n), targets, VCFG)
-            log = list(chip.fault_log)
+        log = list(chip.fault_log)  # with the shutdown's (faults hit it too, and it retries)
         truth = vb.chip.truth_us.astype(np.float64)
         stuck = vb.chip.stuck_kind(np.arange(n)) != 0
-        return res, targets, truth, stuck, log, dict(vb.faults.counts)
+        counts = dict(vb.faults.counts, offset_reads=vb.model.offset_reads, disputed=chip.reads_disputed)
+        return res, targets, truth, stuck, log, counts
 
 
 def _judge(res: VerifyResult, targets: np.ndarray, truth: np.ndarray, stuck: np.ndarray) -> tuple[int, float]:
@@ -79,7 +86,8 @@ def _judge(res: VerifyResult, targets: np.ndarray, truth: np.ndarray, stuck: np.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["drop", "delay", "corrupt", "truncate", "error", "silent", "stuck"])
+@pytest.mark.parametrize("kind", ["drop", "delay", "corrupt", "truncate", "error", "silent", "stuck",
+                                  "corrupt_request"])
 def test_program_verify_survives_each_fault_kind(kind: str) -> None:
     """At a 5 % rate of one kind, every cell reported verified really held its target (ground
     truth) within the tolerance and the read noise, and only the stuck-burst kind costs yield."""
@@ -90,18 +98,32 @@ def test_program_verify_survives_each_fault_kind(kind: str) -> None:
         assert res.converged[stuck].mean() < 0.5
     else:
         assert len(log) >= counts[kind]  # every wire fault shows up in the log (with reconnects)
+    assert counts["disputed"] <= 2  # confirming reads: no false alarms to speak of
     beyond, share = _judge(res, targets, truth, stuck)
     assert beyond == 0 and share < 0.06
     assert res.converged[~stuck].mean() > 0.85
 
 
 @pytest.mark.slow
-def test_a_board_that_measures_wrong_with_a_valid_crc_is_caught_by_the_ground_truth() -> None:
-    """The judge above can fail: reads +1.5 µS off in well-formed frames pass every wire check
-    (nothing logged) and program-and-verify trusts them; ground truth finds the cells. (pcm-hil
-    does not detect this yet: see docs/reliability.md, what is open.)"""
+def test_a_board_that_measures_wrong_with_a_valid_crc_is_caught_by_confirming_reads() -> None:
+    """Reads +1.5 µS off in well-formed frames pass every wire check; BenchChip reads each batch
+    in two transactions, finds them in disagreement and reads again, so no verified cell is
+    wrong by ground truth."""
     res, targets, truth, stuck, log, counts = _program_under("offset")
-    assert counts["offset"] >= 1 and not log
+    assert counts["offset"] >= 1 and counts["offset_reads"] >= 5
+    # each wrong reply in a first pair of reads is caught; one among the re-reads is outvoted
+    assert counts["disputed"] >= 0.75 * counts["offset_reads"]
+    assert sum(e["error"] == "ReadsDisagree" for e in log) == counts["disputed"]
+    beyond, share = _judge(res, targets, truth, stuck)
+    assert beyond == 0 and share < 0.06
+
+
+@pytest.mark.slow
+def test_without_confirming_reads_a_board_that_measures_wrong_passes_unseen() -> None:
+    """The judge can fail: without the confirming reads program-and-verify trusts the offset
+    reads (nothing logged) and ground truth finds the cells."""
+    res, targets, truth, stuck, log, counts = _program_under("offset", confirm_reads=False)
+    assert counts["offset_reads"] >= 2 and not log
     beyond, _ = _judge(res, targets, truth, stuck)
     assert beyond > 0
 

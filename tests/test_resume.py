@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pcm_hil.bench.chip import BenchChip, GaveUp, RetryPolicy
@@ -281,3 +282,96 @@ def test_the_ctrl_c_hint_names_the_bench_run_dir_and_outputs() -> None:
     assert _resume_hint(args, "R1") == "pcm-hil store --resume R1 --bench 'my bench.toml' --run-dir /data/runs"
     args = build_parser().parse_args(["calibrate", "run", "--out", "m.json"])
     assert _resume_hint(args, "R2") == "pcm-hil calibrate run --resume R2 --out m.json"
+
+
+KILL_ON_BENCH = """
+import sys
+from pcm_hil_noisemodel import NoiseModel
+from pcm_hil.bench import BenchChip, BenchConfig
+from pcm_hil.store_job import StoreConfig, run_store_job
+from pcm_hil.run_store import RunStore
+
+run_dir = sys.argv[1]
+cfg = StoreConfig.from_options(**%r)
+with RunStore(run_dir + "/s.sqlite") as store, BenchChip(BenchConfig.load(run_dir + "/bench.toml")) as chip:
+    run_store_job(chip, NoiseModel.load(run_dir + "/noise.json"), store, cfg)
+""" % {**CFG, "checkpoint_s": 0.5}
+
+
+def _checkpointed_verified(db: Path) -> bool:
+    """Whether a checkpoint of the program part already holds a verified cell."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            return con.execute(f"SELECT count(*) FROM {TABLE} WHERE part = 'program' AND status != 0").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def _program_checkpoint(db: Path, run_id: str) -> "pd.DataFrame":
+    """Each program cell's last checkpoint row (chip cells)."""
+    with RunStore(db) as store:
+        ck = store.read(run_id, TABLE)
+    ck = ck[ck["part"] == "program"].sort_values("seq", kind="stable")
+    return ck.drop_duplicates("cell", keep="last").set_index("cell")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_bench_run_killed_at_a_random_point_resumes_without_restarting(tmp_path, noise_file, seed) -> None:
+    """SIGKILL at a seeded random point of programming on the virtual bench, chosen by the pulses
+    the chip has taken (not by a checkpoint), so it lands between checkpoints, inside a
+    transaction or not. The chip lives in the bench and keeps every pulse sent up to the kill.
+    Its own pulse counters tell a resume from a restart: a restart would pulse every cell again;
+    a resume pulses no cell the last checkpoint saw verified, and only cells that were pending."""
+    (tmp_path / "noise.json").write_bytes(noise_file.read_bytes())
+    k = int(np.random.default_rng(seed).integers(1, 40))  # the pulse transaction that dies, once some cells verified
+    with VirtualBench(GEOM, seed=2) as vb:
+        cfg = vb.bench_config()
+        cfg = replace(cfg, board=replace(cfg.board, max_batch=64))  # many transactions: a kill can land anywhere
+        cfg.save(tmp_path / "bench.toml")
+        p = subprocess.Popen([sys.executable, "-c", KILL_ON_BENCH, str(tmp_path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        db = tmp_path / "s.sqlite"
+        handle, seen, armed = vb.board.handle, [0], [None]
+
+        def handle_and_kill(payload: bytes, conn: object = None) -> bytes:
+            reply = handle(payload, conn)
+            if payload.startswith(b"BULK:PULS"):
+                seen[0] += 1
+                if armed[0] is None and _checkpointed_verified(db):
+                    armed[0] = seen[0]
+                if armed[0] is not None and seen[0] == armed[0] + k:  # the pulses went out; the controller
+                    os.kill(p.pid, signal.SIGKILL)                    # dies before the reply
+            return reply
+
+        vb.board.handle = handle_and_kill
+        _, err = p.communicate(timeout=300)
+        vb.board.handle = handle
+        assert p.returncode == -signal.SIGKILL, err.decode()[-2000:]  # never passes by finishing first
+        deadline = time.monotonic() + 5
+        while vb.board.output and time.monotonic() < deadline:  # the controller is gone: interlock
+            time.sleep(0.02)
+        assert not vb.board.output
+        at_kill = vb.chip.pulse_count.astype(np.int64)
+        with RunStore(db) as store:
+            (run,) = store.runs().itertuples()
+        assert run.status == "killed (resumable)"
+        ck = _program_checkpoint(db, run.run_id)
+        cells = ck.index.to_numpy()
+        verified = cells[ck["status"].to_numpy() != 0]
+        pending = cells[ck["status"].to_numpy() == 0]
+        assert verified.size > 0 and pending.size > 0, "the kill did not land inside programming"
+        # the pulses the checkpoint accounts for: SETs, the first RESET and one per restart
+        accounted = (ck["pulses"] + 1 + ck["resets"] - ck["need_reset"]).to_numpy()
+        assert np.any(at_kill[cells] > accounted), "no pulse after the last checkpoint: not between checkpoints"
+        with BenchChip(cfg) as chip, RunStore(db) as store:
+            r = resume_store_job(chip, store, run.run_id).record
+            assert store.run(run.run_id)["status"] == "done" and r["resumed"]
+        after = vb.chip.pulse_count.astype(np.int64)
+    # a resume: no verified cell pulsed again; a restart would have pulsed every cell
+    assert np.array_equal(after[verified], at_kill[verified])
+    pulsed_again = np.flatnonzero(after[:r["cells"]] > at_kill[:r["cells"]])
+    assert np.isin(pulsed_again, np.concatenate([pending, np.setdiff1d(np.arange(r["cells"]), cells)])).all()
+    assert r["yield"] > 0.9 and r["accuracy_stored"] > r["accuracy_reference"] - 0.05
