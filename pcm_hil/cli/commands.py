@@ -124,8 +124,9 @@ def store(args: argparse.Namespace) -> int:
         model=own_model_name(args.model), checkpoint=_absolute(args.checkpoint), data_dir=_absolute(args.data_dir),
         code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity, importance=args.importance,
         allocation=args.allocation, pulse_budget=args.pulse_budget, target_loss=args.target_loss,
-        replicas_per_weight=args.replicas, retention_s=args.retention, bn_samples=args.bn_samples,
-        programmings=args.programmings, medium_cells=args.medium_cells, seed=args.seed, overwrite=args.overwrite)
+        replicas_per_weight=args.replicas, replicas_per=args.replicas_per, retention_s=args.retention,
+        bn_samples=args.bn_samples, programmings=args.programmings, medium_cells=args.medium_cells, seed=args.seed,
+        overwrite=args.overwrite)
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
         if args.resume and rs.run(args.resume)["kind"] == "calibration":

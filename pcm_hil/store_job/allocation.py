@@ -178,34 +178,41 @@ def uniform(weight: np.ndarray, table: Table, budget: float) -> Plan:
 
 
 def replicas(weight: np.ndarray, variance: np.ndarray, cells_per_replica: int, budget_cells: float,
-             r_max: int = 8) -> np.ndarray:
+             r_max: int = 8, groups: np.ndarray | None = None) -> np.ndarray:
     """Replicas per weight minimising Σ weight_i·variance_i/r_i subject to Σ cells ≤ budget.
 
     The continuous optimum is r_i ∝ sqrt(weight_i·variance_i) (r ∝ σ·√F); each weight takes
     the integer r in [1, r_max] minimising weight·variance/r + μ·cells·r, with μ by bisection.
+    ``groups`` (a group index per weight, e.g. its output channel): one count per group,
+    chosen for the group's summed cost and cells.
     """
     weight, variance = np.asarray(weight, float), np.asarray(variance, float)
     n = weight.size
     if budget_cells < n * cells_per_replica:
         raise ValueError(f"cell budget {budget_cells:.0f} is below one replica per weight ({n * cells_per_replica})")
+    if groups is None:
+        groups = np.arange(n)
+    _, groups = np.unique(groups, return_inverse=True)
+    size = np.bincount(groups).astype(float) * cells_per_replica
     r = np.arange(1, r_max + 1)
-    cost = (weight * variance)[:, None] / r[None, :]
+    cost = np.bincount(groups, weight * variance)[:, None] / r[None, :]
 
-    def pick(mu: float) -> np.ndarray:
-        return r[np.argmin(cost + mu * cells_per_replica * r[None, :], axis=1)]
+    def cells(mu: float) -> tuple[np.ndarray, float]:
+        pick = r[np.argmin(cost + mu * size[:, None] * r[None, :], axis=1)]
+        return pick, float((pick * size).sum())
 
-    if pick(0.0).sum() * cells_per_replica <= budget_cells:
-        return pick(0.0)
+    if cells(0.0)[1] <= budget_cells:
+        return cells(0.0)[0][groups]
     lo, hi = 0.0, 1.0
-    while pick(hi).sum() * cells_per_replica > budget_cells:
+    while cells(hi)[1] > budget_cells:
         hi *= 4.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if pick(mid).sum() * cells_per_replica > budget_cells:
+        if cells(mid)[1] > budget_cells:
             lo = mid
         else:
             hi = mid
-    return pick(hi)
+    return cells(hi)[0][groups]
 
 
 def _check_budget(table: Table, budget: float) -> None:

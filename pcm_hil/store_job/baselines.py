@@ -7,10 +7,14 @@ the measured medium: the cheapest quantized model (2–8 bits, per-output-channe
 counted per channel, values and masks entropy-coded at the coder's real output) whose
 *validation* accuracy reaches the stored model's mean validation accuracy, from the same
 noise-aware fine-tuned start as the analog model and from magnitude pruning of the
-reference at 0–95 % sparsity with fine-tuning. Its test accuracy is reported beside.
+reference at 0–95 % sparsity with fine-tuning. Each option's clipping is chosen on the
+validation split; below the cheapest option that passes, the best starts are tried again
+with quantization-aware fine-tuning (straight-through rounding), down in bits while they
+pass. Its test accuracy is reported beside.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from ..models import accuracy
-from .compression import CompressionConfig, prune_and_finetune, quantize_levels
+from .compression import CompressionConfig, Perturb, finetune, prune_and_finetune, quantize_levels
 from .digital_medium import Medium, slc_ecc_cells
 from .inputs import Inputs
 from .readback import ReadbackConfig, bn_recalibrated
@@ -33,6 +37,9 @@ class BaselineConfig:
     search: bool = True  # search the strongest digital model (fine-tunes); False: (a) and (b) only
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     sparsities: tuple[float, ...] = (0.0, 0.5, 0.75, 0.9, 0.95)
+    clips: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # top level at this fraction of a channel's max |w|
+    qat_epochs: int = 1    # quantization-aware fine-tuning below the cheapest passing option (0: off)
+    qat_starts: int = 2    # how many of the best starts get it
 
 
 @dataclass
@@ -40,28 +47,39 @@ class DigitalOption:
     start: str              # "noise-aware fine-tuned" (the analog start) or "pruned S"
     bits: int
     sparsity: float
+    training: str           # "post-training" rounding or "quantization-aware" fine-tuning
+    clip: float             # top level at this fraction of each channel's max |w| (chosen on validation)
     accuracy_val: float
     accuracy_test: float
     bits_total: int
     cells: float
 
 
-def quantized(network: nn.Module, names: list[str], bits: int) -> tuple[nn.Module, int]:
+def quantized(network: nn.Module, names: list[str], bits: int, clip: float = 1.0) -> tuple[nn.Module, int]:
     """A copy with the named tensors quantized per output channel, and the bits it takes to
     store them: entropy-coded values (zeros included, so the mask is in the code), fp32
     scales per output channel."""
-    import copy
-
     m = copy.deepcopy(network)
     p = dict(m.named_parameters())
     total = 0
     with torch.no_grad():
         for n in names:
-            w = p[n].numpy()
-            levels, step = quantize_levels(w, bits)
+            levels, step = quantize_levels(p[n].numpy(), bits, clip=clip)
             p[n].copy_(torch.from_numpy((levels * step).astype(np.float32)))
             total += coded_bits(levels + 2 ** (bits - 1) - 1) + 32 * step.size  # values, scales per channel
     return m, total
+
+
+def fake_quantizer(bits: int, clip: float) -> Perturb:
+    """The forward value of quantization-aware training: per-channel rounding as :func:`quantized` does."""
+    qmax = 2 ** (bits - 1) - 1
+
+    def rounded(name: str, w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        amax = clip * w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) if w.ndim > 1 else clip * w.abs().max()
+        step = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+        return (w / step).round().clamp(-qmax, qmax) * step
+
+    return rounded
 
 
 def fp32_bits(network: nn.Module, names: list[str], masks: dict[str, np.ndarray] | None) -> int:
@@ -87,7 +105,8 @@ def costs(inputs: Inputs, compressed: nn.Module, masks: dict[str, np.ndarray] | 
     compressed_cells = medium.cells(fp32_bits(compressed, names, masks))
     best, tried = None, []
     if cfg.search:
-        best, tried = _strongest_digital(inputs, compressed, medium, accuracy_val_target, compression, readback, cfg)
+        best, tried = _strongest_digital(inputs, compressed, masks, medium, accuracy_val_target, compression, readback,
+                                         cfg)
     return {
         "analog_cells": analog_cells, "side_bits": side_parts, "side_cells": side_cells,
         "digital_cells": sum(side_cells.values()), "total_cells": total, "cells_per_weight": total / weights,
@@ -100,27 +119,50 @@ def costs(inputs: Inputs, compressed: nn.Module, masks: dict[str, np.ndarray] | 
     }
 
 
-def _strongest_digital(inputs: Inputs, compressed: nn.Module, medium: Medium, target_val: float,
-                       compression: CompressionConfig, readback: ReadbackConfig, cfg: BaselineConfig
-                       ) -> tuple[DigitalOption | None, list[DigitalOption]]:
+def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, np.ndarray] | None, medium: Medium,
+                       target_val: float, compression: CompressionConfig, readback: ReadbackConfig,
+                       cfg: BaselineConfig) -> tuple[DigitalOption | None, list[DigitalOption]]:
     names = inputs.names
     other_bits = 32 * digital_parameters(inputs.network, names)
-    starts: list[tuple[str, float, nn.Module]] = [("noise-aware fine-tuned", compression.sparsity, compressed)]
+    own_masks = masks or {n: np.ones(tuple(dict(compressed.named_parameters())[n].shape), bool) for n in names}
+    starts: list[tuple[str, float, nn.Module, dict[str, np.ndarray]]] = [
+        ("noise-aware fine-tuned", compression.sparsity, compressed, own_masks)]
     for s in cfg.sparsities:
-        net = inputs.network if s == 0 else prune_and_finetune(
-            inputs.network, names, s, inputs.train.x, inputs.train.y, compression.finetune_epochs,
-            seed=compression.seed)[0]
-        starts.append((f"pruned {s:.0%}", s, net))
-    tried = []
-    for start, sparsity, net in starts:
-        for b in cfg.bits:
-            m, value_bits = quantized(net, names, b)
+        net, m = prune_and_finetune(inputs.network, names, s, inputs.train.x, inputs.train.y,
+                                    compression.finetune_epochs, seed=compression.seed)
+        starts.append((f"pruned {s:.0%}", s, net, m))
+    tried: list[DigitalOption] = []
+
+    def option(start: str, sparsity: float, net: nn.Module, bits: int, training: str) -> DigitalOption:
+        """The clip with the best validation accuracy at ``bits`` (ties: the larger clip)."""
+        best = None
+        for clip in cfg.clips:
+            m, value_bits = quantized(net, names, bits, clip)
             bn_recalibrated(m, inputs.train, readback)  # the same read-time re-estimation as the analog model
             acc_val = accuracy(m, inputs.val.x, inputs.val.y)
-            bits_total = value_bits + other_bits
-            tried.append(DigitalOption(start, b, sparsity, acc_val, float("nan"), bits_total, medium.cells(bits_total)))
-            if acc_val >= target_val:
-                tried[-1].accuracy_test = accuracy(m, inputs.test.x, inputs.test.y)
+            if best is None or acc_val > best[0].accuracy_val:
+                total = value_bits + other_bits
+                best = (DigitalOption(start, bits, sparsity, training, clip, acc_val, float("nan"), total,
+                                      medium.cells(total)), m)
+        opt, m = best
+        if opt.accuracy_val >= target_val:
+            opt.accuracy_test = accuracy(m, inputs.test.x, inputs.test.y)
+        tried.append(opt)
+        return opt
+
+    passing: list[tuple[DigitalOption, int]] = []
+    for k, (start, sparsity, net, _) in enumerate(starts):
+        for b in cfg.bits:
+            if option(start, sparsity, net, b, "post-training").accuracy_val >= target_val:
+                passing.append((tried[-1], k))
                 break  # more bits only cost more from this start
+    if cfg.qat_epochs:
+        for first, k in sorted(passing, key=lambda p: p[0].cells)[:cfg.qat_starts]:
+            start, sparsity, net, start_masks = starts[k]
+            for b in (b for b in sorted(cfg.bits, reverse=True) if b < first.bits):
+                trained = finetune(copy.deepcopy(net), start_masks, inputs.train.x, inputs.train.y, cfg.qat_epochs,
+                                   seed=compression.seed, perturb=fake_quantizer(b, 1.0))
+                if option(start, sparsity, trained, b, "quantization-aware").accuracy_val < target_val:
+                    break  # fewer bits only do worse
     ok = [o for o in tried if o.accuracy_val >= target_val]
     return (min(ok, key=lambda o: o.cells) if ok else None), tried

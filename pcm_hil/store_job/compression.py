@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,6 +32,55 @@ def magnitude_masks(model: nn.Module, names: list[str], sparsity: float) -> dict
     return {n: params[n].detach().abs().numpy() > thr for n in names}
 
 
+Perturb = Callable[[str, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def finetune(model: nn.Module, masks: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, epochs: int,
+             lr: float = 3e-4, batch: int = 128, seed: int = 0, perturb: Perturb | None = None) -> nn.Module:
+    """``model`` fine-tuned in place with the keep-masks held fixed.
+
+    ``perturb(name, w, generator)`` (optional) gives the value each masked tensor takes in
+    the forward and backward pass of a step, while the optimizer updates the clean weights
+    (a straight-through estimator): Gaussian noise for noise-aware training, rounding
+    for quantization-aware training.
+    """
+    params = dict(model.named_parameters())
+    tmasks = {n: torch.from_numpy(m.astype(np.float32)) for n, m in masks.items()}
+
+    def apply() -> None:
+        with torch.no_grad():
+            for n, m in tmasks.items():
+                params[n].mul_(m)
+
+    apply()
+    if epochs == 0:
+        return model
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    rng = np.random.default_rng(seed)
+    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(epochs):
+        model.train()
+        for idx in np.array_split(rng.permutation(len(y)), max(1, len(y) // batch)):
+            idx = torch.from_numpy(idx)
+            opt.zero_grad()
+            clean = {}
+            if perturb is not None:
+                with torch.no_grad():
+                    for n, m in tmasks.items():
+                        clean[n] = params[n].detach().clone()
+                        params[n].copy_(perturb(n, params[n], gen) * m)
+            F.cross_entropy(model(xs[idx]), ys[idx]).backward()
+            if clean:
+                with torch.no_grad():
+                    for n, w in clean.items():
+                        params[n].copy_(w)
+            opt.step()
+            apply()
+    model.eval()
+    return model
+
+
 def prune_and_finetune(model: nn.Module, names: list[str], sparsity: float, x: np.ndarray, y: np.ndarray,
                        epochs: int = 1, lr: float = 3e-4, batch: int = 128, seed: int = 0, noise: float = 0.0
                        ) -> tuple[nn.Module, dict[str, np.ndarray]]:
@@ -42,60 +92,30 @@ def prune_and_finetune(model: nn.Module, names: list[str], sparsity: float, x: n
     """
     pruned = copy.deepcopy(model)
     masks = magnitude_masks(pruned, names, sparsity)
-    params = dict(pruned.named_parameters())
-    tmasks = {n: torch.from_numpy(m.astype(np.float32)) for n, m in masks.items()}
 
-    def apply() -> None:
-        with torch.no_grad():
-            for n, m in tmasks.items():
-                params[n].mul_(m)
+    def noisy(name: str, w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return w + torch.randn(w.shape, generator=gen) * noise * w.abs().max()
 
-    apply()
-    gen = torch.Generator().manual_seed(seed)
-    if (sparsity > 0 or noise > 0) and epochs > 0:
-        opt = torch.optim.Adam(pruned.parameters(), lr=lr)
-        rng = np.random.default_rng(seed)
-        xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-        for _ in range(epochs):
-            pruned.train()
-            for idx in np.array_split(rng.permutation(len(y)), max(1, len(y) // batch)):
-                idx = torch.from_numpy(idx)
-                opt.zero_grad()
-                clean = {}
-                if noise > 0:
-                    with torch.no_grad():
-                        for n, m in tmasks.items():
-                            clean[n] = params[n].detach().clone()
-                            params[n].add_(torch.randn(params[n].shape, generator=gen) * noise
-                                           * params[n].abs().max() * m)
-                F.cross_entropy(pruned(xs[idx]), ys[idx]).backward()
-                if clean:
-                    with torch.no_grad():
-                        for n, w in clean.items():
-                            params[n].copy_(w)
-                opt.step()
-                apply()
-        pruned.eval()
+    train = sparsity > 0 or noise > 0
+    finetune(pruned, masks, x, y, epochs if train else 0, lr, batch, seed, noisy if noise > 0 else None)
     return pruned, masks
 
 
-def quantize_levels(w: np.ndarray, bits: int, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def quantize_levels(w: np.ndarray, bits: int, per_channel: bool = True, clip: float = 1.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric uniform quantization to ``bits`` bits (sign included), per output channel:
-    (integer levels in [−(2^(bits−1) − 1), 2^(bits−1) − 1], step per channel); w ≈ levels·step."""
+    (integer levels in [−(2^(bits−1) − 1), 2^(bits−1) − 1], step per channel); w ≈ levels·step.
+    The top level sits at ``clip`` × the channel's max |w| (larger values are clipped)."""
     if not 2 <= bits <= 16:
         raise ValueError(f"bits must be in [2, 16], got {bits}")
+    if not 0 < clip <= 1:
+        raise ValueError(f"clip must be in (0, 1], got {clip}")
     w = np.asarray(w, np.float64)
     axes = tuple(range(1, w.ndim)) if per_channel and w.ndim > 1 else None
-    amax = np.max(np.abs(w), axis=axes, keepdims=axes is not None)
+    amax = clip * np.max(np.abs(w), axis=axes, keepdims=axes is not None)
     qmax = 2 ** (bits - 1) - 1
     step = np.where(amax > 0, amax / qmax, 1.0)
     return np.round(w / step).clip(-qmax, qmax).astype(np.int64), step
-
-
-def quantize(w: np.ndarray, bits: int, per_channel: bool = True) -> np.ndarray:
-    """``w`` on its quantization levels (see :func:`quantize_levels`)."""
-    levels, step = quantize_levels(w, bits, per_channel)
-    return levels * step
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ class StoreConfig:
         "training_noise": ("compression", "training_noise"),
         "importance": ("importance", "method"), "importance_samples": ("importance", "samples"),
         "code": ("layout", "code"), "replicas_per_weight": ("layout", "replicas_per_weight"),
-        "max_replicas": ("layout", "max_replicas"), "reference_cells_per_level": ("layout", "reference_cells_per_level"),
+        "max_replicas": ("layout", "max_replicas"), "replicas_per": ("layout", "replicas_per"), "reference_cells_per_level": ("layout", "reference_cells_per_level"),
         "g_hi_fraction": ("layout", "g_hi_fraction"),
         "allocation": ("allocation", "allocation"), "pulse_budget": ("allocation", "pulse_budget"),
         "target_loss": ("allocation", "target_loss"), "caps": ("allocation", "caps"),
@@ -115,8 +115,8 @@ class StoreConfig:
                 own[k] = v
         seed = own.get("seed", 0)
         lay = staged["layout"]
-        if isinstance(lay.get("code"), dict):
-            lay["code"] = CodeConfig(**lay["code"])
+        if isinstance(lay.get("code"), dict):  # a flat record of an older run
+            lay["code"] = CodeConfig(**{"from_threshold": False, **lay["code"]})
         if "caps" in staged["allocation"]:
             staged["allocation"]["caps"] = tuple(staged["allocation"]["caps"])
         code = lay.get("code", CodeConfig())
@@ -136,11 +136,11 @@ class StoreConfig:
         if "network" not in d:
             return cls.from_options(**d)
         lay = dict(d["layout"])
-        lay["code"] = CodeConfig(**lay["code"])
+        lay["code"] = CodeConfig(**{"from_threshold": False, **lay["code"]})  # runs before it existed: off
         alloc = dict(d["allocation"])
         alloc["caps"] = tuple(alloc["caps"])
         base, medium = dict(d["baselines"]), dict(d.get("medium", {}))
-        base.update({k: tuple(base[k]) for k in ("bits", "sparsities") if k in base})
+        base.update({k: tuple(base[k]) for k in ("bits", "sparsities", "clips") if k in base})
         if "densities" in medium:
             medium["densities"] = tuple(medium["densities"])
         return cls(network=NetworkConfig(**d["network"]), compression=CompressionConfig(**d["compression"]),

@@ -31,6 +31,7 @@ class LayoutConfig:
     code: CodeConfig = field(default_factory=CodeConfig)
     replicas_per_weight: float = 1.0  # mean replicas per kept weight, placed by importance
     max_replicas: int = 8
+    replicas_per: str = "channel"  # "channel": one count per output channel (its map is nearly free); "weight"
     reference_cells_per_level: int = 32
     g_hi_fraction: float = 1.0  # top of the used window, fraction of the calibrated top level
 
@@ -39,6 +40,8 @@ class LayoutConfig:
             raise ValueError(f"max_replicas must be an integer in [1, 64], got {self.max_replicas!r}")
         if not (math.isfinite(self.replicas_per_weight) and 1.0 <= self.replicas_per_weight <= self.max_replicas):
             raise ValueError(f"replicas_per_weight must be in [1, {self.max_replicas}], got {self.replicas_per_weight!r}")
+        if self.replicas_per not in ("channel", "weight"):
+            raise ValueError(f"replicas_per must be 'channel' or 'weight', got {self.replicas_per!r}")
         if type(self.reference_cells_per_level) is not int or not 1 <= self.reference_cells_per_level <= 10_000:
             raise ValueError("reference_cells_per_level must be an integer in [1, 10000]")
         if not 0 < self.g_hi_fraction <= 1:
@@ -75,7 +78,8 @@ class Layout:
 
     def tensor_info(self) -> list[dict[str, Any]]:
         """Per tensor: name, shape, scale and g_hi, as the run's settings record them."""
-        return [{"name": e.name, "shape": list(e.shape), "scale": e.scale, "g_hi": e.g_hi} for e in self.encoded]
+        return [{"name": e.name, "shape": list(e.shape), "scale": e.scale, "g_hi": e.g_hi, "floor": e.floor}
+                for e in self.encoded]
 
     def to_tables(self, cells: np.ndarray, plan: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The ``side`` table (per weight: kept, sign, replicas) and the ``layout`` table (per
@@ -118,7 +122,7 @@ class Layout:
                 t["name"], tuple(t["shape"]), t["scale"], t["g_hi"], keep.reshape(t["shape"]) if pruned else None,
                 sd["negative"].to_numpy(bool)[keep] if code.sign_bits else None, sd["replicas"].to_numpy()[keep],
                 lay["target_us"].to_numpy(), lay["owner"].to_numpy(), lay["role"].to_numpy(),
-                lay["gain"].to_numpy() if "gain" in lay else np.ones(len(lay))))
+                lay["gain"].to_numpy() if "gain" in lay else np.ones(len(lay)), t.get("floor", 0.0)))
         return cls(encoded, layout["target_us"].to_numpy(), layout["weight"].to_numpy(),
                    layout["tensor"].to_numpy(), layout["importance"].to_numpy())
 
@@ -153,18 +157,21 @@ def _replicas(cfg: LayoutConfig, noise: NoiseModel, g_hi: float, tensors: dict[s
         return {n: code.redundancy if code.replicable else 1 for n in tensors}
     tol = 0.5 if 0.5 in noise.tolerances_us_ else noise.tolerances_us_[0]
     cap = min(20, noise.max_pulses_)
-    weight, var, sizes = [], [], []
+    weight, var, groups, sizes = [], [], [], []
+    channels = 0  # output channels of the tensors before this one: groups are numbered across tensors
     for n, w in tensors.items():
         v = coding.kept_values(w, None if masks is None else masks[n])
-        s = coding.scale_of(v, code, g_hi)
-        span = g_hi / 2 if code.code == "offset" else g_hi
-        a = np.clip(v / s, -span, span)
-        g = a + span if code.code == "offset" else np.abs(a)
+        a, s, _ = coding.magnitudes_us(v, code, g_hi, masks is not None)
+        g = a + g_hi / 2 if code.code == "offset" else np.abs(a)
         var.append(noise.sq_error_after(g, tol, cap, retention_s))
         keep = imp[n].ravel() if masks is None else imp[n].ravel()[masks[n].ravel()]
         weight.append(keep * s ** 2)
+        flat = np.arange(w.size) if masks is None else np.flatnonzero(masks[n].ravel())
+        groups.append(channels + flat // (w.size // w.shape[0]))
+        channels += w.shape[0]
         sizes.append(v.size)
     weight_all, var_all = np.concatenate(weight), np.concatenate(var)
     per = code.cells_per_replica
-    r = allocate_replicas(weight_all, var_all, per, cfg.replicas_per_weight * weight_all.size * per, cfg.max_replicas)
+    r = allocate_replicas(weight_all, var_all, per, cfg.replicas_per_weight * weight_all.size * per, cfg.max_replicas,
+                          groups=np.concatenate(groups) if cfg.replicas_per == "channel" else None)
     return dict(zip(tensors, np.split(r, np.cumsum(sizes)[:-1])))

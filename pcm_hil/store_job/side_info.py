@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..coding import CodeConfig
+from ..coding import CodeConfig, EncodedTensor
 from .layout import Layout
 
 PROBABILITY_BITS = 16  # each symbol probability of a coded stream's model, stored beside it
-SCALE_BITS = 64        # per tensor: scale and window top, fp32 each
+SCALE_BITS = 96        # per tensor: scale, window top and floor, fp32 each
+FORMAT_BITS = 1        # per tensor: whether its replica map is per output channel or per weight
 
 
 def coded_bits(symbols: np.ndarray) -> int:
@@ -53,8 +54,26 @@ def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[
         if code.sign_bits:
             parts["signs"] += enc.kept  # signs of trained weights do not compress
         parts["scales"] += SCALE_BITS
-        parts["replica_map"] += coded_bits(enc.replicas - 1)
+        parts["replica_map"] += replica_map_bits(enc)
     if verified is not None:
         parts["verify_flags"] = coded_bits(np.asarray(verified, bool)[~layout.reference])
     parts["digital_parameters"] = 32 * digital_parameters(network, names)
     return parts
+
+
+def replica_map_bits(enc: EncodedTensor) -> int:
+    """Bits of one tensor's replica counts: one count per output channel that keeps a weight
+    when all kept weights of a channel have the same count, else one per kept weight; plus
+    the bit that says which."""
+    rows = kept_rows(enc)
+    channels, first = np.unique(rows, return_index=True)
+    per_channel = enc.replicas[first]
+    if np.array_equal(per_channel[np.searchsorted(channels, rows)], enc.replicas):
+        return FORMAT_BITS + coded_bits(per_channel - 1)
+    return FORMAT_BITS + coded_bits(enc.replicas - 1)
+
+
+def kept_rows(enc: EncodedTensor) -> np.ndarray:
+    """Output channel (first axis) of every kept weight, in kept order."""
+    flat = np.arange(enc.weights) if enc.mask is None else np.flatnonzero(enc.mask.ravel())
+    return flat // (enc.weights // enc.shape[0])
