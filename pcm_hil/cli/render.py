@@ -54,8 +54,9 @@ def benchmark(what: str, r: dict[str, Any]) -> str:
     if what == "faults":
         return format_table(["figure", "value"], [[k, r[k]] for k in (
             "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "crashes",
-            "runs_resumed", "measurements_lost", "cells_diverged", "cells_made_stuck", "yield", "yield_uninterrupted",
-            "yield_excluding_stuck", "seconds")], title=f"fault soak on the virtual bench, rate {r['fault_rate']}")
+            "runs_resumed", "measurements_lost", "cells_diverged", "cells_made_stuck", "reads_offset", "reads_disputed",
+            "reads_disputed_uninterrupted", "cells_beyond_tolerance", "cells_beyond_tolerance_uninterrupted", "yield",
+            "yield_uninterrupted", "yield_excluding_stuck", "seconds") if k in r], title=f"fault soak on the virtual bench, rate {r['fault_rate']}")
     rows = [[name.replace("_", " "), r[f"pulses_{name}"]] for name in ("importance", "uniform", "uniform_replicas", "naive")]
     rows += [["uniform / importance", r["pulse_ratio"]], ["uniform replicas / importance", r["pulse_ratio_all_uniform"]],
              ["bound: uniform / cheapest plan", r["pulse_ratio_bound"]]]
