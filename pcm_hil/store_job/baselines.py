@@ -37,9 +37,9 @@ class BaselineConfig:
     search: bool = True  # search the strongest digital model (fine-tunes); False: (a) and (b) only
     bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     sparsities: tuple[float, ...] = (0.0, 0.5, 0.75, 0.9, 0.95)
-    clips: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7)  # top level at this fraction of a channel's max |w|
+    clips: tuple[float, ...] = (1.0, 0.85, 0.7)  # top level at this fraction of a channel's max |w|
     qat_epochs: int = 1    # quantization-aware fine-tuning below the cheapest passing option (0: off)
-    qat_starts: int = 2    # how many of the best starts get it
+    qat_starts: int = 1    # how many of the best starts get it
 
 
 @dataclass
