@@ -22,6 +22,7 @@ from ..models import accuracy
 from .compression import CompressionConfig, prune_and_finetune, quantize_levels
 from .digital_medium import Medium, slc_ecc_cells
 from .inputs import Inputs
+from .model_cache import cached_prune
 from .readback import ReadbackConfig, bn_recalibrated
 from .side_info import coded_bits, digital_parameters
 
@@ -107,7 +108,7 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, medium: Medium, ta
     other_bits = 32 * digital_parameters(inputs.network, names)
     starts: list[tuple[str, float, nn.Module]] = [("noise-aware fine-tuned", compression.sparsity, compressed)]
     for s in cfg.sparsities:
-        net = inputs.network if s == 0 else prune_and_finetune(
+        net = inputs.network if s == 0 else cached_prune(
             inputs.network, names, s, inputs.train.x, inputs.train.y, compression.finetune_epochs,
             seed=compression.seed)[0]
         starts.append((f"pruned {s:.0%}", s, net))
