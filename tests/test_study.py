@@ -149,3 +149,17 @@ def test_address_without_ray_is_one_clear_error_line(tmp_path, capsys) -> None:
     assert rc == 2
     assert err.count("\n") == 1 and "pip install ray" in err and err.startswith("pcm-hil: error: --address")
     assert not (tmp_path / "s").exists()  # nothing started
+
+
+def test_cli_and_lab_script_run_the_same_code_and_estimate_first(tmp_path, capsys) -> None:
+    import json
+    import runpy
+
+    assert main(["study", "--quick", "--estimate-only", "--json", "--run-dir", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr()
+    r = json.loads(out.out)
+    assert r["estimate"]["points"] == r["estimate"]["points_left"] == 14 and r["config"]["quick"]
+    assert out.err.startswith("study: 14 points (14 left) on ") and "estimated" in out.err
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "lab_scripts" / "study.py"))
+    assert script["main"](["--quick", "--estimate-only", "--run-dir", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().err == out.err
