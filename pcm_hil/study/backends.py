@@ -91,19 +91,15 @@ class RayBackend:
 
     def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Outcome]:
         remote = self._ray.remote(num_cpus=1)(fn)
-        index = {}
-        pending = []
-        for i, t in enumerate(tasks):
-            ref = remote.remote(t)
-            index[id(ref)] = i
-            pending.append(ref)
+        index = {remote.remote(t): i for i, t in enumerate(tasks)}  # object refs are hashable
+        pending = list(index)
         while pending:
             done, pending = self._ray.wait(pending, num_returns=1)
             for ref in done:
                 try:
-                    yield index[id(ref)], self._ray.get(ref), None
+                    yield index[ref], self._ray.get(ref), None
                 except Exception as exc:  # noqa: BLE001  (a task's failure is reported with its point)
-                    yield index[id(ref)], None, exc
+                    yield index[ref], None, exc
 
     def close(self) -> None:
         self._ray.shutdown()

@@ -34,11 +34,14 @@ from .grid import Point, StudyConfig, compression_key
 Progress = Callable[[str, float, float], None]
 POINT_KIND, SCHEMA = "study_point", 1
 
-# seconds per point measured on the 2-core development machine (shared with 2 other jobs),
-# with 5 programmings unless said; refined from the points already in the run directory
-SECONDS_PER_POINT = {"mlp-digits": 25.0, "lenet5-mnist5k": 120.0, "lenet5-fmnist": 240.0, "resnet20-fmnist32": 900.0}
-SECONDS_WARMUP = {"mlp-digits": 5.0, "lenet5-mnist5k": 60.0, "lenet5-fmnist": 600.0, "resnet20-fmnist32": 3600.0}
-SECONDS_CALIBRATION = {(1, 128, 256): 10.0, (4, 512, 512): 60.0}
+# wall seconds per point and slot at 5 programmings, measured with `--jobs 2` on the 2-core development
+# machine (shared with two other jobs): mlp-digits, lenet5-mnist5k and lenet5-fmnist measured (digital
+# search on); resnet20-fmnist32 NOT measured, extrapolated from docs/storage.md (a store in 37 min with
+# fine-tuning; 4 training epochs in 1,884 s). Refined from the points already in the run directory.
+SECONDS_PER_POINT = {"mlp-digits": 15.0, "lenet5-mnist5k": 35.0, "lenet5-fmnist": 250.0, "resnet20-fmnist32": 1200.0}
+# compressing once: the analog start and 4 pruned digital starts, 3 fine-tuning epochs each (slot seconds)
+SECONDS_WARMUP = {"mlp-digits": 5.0, "lenet5-mnist5k": 130.0, "lenet5-fmnist": 770.0, "resnet20-fmnist32": 11000.0}
+SECONDS_CALIBRATION = {(1, 128, 256): 10.0, (4, 512, 512): 70.0}
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ def estimate_seconds(cfg: StudyConfig, run_dir: str | Path, slots: int) -> dict[
     wall = (warm + cal + work) / max(1, slots)
     return {"points": len(cfg.points()), "points_left": len(todo), "slots": slots, "seconds": wall,
             "basis": "seconds per point measured in this run directory" if measured else
-                     "seconds per point measured on the 2-core development machine"}
+                     "seconds per point measured on the 2-core development machine; resnet20-fmnist32 extrapolated"}
 
 
 def run_study(cfg: StudyConfig, run_dir: str | Path, backend: Backend, progress: Progress | None = None
