@@ -27,6 +27,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("pcm_hil.benchmarks", ("pcm_hil.benchmarks", "pcm_hil.bench", "pcm_hil.calibrate", "pcm_hil.checkpoint",
                             "pcm_hil.chip", "pcm_hil.emulator", "pcm_hil.models", "pcm_hil.program",
                             "pcm_hil.run_store", "pcm_hil.store_job", "pcm_hil_noisemodel")),
+    ("pcm_hil.study", ("pcm_hil.study", "pcm_hil.app", "pcm_hil.chip", "pcm_hil.store_job", "pcm_hil_noisemodel")),
     ("pcm_hil.chip", ()),
     ("pcm_hil.emulator.instruments", ("pcm_hil.emulator", "pcm_hil.chip", "pcm_hil.bench.config",
                                       "pcm_hil_drivers", "pcm_hil.__init__")),

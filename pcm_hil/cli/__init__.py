@@ -123,6 +123,13 @@ def build_parser() -> Parser:
     r.add_argument("--out", help="export directory (default RUN-FORMAT)")
     r.set_defaults(func=commands.runs)
 
+    from ..study.run import study_arguments
+
+    sy = sub.add_parser("study", parents=[study_arguments(), js],
+                        help="the study: analog against digital storage over models, settings, retention times "
+                             "and chips, in parallel (or on Ray), written to docs/results.md")
+    sy.set_defaults(func=commands.study)
+
     pr = sub.add_parser("profile", parents=[js], help="list or show emulator device profiles")
     pr.add_argument("action", choices=["list", "show", "random"],
                     help="random: a plausible unknown device drawn from published ranges (--seed)")

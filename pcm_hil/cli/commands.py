@@ -197,6 +197,20 @@ def runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def study(args: argparse.Namespace) -> int:
+    import shlex
+
+    from ..study.run import run
+
+    words = ["--quick"] * args.quick + [w for opt in ("models", "run_dir", "out") for w in
+                                         ([f"--{opt.replace('_', '-')}", ",".join(getattr(args, opt))
+                                           if opt == "models" else str(getattr(args, opt))]
+                                          if getattr(args, opt) is not None else [])]
+    r = run(args, shlex.join(["pcm-hil", "study", *words]), bars=not args.json and sys.stderr.isatty())
+    _emit(args, r, lambda: render.study(r))
+    return 1 if r.get("failed") else 0
+
+
 def emulate(args: argparse.Namespace) -> int:
     import json
     import signal

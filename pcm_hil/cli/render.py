@@ -158,3 +158,24 @@ def runs(table: Any, cells: Any) -> str:
 
 def emulate(addresses: dict[str, str], title: str) -> str:
     return format_table(["instrument", "resource"], list(addresses.items()), title=title)
+
+
+def study(r: dict[str, Any]) -> str:
+    est = r["estimate"]
+    if "report" not in r:
+        return f"{est['points']} points, {est['points_left']} left; estimated {est['seconds'] / 3600:.2f} h ({est['basis']})"
+    lines = [f"study: {r['points']} points ({r['computed']} run now, {r['reused']} reused, {len(r['failed'])} failed), "
+             f"{r['chips_calibrated']} chips calibrated, model cache {r['cache']['hits']} hits / "
+             f"{r['cache']['misses']} misses, {r['seconds']:.0f} s; run directory {r['run_dir']}"]
+    for model, per in r["report"]["models"].items():
+        for ret, fig in per.items():
+            if ret == "ablation":
+                continue
+            rows = [[a["setting"], 100 * a["accuracy_test_mean"],
+                     f"{100 * a['accuracy_test_ci95'][0]:.2f}–{100 * a['accuracy_test_ci95'][1]:.2f}",
+                     round(a["total_cells"]), "—" if a["ratio_vs_best_digital"] is None else a["ratio_vs_best_digital"]]
+                    for a in fig["analog"]]
+            lines += ["", format_table(["setting", "stored acc. %", "95 % CI", "total cells", "vs digital ×"], rows,
+                                       title=f"{model}, {ret}")]
+    lines += ["", f"report: {r['report']['out']} (plots: {', '.join(r['report']['plots'])})"]
+    return "\n".join(lines)

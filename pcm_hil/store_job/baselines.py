@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from ..models import accuracy
-from .compression import CompressionConfig, Perturb, finetune, prune_and_finetune, quantize_levels
+from .compression import CompressionConfig, Perturb, finetune, quantize_levels
 from .digital_medium import Medium, slc_ecc_cells
 from .inputs import Inputs
+from .model_cache import cached_prune
 from .readback import ReadbackConfig, bn_recalibrated
 from .side_info import coded_bits, digital_parameters
 
@@ -128,8 +129,8 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
     starts: list[tuple[str, float, nn.Module, dict[str, np.ndarray]]] = [
         ("noise-aware fine-tuned", compression.sparsity, compressed, own_masks)]
     for s in cfg.sparsities:
-        net, m = prune_and_finetune(inputs.network, names, s, inputs.train.x, inputs.train.y,
-                                    compression.finetune_epochs, seed=compression.seed)
+        net, m = cached_prune(inputs.network, names, s, inputs.train.x, inputs.train.y, compression.finetune_epochs,
+                              seed=compression.seed)
         starts.append((f"pruned {s:.0%}", s, net, m))
     tried: list[DigitalOption] = []
 

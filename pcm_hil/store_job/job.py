@@ -31,10 +31,10 @@ from ..models import accuracy, load_state_dict
 from ..program import VerifyConfig, program_verify
 from ..cells import check_unchanged, record_writes
 from ..run_store import CellClaim, RunStore
-from . import allocation, baselines, layout as layout_stage, readback, side_info
+from . import allocation, baselines, layout as layout_stage, model_cache, readback, side_info
 from .allocation import AllocationConfig, Plan
 from .baselines import BaselineConfig
-from .compression import Compressed, CompressionConfig, compress
+from .compression import Compressed, CompressionConfig
 from .digital_medium import Medium, MediumConfig
 from .evaluation import EvaluationConfig, cells_needed, evaluate
 from .importance import ImportanceConfig, estimate
@@ -176,7 +176,8 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
             ) -> Prepared:
     """Compression, importance, layout and allocation; raises ValueError before any pulse."""
     progress("prepare", 0, 4)
-    compressed = compress(inputs.network, inputs.names, inputs.train.x, inputs.train.y, cfg.compression)
+    compressed = model_cache.cached_compress(inputs.network, inputs.names, inputs.train.x, inputs.train.y,
+                                             cfg.compression)  # computed once per sweep when a cache is in use
     acc_comp = accuracy(compressed.model, inputs.test.x, inputs.test.y)
     progress("prepare", 1, 4)
     imp = estimate(compressed.model, inputs.names, inputs.train, cfg.importance)

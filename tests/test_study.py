@@ -1,0 +1,165 @@
+"""The study (issue #14): the sweep runs real store jobs on the emulator, resumes without
+recomputing, fine-tunes each model once (the model cache), the Ray dispatch path runs,
+the report holds its tables with intervals, and Ray missing is one clear error line."""
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pcm_hil.cli import main
+from pcm_hil.store_job import StoreConfig, model_cache, prepare
+from pcm_hil.store_job.compression import CompressionConfig
+from pcm_hil.store_job.inputs import NetworkConfig, load_inputs
+from pcm_hil.study import LocalRay, ProcessBackend, RayBackend, StudyConfig, finished_points, run_study
+from pcm_hil.study.capacity import blahut_arimoto, channel_capacity
+from pcm_hil.study.grid import DAY_S, Setting
+from pcm_hil.study.report import build
+
+TINY = replace(StudyConfig.quick_preset(), settings=(Setting("r1-s50", 1.0, 0.5),), ablation_base="",
+               medium_cells=256)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """The tiny grid (mlp-digits, 1 setting, 1 day, 2 chips, 2 programmings, digital search on),
+    first through the Ray dispatch path (on the local stand-in), then again on the process pool."""
+    run_dir = tmp_path_factory.mktemp("study")
+    ray = RayBackend("local", ray=LocalRay(2))
+    try:
+        first = run_study(TINY, run_dir, ray)
+    finally:
+        ray.close()
+    pool = ProcessBackend(2)
+    try:
+        second = run_study(TINY, run_dir, pool)
+    finally:
+        pool.close()
+    return run_dir, first, second
+
+
+@pytest.mark.slow
+def test_the_sweep_runs_real_store_jobs_through_the_ray_dispatch(sweep) -> None:
+    run_dir, first, _ = sweep
+    assert first.failed == [] and first.computed == 2 and len(first.rows) == 2
+    assert {r["point"]["chip_seed"] for r in first.rows} == {0, 1}
+    for r in first.rows:
+        rec = r["record"]
+        assert rec["programmings"] == 2 and rec["retention_s"] == DAY_S
+        assert rec["accuracy_stored_ci95"][0] <= rec["accuracy_stored_mean"] <= rec["accuracy_stored_ci95"][1]
+        assert rec["total_cells"] > rec["analog_cells"] > 0 and rec["digital_options_tried"]
+        assert (Path(r["directory"]) / "pcm-hil.sqlite").exists()  # each point in its own run store
+    assert len(finished_points(run_dir)) == 2
+
+
+@pytest.mark.slow
+def test_a_second_run_recomputes_nothing(sweep) -> None:
+    run_dir, first, second = sweep
+    assert (second.computed, second.reused, second.calibrated) == (0, 2, 0)
+    assert second.cache == {"hits": 0, "misses": 0}  # nothing compressed either
+    assert [r["record"]["run_id"] for r in second.rows] == [r["record"]["run_id"] for r in first.rows]
+
+
+@pytest.mark.slow
+def test_each_model_is_fine_tuned_once_per_sweep(sweep) -> None:
+    """The warm-up compresses the analog start and the 4 pruned digital starts (5 misses);
+    each of the 2 points then finds all 5 in the cache."""
+    _, first, _ = sweep
+    assert first.cache == {"hits": 10, "misses": 5}
+
+
+@pytest.mark.slow
+def test_the_report_holds_the_tables_with_intervals(sweep, tmp_path) -> None:
+    run_dir, first, _ = sweep
+    out = tmp_path / "results.md"
+    figures = build(first.rows, TINY, run_dir, out, "pcm-hil study --test")
+    text = out.read_text()
+    assert "QUICK SAMPLE" in text
+    assert re.search(r"\| r1-s50 \| 1 \| 50% \| \d+\.\d\d % \(\d+\.\d\d–\d+\.\d\d\) \| 4 = 2 × 2 \|", text)
+    assert "Digital options tried" in text and "| start | bits | sparsity | cells | validation | test |" in text
+    assert "Iso-accuracy ratio" in text and "interpolated linearly" in text
+    assert re.search(r"\| 1 day \| pcm-seed0-1x128x256 \| ±[\d.]+ \| \d\.\d\d \|", text)  # capacity per chip
+    assert "**Verdict (mlp-digits, 1 day):**" in text
+    assert Path(figures["plots"][0]).stat().st_size > 10_000
+    iso = figures["models"]["mlp-digits"]["1 day"]["iso_accuracy"]
+    assert len(iso) == 1 and iso[0]["note"]
+
+
+def test_compression_is_a_cache_hit_the_second_time_and_a_miss_when_the_config_changes(tmp_path, noise) -> None:
+    cfg = StoreConfig.from_options(model="mlp-digits", sparsity=0.5, finetune_epochs=1, replicas_per_weight=1.0,
+                                   importance_samples=100, programmings=2, medium_cells=256)
+    inputs = load_inputs(cfg.network)
+    model_cache.use(tmp_path / "cache")
+    try:
+        first = prepare(inputs, noise, cfg, 1 << 20)  # the store job's own stage, with its hook
+        assert (model_cache.stats.hits, model_cache.stats.misses) == (0, 1)
+        again = prepare(inputs, noise, cfg, 1 << 20)
+        assert (model_cache.stats.hits, model_cache.stats.misses) == (1, 1)
+        for (n, a), b in zip(first.compressed.model.state_dict().items(), again.compressed.model.state_dict().values()):
+            assert torch.equal(a, b), n
+        assert all(np.array_equal(first.compressed.masks[n], again.compressed.masks[n]) for n in inputs.names)
+        other = replace(cfg, compression=replace(cfg.compression, sparsity=0.6))
+        prepare(inputs, noise, other, 1 << 20)
+        assert (model_cache.stats.hits, model_cache.stats.misses) == (1, 2)
+        # the digital baselines' pruned starts: the same cache
+        model_cache.cached_prune(inputs.network, inputs.names, 0.9, inputs.train.x, inputs.train.y, 1)
+        model_cache.cached_prune(inputs.network, inputs.names, 0.9, inputs.train.x, inputs.train.y, 1)
+        assert (model_cache.stats.hits, model_cache.stats.misses) == (2, 3)
+        assert len(list((tmp_path / "cache").glob("*.pt"))) == 3 and not list((tmp_path / "cache").glob("*.tmp"))
+    finally:
+        model_cache.use(None)
+
+
+def test_the_cache_key_covers_weights_data_and_settings() -> None:
+    inputs = load_inputs(NetworkConfig("mlp-digits"))
+    x, y, names = inputs.train.x, inputs.train.y, inputs.names
+    cfg = CompressionConfig(sparsity=0.5)
+    k = model_cache.key(inputs.network, names, x, y, cfg)
+    assert k == model_cache.key(inputs.network, names, x.copy(), y.copy(), CompressionConfig(sparsity=0.5))
+    assert k != model_cache.key(inputs.network, names, x, y, CompressionConfig(sparsity=0.5, seed=1))
+    assert k != model_cache.key(inputs.network, names, x[:-1], y[:-1], cfg)
+    with torch.no_grad():
+        next(inputs.network.parameters()).view(-1)[0] += 1e-3
+    assert k != model_cache.key(inputs.network, names, x, y, cfg)
+
+
+def test_blahut_arimoto_finds_known_capacities() -> None:
+    assert blahut_arimoto(np.eye(4))[0] == pytest.approx(2.0, abs=1e-4)
+    p = 0.11
+    bsc = np.array([[1 - p, p], [p, 1 - p]])
+    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    assert blahut_arimoto(bsc)[0] == pytest.approx(1 - h, abs=1e-4)
+
+
+def test_capacity_falls_with_retention(noise) -> None:
+    tol = float(noise.tolerances_us_[1])
+    hour, year = (channel_capacity(noise, t, tol, 20).bits for t in (3600.0, 365 * 86400.0))
+    assert 0.5 < year < hour < np.log2(64)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="Ray is installed here")
+def test_address_without_ray_is_one_clear_error_line(tmp_path, capsys) -> None:
+    rc = main(["study", "--quick", "--address", "ray://127.0.0.1:10001", "--run-dir", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and "pip install ray" in err and err.startswith("pcm-hil: error: --address")
+    assert not (tmp_path / "s").exists()  # nothing started
+
+
+def test_cli_and_lab_script_run_the_same_code_and_estimate_first(tmp_path, capsys) -> None:
+    import json
+    import runpy
+
+    assert main(["study", "--quick", "--estimate-only", "--json", "--run-dir", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr()
+    r = json.loads(out.out)
+    assert r["estimate"]["points"] == r["estimate"]["points_left"] == 14 and r["config"]["quick"]
+    assert out.err.startswith("study: 14 points (14 left) on ") and "estimated" in out.err
+    script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "lab_scripts" / "study.py"))
+    assert script["main"](["--quick", "--estimate-only", "--run-dir", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().err == out.err
