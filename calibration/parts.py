@@ -28,17 +28,20 @@ TABLES = {
     "retention": ["cell", "level_us", "read_idx", "age_s", "g_us", "n_avg"],
     "faults": ["cell", "kind"],
 }
-OPTIONAL_TABLES = {"trace": ["cell", "iteration", "event", "value"]}
+OPTIONAL_TABLES = {"trace": ["cell", "iteration", "event", "value"], "saturation": ["cell", "pulse", "g_us"]}
 FAULT_KINDS = ("reset", "set", "random")
 SIGMA_DEGREE = 3
 QUANTILES = np.linspace(0, 1, 11)  # of the errors of cells a cap stops unconverged
 
 
-def _field(unit: str, *shape: str, nan_ok: bool = False, minimum: float | None = None,
-           dtype: type = float) -> Any:
+def part_field(unit: str, *shape: str, nan_ok: bool = False, minimum: float | None = None,
+               dtype: type = float) -> Any:
     """A part's field: its unit, named axes (none: a scalar), whether NaN (not measured) is
     allowed, a lower bound, and the array dtype."""
     return field(metadata={"unit": unit, "shape": shape, "nan_ok": nan_ok, "minimum": minimum, "dtype": dtype})
+
+
+_field = part_field
 
 
 class Part:
@@ -247,13 +250,34 @@ def check_table(df: pd.DataFrame, name: str) -> None:
         raise ValueError(f"table {name!r} is empty")
 
 
-def fit_window(df: pd.DataFrame) -> Window:
-    """Floor and saturation from the ``window`` table."""
+def fit_window(df: pd.DataFrame, saturation: pd.DataFrame | None = None) -> Window:
+    """Floor and saturation from the ``window`` table; stuck cells (not floored by the RESET,
+    or not raised to half the median saturation) are left out of the saturation and its spread.
+
+    With the ``saturation`` table (reads after each of the last strong SET pulses), a cell's
+    saturation is the mean of its reads, and the spread over devices is corrected for the
+    pulse-to-pulse scatter of the SET state (var over cells − mean within-cell var / reads)."""
     check_table(df, "window")
     sat = df["g_sat_us"].to_numpy(float)
-    return Window(g_floor_us=float(np.median(df["g_floor_us"])), g_sat_us=float(np.median(sat)),
-                  g_sat_spread=float(np.std(sat) / np.median(sat)),
-                  g_sat_us_se=float(math.sqrt(math.pi / 2) * np.std(sat) / math.sqrt(len(sat))))  # SE of a median
+    floor = df["g_floor_us"].to_numpy(float)
+    med = float(np.median(sat))
+    healthy = (sat > 0.5 * med) & (floor < 0.1 * med) & np.isfinite(sat)
+    if healthy.sum() < 3:
+        healthy = np.isfinite(sat)
+    spread_var = float(np.var(sat[healthy]))
+    if saturation is not None and not saturation.empty:
+        wide = saturation.pivot_table(index="cell", columns="pulse", values="g_us")
+        wide = wide.reindex(df["cell"].to_numpy()[healthy]).dropna()
+        if len(wide) >= 3 and wide.shape[1] >= 2:
+            per = wide.to_numpy(float)
+            sat = per.mean(axis=1)
+            within = float(np.mean(np.var(per, axis=1, ddof=1)))
+            spread_var = max(float(np.var(sat, ddof=1)) - within / per.shape[1], 0.0)
+            healthy = np.ones(sat.size, bool)
+    s = sat[healthy]
+    m = float(np.median(s))
+    return Window(g_floor_us=float(np.median(floor)), g_sat_us=m, g_sat_spread=math.sqrt(spread_var) / m,
+                  g_sat_us_se=float(math.sqrt(math.pi / 2) * math.sqrt(spread_var) / math.sqrt(len(s))))  # SE of a median
 
 
 def _after_each_pulse(trace: pd.DataFrame, cells: np.ndarray, cap: int) -> np.ndarray:

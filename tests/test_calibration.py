@@ -83,10 +83,15 @@ def test_window_and_programming_tables(pcm) -> None:
 
 
 def test_model_carries_the_verify_settings_it_was_measured_with(pcm) -> None:
+    """The level sweep ran with the settings learned from the response stage, and the model
+    records exactly those (the configured ones where nothing was measured)."""
     _, model, _ = pcm
-    sweep = replace(CalibrationConfig().verify, max_pulses=CalibrationConfig().max_pulses, n_avg=model.n_avg_)
+    base = replace(CalibrationConfig().verify, max_pulses=CalibrationConfig().max_pulses, n_avg=model.n_avg_)
+    sweep = VerifyConfig.learned(model.response_, base=base)
     assert model.verify_settings_ == asdict(sweep)
     assert VerifyConfig.measured_with(model) == sweep
+    assert sweep.set_threshold_v == model.response_.threshold_p10_v != base.set_threshold_v
+    assert sweep.reset_amplitude_v == model.response_.reset_amplitude_v
 
 
 def test_other_profile_gives_different_parameters(pcm, tmp_path) -> None:
