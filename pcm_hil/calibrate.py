@@ -268,24 +268,7 @@ def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: C
     # 1. window: floor after RESET; saturation (the fully SET state) after many of the strongest SET
     # pulses the soft limits allow, each cell's mean over the last 10 reads (table ``saturation``)
     if todo("window"):
-        report("window", 0, 1)
-        w = probe
-        strong = max_amplitude(chip, vcfg.set_width_s) if cfg.learn else _max_drive_amplitude(vcfg)
-        chip.pulse(w, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
-        g_floor = chip.read(w, n_avg=cfg.n_avg)
-        tail = min(10, cfg.window_pulses)
-        sat_reads = []
-        for k in range(cfg.window_pulses):
-            chip.pulse(w, PulseKind.SET, strong, vcfg.set_width_s)
-            if k >= cfg.window_pulses - tail:
-                sat_reads.append(chip.read(w, n_avg=cfg.n_avg))
-        g_sat = sat_reads[-1]
-        store.append(run_id, "saturation", pd.DataFrame({
-            "cell": np.tile(w, tail), "pulse": np.repeat(np.arange(cfg.window_pulses - tail, cfg.window_pulses) + 1,
-                                                         w.size), "g_us": np.concatenate(sat_reads)}))
-        store.append(run_id, "window", pd.DataFrame({"cell": w, "g_floor_us": g_floor, "g_sat_us": g_sat}),
-                     stage="window")
-        report("window", 1, 1)
+        _measure_window(chip, store, run_id, probe, cfg, vcfg, report)
     g_sat_med = float(np.median(store.read(run_id, "window")["g_sat_us"]))
     if g_sat_med < 2 * cfg.level_min_us:
         raise ValueError(f"the cells saturate at {g_sat_med:.3g} µS: too low for levels from {cfg.level_min_us} µS")
@@ -362,7 +345,74 @@ def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: C
     chip.sync()
 
 
-def _measure_response(chip: Chip, store: RunStore, run_id: str, probe: np.ndarray, cfg: CalibrationConfig,
+def _measure_window(chip: Chip, store: Any, run_id: str, w: np.ndarray, cfg: CalibrationConfig,
+                    vcfg: VerifyConfig, report: Progress) -> None:
+    """The floor after a RESET and the fully SET state: ``window`` and ``saturation`` tables."""
+    report("window", 0, 1)
+    strong = max_amplitude(chip, vcfg.set_width_s) if cfg.learn else _max_drive_amplitude(vcfg)
+    chip.pulse(w, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
+    g_floor = chip.read(w, n_avg=cfg.n_avg)
+    tail = min(10, cfg.window_pulses)
+    sat_reads = []
+    for k in range(cfg.window_pulses):
+        chip.pulse(w, PulseKind.SET, strong, vcfg.set_width_s)
+        if k >= cfg.window_pulses - tail:
+            sat_reads.append(chip.read(w, n_avg=cfg.n_avg))
+    store.append(run_id, "saturation", pd.DataFrame({
+        "cell": np.tile(w, tail), "pulse": np.repeat(np.arange(cfg.window_pulses - tail, cfg.window_pulses) + 1,
+                                                     w.size), "g_us": np.concatenate(sat_reads)}))
+    store.append(run_id, "window", pd.DataFrame({"cell": w, "g_floor_us": g_floor, "g_sat_us": sat_reads[-1]}),
+                 stage="window")
+    report("window", 1, 1)
+
+
+class _Tables:
+    """Tables kept in memory with the run store's append/read/stages interface (a quick measurement)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, list[pd.DataFrame]] = {}
+
+    def append(self, run_id: str, table: str, df: pd.DataFrame, stage: str | None = None) -> None:
+        self.tables.setdefault(table, []).append(df)
+
+    def read(self, run_id: str, table: str) -> pd.DataFrame:
+        return pd.concat(self.tables[table], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class QuickResponse:
+    """A short response and window measurement (no run store): the loop settings and the window."""
+
+    verify: VerifyConfig
+    response: Response
+    g_sat_us: float
+    g_floor_us: float
+    cells: int
+
+
+def quick_response(chip: Chip, cells: Any, config: CalibrationConfig | None = None,
+                   progress: Progress | None = None) -> QuickResponse:
+    """Measure the programming response and the window on ``cells`` (at most ``window_cells``
+    of them are pulsed) without a run store: what a job without a noise model learns first."""
+    cfg = config or CalibrationConfig()
+    cells = chip.cells(cells)
+    probe = cells[:: max(1, cells.size // cfg.window_cells)][: cfg.window_cells]
+    if probe.size < 8:
+        raise ValueError(f"a response measurement needs at least 8 cells, got {probe.size}")
+    tables, report = _Tables(), progress or (lambda stage, done, total: None)
+    vcfg = _sweep_verify(cfg)
+    _measure_response(chip, tables, "quick", probe, cfg, vcfg, report, lambda stage: True)
+    data = {t: tables.read("quick", t) for t in RESPONSE_TABLES}
+    resp = fit_response(data, max_amplitude(chip, float(data["response_reset"]["width_s"].iloc[0])))
+    vcfg = _sweep_verify(cfg, resp)
+    _measure_window(chip, tables, "quick", probe, cfg, vcfg, report)
+    from pcm_hil_noisemodel.parts import fit_window
+
+    win = fit_window(tables.read("quick", "window"), tables.read("quick", "saturation"))
+    return QuickResponse(vcfg, resp, win.g_sat_us, win.g_floor_us, int(probe.size))
+
+
+def _measure_response(chip: Chip, store: Any, run_id: str, probe: np.ndarray, cfg: CalibrationConfig,
                       vcfg: VerifyConfig, report: Progress, todo: Callable[[str], bool]) -> None:
     """Stage 0: the programming response of the ``probe`` cells, four tables, each its own
     resumable stage. Every probe pulse is inside the soft limits by construction."""
@@ -395,7 +445,7 @@ def _measure_response(chip: Chip, store: RunStore, run_id: str, probe: np.ndarra
         chip.pulse(probe, PulseKind.RESET, reset_v, PROBE_RESET_WIDTH_S)
         return chip.read(probe, n_avg=n_avg)
 
-    # b. SET threshold per cell: after a RESET, SET pulses of rising amplitude until the cell moves
+    # b. SET threshold per cell: a RESET, then one SET pulse, at rising amplitude until the cell moves
     if todo("response_threshold"):
         g0 = reset()
         g0b = chip.read(probe, n_avg=n_avg)
@@ -408,9 +458,13 @@ def _measure_response(chip: Chip, store: RunStore, run_id: str, probe: np.ndarra
             left = np.flatnonzero(np.isnan(th))
             if left.size <= 0.01 * probe.size:
                 break
+            # each step starts from a fresh RESET: the threshold of a first SET pulse, as the loop sends it
+            # (the threshold rises with the time since the RESET)
+            chip.pulse(probe[left], PulseKind.RESET, reset_v, PROBE_RESET_WIDTH_S)
+            g_start = chip.read(probe[left], n_avg=n_avg)
             chip.pulse(probe[left], PulseKind.SET, float(v), set_w)
             g = chip.read(probe[left], n_avg=n_avg)
-            th[left[g - g0[left] > move]] = v
+            th[left[g - g_start > move]] = v
         store.append(run_id, "response_threshold", pd.DataFrame({
             "cell": probe, "threshold_v": th, "g_floor_us": g0, "g_floor2_us": g0b}), stage="response_threshold")
     thr = threshold_stats(store.read(run_id, "response_threshold"))

@@ -369,6 +369,7 @@ def program_verify(
             resets[active[restart]] += 1
             need_reset[active[restart]] = True
             st.damp[active[restart]] *= cfg.backoff
+            st.offset_v[active[restart]] -= cfg.threshold_step_v  # it moved too far: start lower next time
             go = keep & (~over | descend)
             s = active[go]
             if s.size:
