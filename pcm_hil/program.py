@@ -70,7 +70,8 @@ class VerifyConfig:
     step_sigma_us: float = 0.0           # µS: σ of one unit of drive's step at G = 0 (0: not known)
     step_sigma_slope: float = 0.0        # 1: growth of that σ per µS of G
     sigma_boost: float = 0.0             # 1: extra relative σ right after a RESET
-    stall_pulses: int = 20               # pulses: no new high this long below the target = saturated
+    stall_pulses: int = 20               # pulses: no new high this long = at its saturation ...
+    stall_shortfall: float = 0.1         # 1: ... while its highest read is this fraction of the target short
     descend_us: float = 5.0              # µS: overshoots up to this above saturation_us are stepped down by SET
 
     def __post_init__(self) -> None:
@@ -87,7 +88,7 @@ class VerifyConfig:
             "move_us": (self.move_us, 0.0, 1e3), "backoff": (self.backoff, 0.0, 1.0),
             "step_sigma_us": (self.step_sigma_us, -1e-12, 1e3), "step_sigma_slope": (self.step_sigma_slope, -1e-12, 10.0),
             "sigma_boost": (self.sigma_boost, -1e-12, 100.0), "stall_pulses": (self.stall_pulses, 0, 10_000),
-            "descend_us": (self.descend_us, -1e-12, 1e3),
+            "descend_us": (self.descend_us, -1e-12, 1e3), "stall_shortfall": (self.stall_shortfall, -1e-12, 1.0),
         }
         for name, (v, lo, hi) in checks.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo < v <= hi:
@@ -358,7 +359,12 @@ def program_verify(
             out_of_pulses = pulses[active] >= cap[active]
             out_of_resets = over & (resets[active] >= cfg.max_resets)
             # at its saturation (the target above what it reaches): no new high for stall_pulses SET pulses
-            saturated = ~over & (st.stall[active] >= cfg.stall_pulses) & (st.peak_us[active] >= cfg.saturation_us)
+            # (above the G where the mean step vanishes, or with the amplitude raised to its ceiling)
+            top = cfg.set_amplitude(cfg.drive_max, st.offset_v[active]) >= cfg.set_top_v - 1e-9
+            # and still more than stall_shortfall short of the target at its best
+            short = tgt[active] - st.peak_us[active] > cfg.stall_shortfall * tgt[active]
+            saturated = ~over & short & (st.stall[active] >= cfg.stall_pulses) \
+                & ((st.peak_us[active] >= cfg.saturation_us) | top)
             # overshoot above the G where the mean step turns negative (learned): a SET pulse lowers G
             # on average there, so step down with SET pulses instead of a RESET
             descend = over & (g64 > cfg.saturation_us) & (err >= -cfg.descend_us)

@@ -231,7 +231,7 @@ def emulate(args: argparse.Namespace) -> int:
             print(json.dumps(vb.addresses), flush=True)
         else:
             print(render.emulate(vb.addresses, f"virtual bench ({geometry.arrays}×{geometry.rows}×{geometry.cols} "
-                                               f"cells, profile {vb.chip.profile.name}, seed {args.seed}); "
+                                               f"cells, profile {vb.chip.identity()['profile']}, seed {args.seed}); "
                                                "Ctrl-C to stop"), flush=True)
         stop.wait()
     print("virtual bench stopped", file=sys.stderr)
