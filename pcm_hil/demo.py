@@ -29,6 +29,7 @@ class DemoConfig:
     read_after_s: tuple[float, ...] = (20.0, 3600.0, 86400.0)
     g_hi_fraction: float = 0.8  # top level as a fraction of the measured saturation
     level_min_us: float = 1.0   # bottom level (µS)
+    max_pulses: int | None = None  # SET-pulse cap per cell (None: the loop settings' own)
 
     def __post_init__(self) -> None:
         if not 1 <= self.levels <= 64:
@@ -94,7 +95,7 @@ def run_demo(chip: Chip, cfg: DemoConfig, progress: Callable[[int, int], None] |
                          f"{cfg.level_min_us} µS")
     levels = np.linspace(cfg.level_min_us, g_hi, cfg.levels)
     targets = levels[np.arange(n) % cfg.levels]
-    vcfg = settings.verify
+    vcfg = settings.verify if cfg.max_pulses is None else replace(settings.verify, max_pulses=cfg.max_pulses)
     res = program_verify(chip, cells, targets, vcfg, progress=progress)
     if outcome is not None:
         outcome.append(res)

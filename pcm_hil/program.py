@@ -71,8 +71,10 @@ class VerifyConfig:
     step_sigma_slope: float = 0.0        # 1: growth of that σ per µS of G
     sigma_boost: float = 0.0             # 1: extra relative σ right after a RESET
     stall_pulses: int = 20               # pulses: no new high this long = at its saturation ...
+    overshoot_step: float = 2.0          # 1: amplitude offset lowered by this × threshold_step_v per overshoot
     stall_shortfall: float = 0.1         # 1: ... while its highest read is this fraction of the target short
-    descend_us: float = 5.0              # µS: overshoots up to this above saturation_us are stepped down by SET
+    descend_ratio: float = 1.0           # 1: ... or where the late mean step < this × its σ
+    descend_us: float = 10.0             # µS: overshoots up to this above saturation_us are stepped down by SET
 
     def __post_init__(self) -> None:
         checks = {
@@ -89,6 +91,7 @@ class VerifyConfig:
             "step_sigma_us": (self.step_sigma_us, -1e-12, 1e3), "step_sigma_slope": (self.step_sigma_slope, -1e-12, 10.0),
             "sigma_boost": (self.sigma_boost, -1e-12, 100.0), "stall_pulses": (self.stall_pulses, 0, 10_000),
             "descend_us": (self.descend_us, -1e-12, 1e3), "stall_shortfall": (self.stall_shortfall, -1e-12, 1.0),
+            "overshoot_step": (self.overshoot_step, -1e-12, 100.0), "descend_ratio": (self.descend_ratio, -1e-12, 100.0),
         }
         for name, (v, lo, hi) in checks.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo < v <= hi:
@@ -367,7 +370,10 @@ def program_verify(
                 & ((st.peak_us[active] >= cfg.saturation_us) | top)
             # overshoot above the G where the mean step turns negative (learned): a SET pulse lowers G
             # on average there, so step down with SET pulses instead of a RESET
-            descend = over & (g64 > cfg.saturation_us) & (err >= -cfg.descend_us)
+            # (or where the mean step is small against its noise: a step down is about as likely)
+            mean_late = cfg.step_ref_us * (1.0 - g64 / cfg.saturation_us)
+            noisy = mean_late < cfg.descend_ratio * (cfg.step_sigma_us + cfg.step_sigma_slope * g64)
+            descend = over & ((g64 > cfg.saturation_us) | noisy) & (err >= -cfg.descend_us)
             out_of_resets &= ~descend
             keep = ~ok & ~out_of_pulses & ~out_of_resets & ~saturated
             # overshoot: RESET and try again (counted) with a damped drive, the SET on the next round
@@ -375,7 +381,7 @@ def program_verify(
             resets[active[restart]] += 1
             need_reset[active[restart]] = True
             st.damp[active[restart]] *= cfg.backoff
-            st.offset_v[active[restart]] -= cfg.threshold_step_v  # it moved too far: start lower next time
+            st.offset_v[active[restart]] -= cfg.overshoot_step * cfg.threshold_step_v  # moved too far: start lower
             go = keep & (~over | descend)
             s = active[go]
             if s.size:
