@@ -38,6 +38,7 @@ RESPONSE_TABLES = {
 }
 RESET_WORKS = 0.99       # fraction of movable cells a working RESET must floor
 RESET_MARGIN = 1.1       # the loop's RESET: the working amplitude × this (within the soft limits)
+NEGATIVE_STEPS = 0.05    # late steps clearly < 0 above this fraction: the loop may step down with SET pulses
 GRADED_FRACTION = 0.5    # a first SET pulse whose median lands above this × the high state is not graded
 
 
@@ -68,7 +69,7 @@ class Response(Part):
     step_sigma_us: float = _field("µS", minimum=0.0)               # σ of the step per unit drive at G = 0, late
     step_sigma_slope: float = _field("1", minimum=0.0)             # growth of that σ per µS of G
     sigma_boost: float = _field("1", minimum=0.0)                  # extra relative σ right after RESET
-    negative_fraction: float = _field("1", minimum=0.0)            # fraction of steps < 0 after 5 pulses
+    negative_fraction: float = _field("1", minimum=0.0)            # late steps clearly < 0 (4 read σ)
     width_exponent: float = _field("1", nan_ok=True)               # step ∝ width^k (NaN: one width probed)
 
     def _check(self, axes: dict[str, int]) -> None:
@@ -82,7 +83,9 @@ class Response(Part):
         The loop starts each cell at the 10th-percentile threshold and raises it per cell by
         half the threshold spread when a pulse moves nothing; a unit of drive is
         ``drive_span_v`` volts; the largest drive reaches ``set_max_v``; a verify read
-        counts as a move 4 read σ above the last one.
+        counts as a move 4 read σ above the last one; where no late step was seen to go
+        down (``negative_fraction`` < 5 %), an overshoot always RESETs instead of stepping
+        down with SET pulses.
         """
         start = self.threshold_p10_v
         return {
@@ -94,6 +97,8 @@ class Response(Part):
             "step_sigma_us": self.step_sigma_us, "step_sigma_slope": self.step_sigma_slope, "sigma_boost": 0.0,
             "threshold_step_v": float(np.clip(self.threshold_sigma_v / 2, 0.01, 0.1)),
             "move_us": max(4 * self.read_sigma_us, 0.05),
+            # SET pulses can step G down after an overshoot only where steps were seen to go down
+            **({} if self.negative_fraction >= NEGATIVE_STEPS else {"descend_ratio": 0.0, "descend_us": 0.0}),
         }
 
 
@@ -166,9 +171,11 @@ def _step_mean(X: tuple[np.ndarray, np.ndarray], a: float, s: float, b: float, t
     return a * (1 - g / s) * (1 + b * np.exp(-k / tau))
 
 
-def fit_steps(df: pd.DataFrame, span_v: float, set_width_s: float) -> dict[str, float]:
+def fit_steps(df: pd.DataFrame, span_v: float, set_width_s: float, read_sigma_us: float = 0.0) -> dict[str, float]:
     """The step model per unit drive from ``response_steps`` (scipy ``curve_fit``): mean
-    a·(1 − G/s)·(1 + b·e^(−k/τ)), σ (c + m·G)·(1 + q·e^(−k/τ)), and the width exponent."""
+    a·(1 − G/s)·(1 + b·e^(−k/τ)), σ (c + m·G)·(1 + q·e^(−k/τ)), the width exponent, and the
+    fraction of late steps (≥ 5 pulses after the RESET) that lower G by more than 4 σ of the
+    difference of two reads (``read_sigma_us``: σ of one averaged read)."""
     _check(df, "response_steps")
     d = ((df["amplitude_v"] - df["threshold_v"]) / span_v).to_numpy(float)
     w = df["width_s"].to_numpy(float)
@@ -200,7 +207,16 @@ def fit_steps(df: pd.DataFrame, span_v: float, set_width_s: float) -> dict[str, 
     except (RuntimeError, ValueError):
         c, sl, q = float(np.std(resid)), 0.0, 0.0
     late = m & (k >= 5)
-    negative = float(np.mean(y[late] < 0)) if late.any() else float("nan")
+    dg = df["g_after_us"].to_numpy(float) - g
+    # read noise σ(G) = a·G + b: b from the floor, a from the repeated read at the end of the trains
+    a_read = 0.0
+    if "g_repeat_us" in df.columns and df["g_repeat_us"].notna().sum() >= 3:
+        rep = df[df["g_repeat_us"].notna()]
+        s_hi = float(np.std(rep["g_repeat_us"] - rep["g_after_us"], ddof=1) / math.sqrt(2))
+        g_hi = float(np.mean(rep["g_after_us"]))
+        a_read = max((s_hi - read_sigma_us) / g_hi, 0.0) if g_hi > 0 else 0.0
+    noise = 4 * math.sqrt(2) * (read_sigma_us + a_read * np.maximum(g, 0))
+    negative = float(np.mean(dg[late] < -noise[late])) if late.any() else float("nan")
     # width: mean step ratio of the other widths at the same early state, against the reference
     expo = float("nan")
     others = ok & ~ref & (k < 3)
@@ -231,7 +247,7 @@ def fit_response(data: dict[str, pd.DataFrame], max_amplitude_v: float = math.in
     ceiling = graded_ceiling(amp_df, high, floor)
     ceiling = max(ceiling, th["threshold_p90_v"] + 0.05)
     drive_span_v = span_of(th["threshold_p10_v"], ceiling)
-    fitted = fit_steps(steps, drive_span_v, set_width)
+    fitted = fit_steps(steps, drive_span_v, set_width, th["read_sigma_us"])
     return Response(cells=int(data["response_threshold"]["cell"].nunique()), reset_amplitude_v=amp,
                     reset_works_v=works, reset_width_s=float(data["response_reset"]["width_s"].iloc[0]),
                     reset_floor_us=floor, high_us=high, set_width_s=set_width, set_max_v=ceiling,

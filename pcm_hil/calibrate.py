@@ -507,8 +507,9 @@ def _measure_response(chip: Chip, store: Any, run_id: str, probe: np.ndarray, cf
             g1 = chip.read(probe, n_avg=n_avg).astype(np.float64)
             rows.append(pd.DataFrame({"cell": probe, "amplitude_v": amp, "width_s": wid,
                                       "threshold_v": per_cell.loc[probe].to_numpy(float), "pulse": k,
-                                      "g_before_us": g, "g_after_us": g1}))
+                                      "g_before_us": g, "g_after_us": g1, "g_repeat_us": np.nan}))
             g = g1
+        rows[-1]["g_repeat_us"] = chip.read(probe, n_avg=n_avg)  # a second read: the read noise up the window
         store.append(run_id, "response_steps", pd.concat(rows, ignore_index=True), stage="response_steps")
 
 

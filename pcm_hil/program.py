@@ -73,7 +73,7 @@ class VerifyConfig:
     stall_pulses: int = 20               # pulses: no new high this long = at its saturation ...
     overshoot_step: float = 2.0          # 1: amplitude offset lowered by this × threshold_step_v per overshoot
     stall_shortfall: float = 0.1         # 1: ... while its highest read is this fraction of the target short
-    descend_ratio: float = 1.0           # 1: ... or where the late mean step < this × its σ
+    descend_ratio: float = 0.3           # 1: ... or where the late mean step < this × its σ
     descend_us: float = 10.0             # µS: overshoots up to this above saturation_us are stepped down by SET
 
     def __post_init__(self) -> None:
