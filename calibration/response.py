@@ -97,6 +97,8 @@ class Response(Part):
             "step_sigma_us": self.step_sigma_us, "step_sigma_slope": self.step_sigma_slope, "sigma_boost": 0.0,
             "threshold_step_v": float(np.clip(self.threshold_sigma_v / 2, 0.01, 0.1)),
             "move_us": max(4 * self.read_sigma_us, 0.05),
+            "overshoot_step": 2.0,  # an overshoot lowers the cell's amplitude by one threshold spread
+            "aim": 0.6,  # the drive is bounded by the measured step noise: aim further than the generic loop
             # SET pulses can step G down after an overshoot only where steps were seen to go down
             **({} if self.negative_fraction >= NEGATIVE_STEPS else {"descend_ratio": 0.0, "descend_us": 0.0}),
         }

@@ -412,6 +412,37 @@ def quick_response(chip: Chip, cells: Any, config: CalibrationConfig | None = No
     return QuickResponse(vcfg, resp, win.g_sat_us, win.g_floor_us, int(probe.size))
 
 
+@dataclass(frozen=True)
+class LearnedSettings:
+    """Loop settings and measured saturation (µS) for a job on a chip, and where they came from."""
+
+    verify: VerifyConfig
+    g_sat_us: float
+    source: str
+
+
+def learned_settings(chip: Chip, cells: Any, tolerance_us: float, model: NoiseModel | None = None,
+                     store: RunStore | None = None, progress: Progress | None = None) -> LearnedSettings:
+    """The loop settings (at ``tolerance_us``) and the saturation for programming ``chip``:
+    from ``model``; else from the latest finished calibration of the chip in ``store``
+    (refitted from its tables, no pulse); else measured now on ``cells`` (:func:`quick_response`)."""
+    source = "noise model"
+    if model is None and store is not None:
+        runs = store.runs()
+        for run_id in reversed(list(runs.query("kind == 'calibration' and status == 'done'")["run_id"])):
+            if store.run(run_id)["settings"].get("chip_id") == chip.chip_id():
+                _, model = run_calibration(chip, store, resume=run_id)
+                source = f"calibration run {run_id}"
+                break
+    if model is not None:
+        chip.require_same_chip(model.provenance.get("chip_id"), "the noise model was fitted")
+        return LearnedSettings(replace(VerifyConfig.measured_with(model), tolerance_us=tolerance_us),
+                               model.window_.g_sat_us, source)
+    q = quick_response(chip, cells, progress=progress)
+    return LearnedSettings(replace(q.verify, tolerance_us=tolerance_us), q.g_sat_us,
+                           f"response measured on {q.cells} of the job's cells")
+
+
 def _measure_response(chip: Chip, store: Any, run_id: str, probe: np.ndarray, cfg: CalibrationConfig,
                       vcfg: VerifyConfig, report: Progress, todo: Callable[[str], bool]) -> None:
     """Stage 0: the programming response of the ``probe`` cells, four tables, each its own

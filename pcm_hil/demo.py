@@ -1,24 +1,20 @@
 """The demo procedure: program an array to evenly spaced levels, read it back at several
 ages, and summarize per level (yield, pulses, mean and spread of the reads).
 
-The loop settings and the conductance range come from calibration: a noise model, the
-latest finished calibration of the chip in the run store, or (neither) a short response
-and window measurement on the demo's own cells (:func:`demo_settings`)."""
+The loop settings and the conductance range come from calibration (``settings``): a noise
+model, the latest finished calibration of the chip in the run store, or (neither) a short
+response and window measurement on the demo's own cells
+(:func:`pcm_hil.calibrate.learned_settings`, called by the command line)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from . import __version__
 from .chip import Chip
 from .program import VerifyConfig, program_verify
-
-if TYPE_CHECKING:
-    from pcm_hil_noisemodel import NoiseModel
-
-    from .run_store import RunStore
 
 
 @dataclass(frozen=True)
@@ -42,37 +38,12 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The loop settings and the measured saturation (µS) a demo uses, and where they came from."""
+    """The loop settings and the measured saturation (µS) a demo uses, and where they came from
+    (see :func:`pcm_hil.calibrate.learned_settings`)."""
 
     verify: VerifyConfig
     g_sat_us: float
     source: str
-
-
-def demo_settings(chip: Chip, cells: np.ndarray, tolerance_us: float, model: "NoiseModel | None" = None,
-                  store: "RunStore | None" = None, progress: Callable[[str, float, float], None] | None = None
-                  ) -> DemoSettings:
-    """From ``model``; else the latest finished calibration of ``chip`` in ``store`` (refitted
-    from its tables, no pulse); else a short response and window measurement on ``cells``."""
-    from .calibrate import quick_response, run_calibration
-
-    if model is None and store is not None:
-        runs = store.runs()
-        for run_id in reversed(list(runs.query("kind == 'calibration' and status == 'done'")["run_id"])):
-            if store.run(run_id)["settings"].get("chip_id") == chip.chip_id():
-                _, model = run_calibration(chip, store, resume=run_id)
-                source = f"calibration run {run_id}"
-                break
-    else:
-        source = "noise model"
-    if model is not None:
-        chip.require_same_chip(model.provenance.get("chip_id"), "the noise model was fitted")
-        base = VerifyConfig.measured_with(model)
-        vcfg = VerifyConfig.learned(model, base=base) if model.response_ is not None else base
-        return DemoSettings(replace(vcfg, tolerance_us=tolerance_us), model.window_.g_sat_us, source)
-    q = quick_response(chip, cells, progress=progress)
-    return DemoSettings(replace(q.verify, tolerance_us=tolerance_us), q.g_sat_us,
-                        f"response measured on {q.cells} of the demo's cells")
 
 
 def run_demo(chip: Chip, cfg: DemoConfig, progress: Callable[[int, int], None] | None = None,
@@ -80,15 +51,17 @@ def run_demo(chip: Chip, cfg: DemoConfig, progress: Callable[[int, int], None] |
              outcome: list | None = None) -> dict[str, Any]:
     """Program ``cells`` (default: the first ``cfg.cells``, at most the chip's) to levels from
     ``level_min_us`` to ``g_hi_fraction`` × the measured saturation and read them back; the
-    result record. ``settings`` (default: :func:`demo_settings` without model or store,
-    which measures on these cells) give the loop and the saturation. The command line
-    passes cells the demo run owns. ``outcome``, a list, receives the per-cell
+    result record. ``settings`` give the loop and the measured saturation (required; see
+    :func:`pcm_hil.calibrate.learned_settings`). The command line passes cells the demo run
+    owns. ``outcome``, a list, receives the per-cell
     :class:`~pcm_hil.program.VerifyResult`."""
     if cells is None:
         cells = np.arange(min(cfg.cells, chip.geometry.n_cells), dtype=np.int64)
     cells = chip.cells(cells)
     n = int(cells.size)
-    settings = settings or demo_settings(chip, cells, cfg.tolerance_us)
+    if settings is None:
+        raise ValueError("the demo needs its loop settings and range from calibration "
+                         "(pcm_hil.calibrate.learned_settings)")
     g_hi = cfg.g_hi_fraction * settings.g_sat_us
     if g_hi <= cfg.level_min_us:
         raise ValueError(f"the measured saturation ({settings.g_sat_us:.3g} µS) leaves no range above "

@@ -58,7 +58,7 @@ class VerifyConfig:
     saturation_us: float = 1000.0        # µS: G where the mean step vanishes (unknown: far)
     reset_boost: float = 0.0             # 1: extra relative step right after a RESET
     boost_decay_pulses: float = 2.6      # pulses: decay of the post-RESET boost
-    aim: float = 0.6                     # 1: fraction of the remaining error one pulse aims at
+    aim: float = 0.45                    # 1: fraction of the remaining error one pulse aims at
     drive_min: float = 0.03
     drive_max: float = 1.5
     max_seconds: float = 3600.0
@@ -71,7 +71,7 @@ class VerifyConfig:
     step_sigma_slope: float = 0.0        # 1: growth of that σ per µS of G
     sigma_boost: float = 0.0             # 1: extra relative σ right after a RESET
     stall_pulses: int = 20               # pulses: no new high this long = at its saturation ...
-    overshoot_step: float = 2.0          # 1: amplitude offset lowered by this × threshold_step_v per overshoot
+    overshoot_step: float = 1.0          # 1: amplitude offset lowered by this × threshold_step_v per overshoot
     stall_shortfall: float = 0.1         # 1: ... while its highest read is this fraction of the target short
     descend_ratio: float = 0.3           # 1: ... or where the late mean step < this × its σ
     descend_us: float = 10.0             # µS: overshoots up to this above saturation_us are stepped down by SET

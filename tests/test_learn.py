@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pcm_hil.calibrate import CalibrationConfig, quick_response, run_calibration
+from pcm_hil.calibrate import CalibrationConfig, learned_settings, quick_response, run_calibration
 from pcm_hil.chip import Geometry
-from pcm_hil.demo import DemoConfig, run_demo
+from pcm_hil.demo import DemoConfig, DemoSettings, run_demo
 from pcm_hil.emulator import EmulatedChip, preset
 from pcm_hil.emulator.chip import STUCK_NONE
 from pcm_hil.program import VerifyConfig, program_verify
@@ -121,7 +121,10 @@ def test_model_with_response_round_trips_and_old_files_still_load(realistic, tmp
 def test_demo_takes_its_range_from_a_measurement_without_a_model() -> None:
     """A 12 µS device: levels up to 0.8 × its measured saturation, not the 21 µS of a 25 µS one."""
     chip = EmulatedChip(Geometry(1, 16, 128), profile="nandakumar-2018", seed=3)
-    r = run_demo(chip, DemoConfig(cells=2048, levels=4, read_after_s=(20.0,)))
+    cells = np.arange(2048)
+    learned = learned_settings(chip, cells, 0.5)
+    r = run_demo(chip, DemoConfig(cells=2048, levels=4, read_after_s=(20.0,)), cells=cells,
+                 settings=DemoSettings(learned.verify, learned.g_sat_us, learned.source))
     assert r["g_sat_us"] == pytest.approx(12.0, rel=0.1)
     assert r["per_level"][-1]["target_us"] == pytest.approx(0.8 * r["g_sat_us"])
     assert "measured" in r["settings_from"]

@@ -15,13 +15,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..calibrate import CalibrationConfig, run_calibration, validate
+from ..calibrate import CalibrationConfig, learned_settings, run_calibration, validate
 from ..chip import Geometry
-from ..demo import DemoConfig, demo_settings, run_demo
 from ..emulator import EmulatedChip, preset_names, random_profile
+from ..program import program_verify
 from ..run_store import RunStore
 
 TARGETS = {"yield_min": 0.99, "held_out_rel_error_max": 0.10}
+LEVELS, LEVEL_MIN_US, TOP_FRACTION, TOLERANCE_US = 8, 1.0, 0.8, 0.5  # the demo's defaults
 FULL = {"calibration": 20_000, "validation": 10_000, "demo": 20_000}
 QUICK = {"calibration": 4_000, "validation": 3_000, "demo": 4_000}
 COLS = 256
@@ -48,29 +49,30 @@ def one_device(label: str, profile: Any, sizes: dict[str, int], seed: int = 0,
     report(f"{label}: validate", 1, 3)
     val = validate(chip, model, cells=np.arange(c, c + v), check_chip=False)
     report(f"{label}: demo", 2, 3)
+    # the demo's protocol (pcm-hil demo with its defaults, no read-back): levels 1 µS … 0.8 ×
+    # the measured saturation, ±0.5 µS, the loop settings the calibration learned
     cells = np.arange(c + v, c + v + d, dtype=np.int64)
-    dcfg = DemoConfig(cells=d, read_after_s=(20.0,))
-    outcome: list = []
-    demo = run_demo(chip, dcfg, cells=cells, settings=demo_settings(chip, cells, dcfg.tolerance_us, model),
-                    outcome=outcome)
-    res = outcome[0]
+    settings = learned_settings(chip, cells, TOLERANCE_US, model)
+    levels = np.linspace(LEVEL_MIN_US, TOP_FRACTION * settings.g_sat_us, LEVELS)
+    targets = levels[np.arange(d) % LEVELS]
+    res = program_verify(chip, cells, targets, settings.verify)
     healthy = chip.stuck[cells] == 0  # emulator ground truth: the cells it made stuck
+    per_level = [float(res.converged[targets == lv].mean()) for lv in levels]
     resp = model.response_
     return {
         "device": label, "seconds": time.perf_counter() - t0,
         "g_sat_us": model.window_.g_sat_us, "g_sat_spread": model.window_.g_sat_spread,
-        "verify": {k: demo["verify"][k] for k in ("set_threshold_v", "set_max_v", "max_pulses", "step_sigma_us")},
+        "verify": {k: getattr(settings.verify, k) for k in ("set_threshold_v", "set_max_v", "max_pulses",
+                                                            "step_sigma_us")},
         "learned": {k: getattr(resp, k) for k in ("reset_amplitude_v", "threshold_v", "threshold_p90_v",
                                                   "set_max_v", "step_ref_us", "step_saturation_us")},
         "sigma_rel_error_max": val["sigma_rel_error_max"], "pulses_rel_error": val["pulses_rel_error"],
         "pulses_rel_error_total": val["pulses_rel_error_total"], "drift_nu_rel_error": val["drift_nu_rel_error"],
-        "yield": demo["summary"]["yield"], "yield_healthy": float(res.converged[healthy].mean()),
-        "yield_worst_level": float(min(row["yield"] for row in demo["per_level"])),
-        "yield_per_level": [round(row["yield"], 4) for row in demo["per_level"]],
-        "pulses_mean": demo["summary"]["pulses_mean"], "resets_mean": demo["summary"]["resets_total"] / d,
-        "top_level_us": float(demo["per_level"][-1]["target_us"]), "stuck_fraction": float(1 - healthy.mean()),
+        "yield": float(res.converged.mean()), "yield_healthy": float(res.converged[healthy].mean()),
+        "yield_worst_level": min(per_level), "yield_per_level": [round(y, 4) for y in per_level],
+        "pulses_mean": float(res.pulses.mean()), "resets_mean": float(res.resets.mean()),
+        "top_level_us": float(levels[-1]), "stuck_fraction": float(1 - healthy.mean()),
     }
-    return out
 
 
 def run(n_devices: int = 20, quick: bool = False, seed: int = 0, store: bool = False,
@@ -100,12 +102,12 @@ def store_loss(profile: str = "pcm-realistic", seed: int = 0,
     from ..store_job import StoreConfig, run_store_job
     from ..store_job.inputs import load_inputs
 
-    from ..app import noise_model_for
-
     cfg = StoreConfig.from_options(model="lenet5-fmnist", seed=seed)
     inputs = load_inputs(cfg.network)
     chip = EmulatedChip(profile=profile, seed=seed)
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as rs:
-        noise = noise_model_for(chip, rs, None, seed=seed, progress=progress)
+        # as a store without --noise-model does: calibrate on the chip's last 20,000 free cells
+        _, noise = run_calibration(chip, rs, CalibrationConfig(cells=min(20_000, chip.geometry.n_cells // 4),
+                                                               seed=seed), progress=progress, from_end=True)
         rec = run_store_job(chip, noise, rs, cfg, progress=progress, inputs=inputs).record
     return {"profile": profile, **{k: rec[k] for k in rec if "accuracy" in k}}

@@ -31,7 +31,8 @@ def demo(args: argparse.Namespace) -> int:
 
     from pcm_hil_noisemodel import NoiseModel
 
-    from ..demo import DemoConfig, demo_settings, run_demo
+    from ..calibrate import learned_settings
+    from ..demo import DemoConfig, DemoSettings, run_demo
 
     model = NoiseModel.load(args.noise_model) if args.noise_model else None
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs) as chip:
@@ -39,8 +40,9 @@ def demo(args: argparse.Namespace) -> int:
                          read_after_s=tuple(args.read_after))
         with tqdm(total=min(cfg.cells, chip.geometry.n_cells), desc="program-and-verify", unit="cell",
                   disable=args.json or not sys.stderr.isatty()) as bar:
-            def work(cells):  # the range and the loop settings from calibration (see demo_settings)
-                settings = demo_settings(chip, cells, cfg.tolerance_us, model, rs)
+            def work(cells):  # the range and the loop settings from calibration (see calibrate.learned_settings)
+                learned = learned_settings(chip, cells, cfg.tolerance_us, model, rs)
+                settings = DemoSettings(learned.verify, learned.g_sat_us, learned.source)
                 return run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n), cells=cells, settings=settings)
 
             r = app.owned_run(chip, rs, "demo", min(cfg.cells, chip.geometry.n_cells), work, overwrite=args.overwrite)
