@@ -28,6 +28,8 @@ def demo(r: dict[str, Any], seed: int) -> str:
     return "\n".join([
         f"pcm-hil {__version__}: programmed {r['cells']} cells to {r['levels']} levels on {r['backend']}"
         f" (tolerance ±{r['verify']['tolerance_us']} µS, seed {seed})",
+        f"levels up to {per_level[-1]['target_us']:.3g} µS = 0.8 × measured saturation {r['g_sat_us']:.3g} µS "
+        f"(loop settings and range from {r['settings_from']})",
         f"yield {s['yield']:.1%}, {s['pulses_total']} SET pulses (mean {s['pulses_mean']:.2f}, p95 "
         f"{s['pulses_p95']:.0f}), {s['resets_total']} RESET restarts, {s['seconds']:.2f} s",
         "",
