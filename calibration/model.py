@@ -4,8 +4,10 @@
 scikit-learn, and returns itself; the fitted parts are attributes ending in ``_``, each a
 typed dataclass of :mod:`.parts` with units, shapes and standard errors:
 ``window_`` (:class:`Window`), ``programming_`` (:class:`Programming`), ``read_noise_``
-(:class:`ReadNoise`), ``drift_`` (:class:`Drift`), ``faults_`` (:class:`Faults`), and
-``verify_settings_``: the program-and-verify settings the chip was measured with.
+(:class:`ReadNoise`), ``drift_`` (:class:`Drift`), ``faults_`` (:class:`Faults`),
+``response_`` (:class:`~.response.Response`, the programming response; None for a model
+file written before calibration measured it), and ``verify_settings_``: the
+program-and-verify settings the chip was measured with.
 ``save``/``load`` write JSON (schema version 2, with units and shapes) and read versions
 2 and 1.
 
@@ -34,6 +36,7 @@ import pandas as pd
 
 from .parts import (FAULT_KINDS, OPTIONAL_TABLES, PARTS, TABLES, Drift, Faults, Programming, ReadNoise, Window,
                     fit_drift, fit_faults, fit_programming, fit_read_noise, fit_window)
+from .response import Response
 from .stats import chi2_per_dof_limit, poly_design
 
 SCHEMA = "pcm-hil/noise-model"
@@ -52,44 +55,53 @@ class NoiseModel:
     read_noise_: ReadNoise
     drift_: Drift
     faults_: Faults
+    response_: Response | None
 
     def __init__(self) -> None:
+        self.response_ = None
         self.provenance: dict[str, Any] = {}
         self.verify_settings_: dict[str, float] = {}
         self.fitted_ = False
 
     # ------------------------------------------------------------------ fitting ------
     def fit(self, data: dict[str, pd.DataFrame], provenance: dict[str, Any] | None = None,
-            verify_settings: dict[str, float] | None = None) -> "NoiseModel":
+            verify_settings: dict[str, float] | None = None, response: Response | None = None) -> "NoiseModel":
         """Fit every part from the calibration tables (dict name → DataFrame).
 
         ``provenance``: where the data came from (run id, chip id, settings); ``verify_settings``:
         the program-and-verify settings the level sweep ran with (name → value; units as
-        the loop's own: V, s, µS, counts), kept as :attr:`verify_settings_`.
+        the loop's own: V, s, µS, counts), kept as :attr:`verify_settings_`; ``response``: the
+        programming response fitted from the ``response_*`` tables (:func:`~.response.fit_response`).
+        A ``saturation`` table (optional) refines the window's saturation spread.
         """
         for name in TABLES:
             if name not in data:
                 raise ValueError(f"calibration data lacks the {name!r} table")
-        window = fit_window(data["window"])
+        window = fit_window(data["window"], data.get("saturation"))
         programming = fit_programming(data["programming"], window.g_sat_us, data.get("trace"))
         provenance = dict(provenance or {})
         provenance.setdefault("fitted", time.strftime("%Y-%m-%dT%H:%M:%S"))
         return self._set(window, programming, fit_read_noise(data["read_noise"]),
                          fit_drift(data["retention"], programming.t0_s, window.g_sat_us), fit_faults(data["faults"]),
-                         verify_settings or {}, provenance)
+                         verify_settings or {}, provenance, response)
 
     @classmethod
     def from_parts(cls, window: Window, programming: Programming, read_noise: ReadNoise, drift: Drift,
                    faults: Faults, verify_settings: dict[str, float] | None = None,
-                   provenance: dict[str, Any] | None = None) -> "NoiseModel":
+                   provenance: dict[str, Any] | None = None, response: Response | None = None) -> "NoiseModel":
         """A fitted model from its parts (as :meth:`fit` would set them)."""
-        return cls()._set(window, programming, read_noise, drift, faults, verify_settings or {}, provenance or {})
+        return cls()._set(window, programming, read_noise, drift, faults, verify_settings or {}, provenance or {},
+                          response)
 
     def _set(self, window: Window, programming: Programming, read_noise: ReadNoise, drift: Drift, faults: Faults,
-             verify_settings: dict[str, float], provenance: dict[str, Any]) -> "NoiseModel":
+             verify_settings: dict[str, float], provenance: dict[str, Any],
+             response: Response | None = None) -> "NoiseModel":
         for part, cls in zip((window, programming, read_noise, drift, faults), PARTS.values()):
             if not isinstance(part, cls):
                 raise TypeError(f"{cls.name} must be a {cls.__name__}, got {type(part).__name__}")
+        if response is not None and not isinstance(response, Response):
+            raise TypeError(f"response must be a Response, got {type(response).__name__}")
+        self.response_ = response
         self.verify_settings_ = _checked_settings(verify_settings, programming.n_avg)
         try:  # as it reads back from JSON (tuples become lists), so that a saved model equals its load
             self.provenance = json.loads(json.dumps(provenance, allow_nan=True))
@@ -134,7 +146,7 @@ class NoiseModel:
         if not (self.fitted_ and other.fitted_):
             return self.fitted_ == other.fitted_ and self.provenance == other.provenance
         return (all(getattr(self, f"{n}_") == getattr(other, f"{n}_") for n in PARTS)
-                and self.verify_settings_ == other.verify_settings_ and self.provenance == other.provenance)
+                and self.response_ == other.response_ and self.verify_settings_ == other.verify_settings_ and self.provenance == other.provenance)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -337,6 +349,8 @@ class NoiseModel:
             "shapes": {n: p.shapes() for n, p in PARTS.items()},
             "provenance": self.provenance, "verify_settings": self.verify_settings_,
             **{n: getattr(self, f"{n}_").to_dict() for n in PARTS},
+            **({"response": self.response_.to_dict(), "response_units": Response.units()}
+               if self.response_ is not None else {}),
         }
 
     @classmethod
@@ -360,8 +374,14 @@ class NoiseModel:
             if units.get(name) != part.units():
                 raise ValueError(f"noise model units of {name!r} are {units.get(name)!r}, "
                                  f"this pcm-hil writes {part.units()!r}")
+        response = None
+        if d.get("response") is not None:  # optional: files written before calibration measured it lack it
+            if d.get("response_units") != Response.units():
+                raise ValueError(f"noise model units of 'response' are {d.get('response_units')!r}, "
+                                 f"this pcm-hil writes {Response.units()!r}")
+            response = Response.from_dict(d["response"])
         return cls.from_parts(*(PARTS[n].from_dict(d[n]) for n in PARTS), verify_settings=d["verify_settings"],
-                              provenance=d["provenance"])
+                              provenance=d["provenance"], response=response)
 
     def save(self, path: str | Path) -> None:
         """Write JSON atomically (a temporary file renamed into place); NaN marks what was not measured."""
@@ -396,6 +416,9 @@ class NoiseModel:
             "read_noise_a": rn.a, "read_noise_b_us": rn.b_us, "averaging_exponent": rn.averaging_exponent,
             "nu_mean_range": [float(self.drift_.nu_mean.min()), float(self.drift_.nu_mean.max())],
             "faults": self.faults_.fractions,
+            **({"response": {k: getattr(self.response_, k) for k in (
+                "reset_amplitude_v", "threshold_v", "threshold_p90_v", "set_max_v", "step_ref_us",
+                "step_saturation_us")}} if self.response_ is not None else {}),
         }
 
 

@@ -28,17 +28,20 @@ TABLES = {
     "retention": ["cell", "level_us", "read_idx", "age_s", "g_us", "n_avg"],
     "faults": ["cell", "kind"],
 }
-OPTIONAL_TABLES = {"trace": ["cell", "iteration", "event", "value"]}
+OPTIONAL_TABLES = {"trace": ["cell", "iteration", "event", "value"], "saturation": ["cell", "pulse", "g_us"]}
 FAULT_KINDS = ("reset", "set", "random")
 SIGMA_DEGREE = 3
 QUANTILES = np.linspace(0, 1, 11)  # of the errors of cells a cap stops unconverged
 
 
-def _field(unit: str, *shape: str, nan_ok: bool = False, minimum: float | None = None,
-           dtype: type = float) -> Any:
+def part_field(unit: str, *shape: str, nan_ok: bool = False, minimum: float | None = None,
+               dtype: type = float) -> Any:
     """A part's field: its unit, named axes (none: a scalar), whether NaN (not measured) is
     allowed, a lower bound, and the array dtype."""
     return field(metadata={"unit": unit, "shape": shape, "nan_ok": nan_ok, "minimum": minimum, "dtype": dtype})
+
+
+_field = part_field
 
 
 class Part:
@@ -247,13 +250,34 @@ def check_table(df: pd.DataFrame, name: str) -> None:
         raise ValueError(f"table {name!r} is empty")
 
 
-def fit_window(df: pd.DataFrame) -> Window:
-    """Floor and saturation from the ``window`` table."""
+def fit_window(df: pd.DataFrame, saturation: pd.DataFrame | None = None) -> Window:
+    """Floor and saturation from the ``window`` table; stuck cells (not floored by the RESET,
+    or not raised to half the median saturation) are left out of the saturation and its spread.
+
+    With the ``saturation`` table (reads after each of the last strong SET pulses), a cell's
+    saturation is the mean of its reads, and the spread over devices is corrected for the
+    pulse-to-pulse scatter of the SET state (var over cells − mean within-cell var / reads)."""
     check_table(df, "window")
     sat = df["g_sat_us"].to_numpy(float)
-    return Window(g_floor_us=float(np.median(df["g_floor_us"])), g_sat_us=float(np.median(sat)),
-                  g_sat_spread=float(np.std(sat) / np.median(sat)),
-                  g_sat_us_se=float(math.sqrt(math.pi / 2) * np.std(sat) / math.sqrt(len(sat))))  # SE of a median
+    floor = df["g_floor_us"].to_numpy(float)
+    med = float(np.median(sat))
+    healthy = (sat > 0.5 * med) & (floor < 0.1 * med) & np.isfinite(sat)
+    if healthy.sum() < 3:
+        healthy = np.isfinite(sat)
+    spread_var = float(np.var(sat[healthy]))
+    if saturation is not None and not saturation.empty:
+        wide = saturation.pivot_table(index="cell", columns="pulse", values="g_us")
+        wide = wide.reindex(df["cell"].to_numpy()[healthy]).dropna()
+        if len(wide) >= 3 and wide.shape[1] >= 2:
+            per = wide.to_numpy(float)
+            sat = per.mean(axis=1)
+            within = float(np.mean(np.var(per, axis=1, ddof=1)))
+            spread_var = max(float(np.var(sat, ddof=1)) - within / per.shape[1], 0.0)
+            healthy = np.ones(sat.size, bool)
+    s = sat[healthy]
+    m = float(np.median(s))
+    return Window(g_floor_us=float(np.median(floor)), g_sat_us=m, g_sat_spread=math.sqrt(spread_var) / m,
+                  g_sat_us_se=float(math.sqrt(math.pi / 2) * math.sqrt(spread_var) / math.sqrt(len(s))))  # SE of a median
 
 
 def _after_each_pulse(trace: pd.DataFrame, cells: np.ndarray, cap: int) -> np.ndarray:
@@ -369,11 +393,35 @@ def fit_read_noise(df: pd.DataFrame) -> ReadNoise:
                      averaging_exponent=k, averaging_exponent_se=k_se, averaging_n=n)
 
 
+def _cov_fit(lg: np.ndarray, ell: np.ndarray, shared: bool) -> tuple[float, float, float, float, float]:
+    """Spread of ν and 1/f growth of one level from the covariance of ln G over read times.
+
+    Between two reads k ≠ j, cells share the programming spread A, the drift spread
+    σ_ν²·ℓ_k·ℓ_j and (``shared``: 1/f noise that accumulates, a random walk in ln t) Γ·min(ℓ_k, ℓ_j);
+    each read adds its own variance on the diagonal: the white read noise (constant) and
+    the 1/f part, γ·ℓ_k. Returns (σ_ν², its SE, γ, its SE, t of Γ)."""
+    C = np.cov(lg, rowvar=False)
+    k = ell.size
+    iu = np.triu_indices(k, 1)
+    cols = [np.ones(iu[0].size), ell[iu[0]] * ell[iu[1]]]
+    if shared:
+        cols.append(np.minimum(ell[iu[0]], ell[iu[1]]))
+    off = wls(np.column_stack(cols), C[iu])
+    t_shared = float(off.coef[2] / max(off.se[2], 1e-300)) if shared else 0.0
+    diag = np.diag(C) - off.coef[0] - off.coef[1] * ell ** 2
+    d = wls(poly_design(ell, 1), diag)
+    return float(off.coef[1]), float(off.se[1]), float(d.coef[1]), float(d.se[1]), t_shared
+
+
 def fit_drift(df: pd.DataFrame, t0_s: float, g_sat_us: float) -> Drift:
-    """Per level: ν mean and spread (corrected for slope-fit noise) from log-log fits of the
-    ``retention`` table against age/t0_s, the 1/f growth of the spread, and ν mean vs ln(G/g_sat_us)."""
+    """Per level: ν mean from log-log fits of the ``retention`` table against age/t0_s (per
+    cell), ν spread and the 1/f growth of the spread from the covariance of ln G across read
+    times (:func:`_cov_fit`: the drift spread is what reads share, the 1/f part what each read
+    adds), and ν mean vs ln(G/g_sat_us). Whether 1/f noise accumulates between reads (a
+    random walk) or not (stationary) is decided once for the chip: by the median t statistic
+    of the shared term over the levels (> 2: accumulates)."""
     check_table(df, "retention")
-    levels, mean, mean_se, std, std_se, growth, growth_se = [], [], [], [], [], [], []
+    per = []
     for lv, part in df.groupby("level_us"):
         wide_g = part.pivot_table(index="cell", columns="read_idx", values="g_us")
         ages = part.pivot_table(index="cell", columns="read_idx", values="age_s")
@@ -382,26 +430,24 @@ def fit_drift(df: pd.DataFrame, t0_s: float, g_sat_us: float) -> Drift:
             continue
         lg = np.log(wide_g.to_numpy()[ok])
         lt = np.log(ages.to_numpy()[ok] / t0_s)
-        slope, se = cell_slopes(lt, lg)
+        per.append((float(lv), lg, lt))
+    if len(per) < 2:
+        raise ValueError("retention data need at least two levels with ≥10 cells and ≥3 read times")
+    enough = all(lt.shape[1] >= 4 for _, _, lt in per)  # the shared term needs ≥ 4 reads (6 pairs)
+    shared = enough and float(np.median([_cov_fit(lg, lt.mean(axis=0), True)[4] for _, lg, lt in per])) > 2.0
+    levels, mean, mean_se, std, std_se, growth, growth_se = [], [], [], [], [], [], []
+    for lv, lg, lt in per:
+        slope, _ = cell_slopes(lt, lg)
         nu = -slope
-        var_nu = max(float(np.var(nu, ddof=1) - np.mean(se ** 2)), 0.0)
-        levels.append(float(lv))
+        var_nu, var_se, gam, gam_se, _ = _cov_fit(lg, lt.mean(axis=0), shared)
+        levels.append(lv)
         mean.append(float(nu.mean()))
         mean_se.append(float(stats.sem(nu)))
-        s = math.sqrt(var_nu)
+        s = math.sqrt(max(var_nu, 0.0))
         std.append(s)
-        std_se.append(float(np.var(nu, ddof=1) * math.sqrt(2 / (nu.size - 1)) / (2 * max(s, 1e-6))))
-        # spread of ln G across cells: V(ℓ) = V0 + σ_ν²ℓ² + γℓ; γ is the 1/f growth per unit ln t
-        ell = lt.mean(axis=0)
-        v = np.var(lg, axis=0, ddof=1)
-        later = ell > 0.05
-        excess = v[later] - v[0] - var_nu * ell[later] ** 2
-        gam = float(np.sum(excess * ell[later]) / np.sum(ell[later] ** 2)) if later.any() else 0.0
+        std_se.append(float(var_se / (2 * max(s, 1e-4))))
         growth.append(max(gam, 0.0))
-        growth_se.append(float(np.std(excess / ell[later], ddof=1) / math.sqrt(later.sum())) if later.sum() > 1
-                         else float("nan"))
-    if len(levels) < 2:
-        raise ValueError("retention data need at least two levels with ≥10 cells and ≥3 read times")
+        growth_se.append(gam_se)
     mfit = wls(poly_design(np.log(np.asarray(levels) / g_sat_us), 1), np.asarray(mean), np.asarray(mean_se))
     return Drift(t0_s=t0_s, levels_us=levels, nu_mean=mean, nu_mean_se=mean_se, nu_std=std, nu_std_se=std_se,
                  growth_per_ln_t=growth, growth_per_ln_t_se=growth_se, nu_slope=float(mfit.coef[1]),

@@ -1,8 +1,15 @@
 """Calibration procedures: measure a chip through the chip interface, fit its NoiseModel.
 
 Runs unchanged on the emulated chip and on the bench. Every measurement is written to
-the run store as it is produced (tidy tables: ``window``, ``trace``, ``programming``,
-``read_noise``, ``retention``, ``faults``), with a settings snapshot.
+the run store as it is produced (tidy tables: ``response_reset``, ``response_threshold``,
+``response_amplitude``, ``response_steps``, ``window``, ``saturation``, ``trace``,
+``programming``, ``read_noise``, ``retention``, ``faults``), with a settings snapshot.
+
+The first stage measures the programming response with generic probes inside the chip's
+soft limits (no number of any device): the RESET that works, the per-cell SET threshold,
+the highest SET amplitude whose step is still graded, and the step versus amplitude,
+width and state. Every later stage, the level sweep included, runs with the loop settings
+learned from it (:meth:`VerifyConfig.learned`), and the model records them.
 
 A program-and-verify run at pulse cap C contains the runs at every cap c ≤ C: the
 loop's decisions do not depend on the cap until it stops. So each tolerance is measured
@@ -20,6 +27,8 @@ import pandas as pd
 from scipy.stats import ks_2samp
 
 from pcm_hil_noisemodel import NoiseModel
+from pcm_hil_noisemodel.response import RESPONSE_TABLES, Response, fit_response, graded_ceiling, reset_choice, \
+    span_of, threshold_stats
 from pcm_hil_noisemodel.stats import cell_slopes
 
 from . import __version__
@@ -55,12 +64,14 @@ class CalibrationConfig:
     seed: int = 0
     checkpoint_s: float = 1.0
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    learn: bool = True  # measure the programming response and run the sweep with the learned settings
+    response_pulses: int = 30  # SET pulses per cell in the step-versus-state probe
 
     def __post_init__(self) -> None:
         ints = {"cells": (64, 10_000_000), "levels": (2, 64), "max_pulses": (1, 1000),
                 "n_avg": (1, 1024), "noise_cells_per_level": (2, 100_000), "noise_reads": (3, 10_000),
                 "noise_avg_reads": (3, 10_000), "window_cells": (8, 1_000_000), "window_pulses": (1, 1000),
-                "hammer_pulses": (1, 1000), "seed": (0, 1 << 63)}
+                "hammer_pulses": (1, 1000), "seed": (0, 1 << 63), "response_pulses": (2, 1000)}
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
@@ -82,10 +93,29 @@ class CalibrationConfig:
             raise ValueError(f"checkpoint_s must be in [0, 3600] s, got {self.checkpoint_s!r}")
         if not 0 < self.level_max_fraction <= 1 or not self.level_min_us > 0:
             raise ValueError("need level_min_us > 0 and 0 < level_max_fraction <= 1")
+        if not isinstance(self.learn, bool):
+            raise ValueError(f"learn must be True or False, got {self.learn!r}")
 
 
 def _max_drive_amplitude(v: VerifyConfig) -> float:
-    return v.set_threshold_v + (v.set_ref_v - v.set_threshold_v) * v.drive_max
+    return v.set_top_v
+
+
+# generic probe shapes (pcm-physics.md: RESET ~50 ns, SET 50 ns – 1 µs), amplitude grids in V
+PROBE_RESET_WIDTH_S = 50e-9
+PROBE_RESET_STEP_V = 0.1
+PROBE_RESET_START_V = 0.5
+PROBE_RAMP_START_V = 0.1
+PROBE_RAMP_STEP_V = 0.02
+PROBE_AMPLITUDE_STEP_V = 0.05
+PROBE_PRIME_PULSES = 5
+PROBE_WIDTH_FACTOR = 4.0
+
+
+def max_amplitude(chip: Chip, width_s: float) -> float:
+    """The largest amplitude (V) the chip's soft limits allow at ``width_s`` (amplitude and energy)."""
+    lim = chip.limits
+    return 0.999 * min(lim.max_amplitude_v, math.sqrt(lim.max_energy_j / (lim.load_conductance_s * width_s)))
 
 
 class _Reader:
@@ -172,22 +202,38 @@ def _cells_of(store: RunStore, run_id: str, cfg: CalibrationConfig) -> np.ndarra
     return cells
 
 
-def _sweep_verify(cfg: CalibrationConfig) -> VerifyConfig:
-    """The loop settings of the level sweep: the configured ones at the calibration's cap and averaging."""
-    return replace(cfg.verify, max_pulses=cfg.max_pulses, n_avg=cfg.n_avg)
+def _sweep_verify(cfg: CalibrationConfig, response: Response | None = None) -> VerifyConfig:
+    """The loop settings of the level sweep: the configured ones, with what the response stage
+    measured (``response``, when learning), at the calibration's cap and averaging."""
+    base = replace(cfg.verify, max_pulses=cfg.max_pulses, n_avg=cfg.n_avg)
+    if response is None:
+        return base
+    return VerifyConfig.learned(response, base=base)
+
+
+def _response(store: RunStore, run_id: str, chip: Chip, cfg: CalibrationConfig) -> Response | None:
+    """The programming response fitted from the run's ``response_*`` tables (None: not learning)."""
+    if not cfg.learn:
+        return None
+    data = {t: store.read(run_id, t) for t in RESPONSE_TABLES}
+    return fit_response(data, max_amplitude(chip, float(data["response_reset"]["width_s"].iloc[0])))
 
 
 def _fit(store: RunStore, run_id: str, chip: Chip, cfg: CalibrationConfig, cells: np.ndarray) -> NoiseModel:
     data = {t: store.read(run_id, t) for t in ("window", "programming", "trace", "read_noise", "retention", "faults")}
+    if "saturation" in store.tables():
+        data["saturation"] = store.read(run_id, "saturation")
+    response = _response(store, run_id, chip, cfg)
     return NoiseModel().fit(data, provenance={
         "run_id": run_id, "software": f"pcm-hil {__version__}", "chip_id": chip.chip_id(),
         "cells": [int(cells[0]), int(cells[-1]) + 1], "config": asdict(cfg)},
-        verify_settings=asdict(_sweep_verify(cfg)))
+        verify_settings=asdict(_sweep_verify(cfg, response)), response=response)
 
 
 def _config_from_dict(d: dict[str, Any]) -> CalibrationConfig:
     d = dict(d)
     d["verify"] = VerifyConfig(**d["verify"])
+    d.setdefault("learn", False)  # a run recorded before calibration learned the response
     for k in ("tolerances_us", "retention_s"):
         d[k] = tuple(d[k])
     return CalibrationConfig(**d)
@@ -214,18 +260,15 @@ def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: C
             report("retention", now - t_origin[0], cfg.retention_s[-1])
 
     reader = _Reader(chip, cfg.n_avg, on_wait=waiting)
-    # 1. window: floor after RESET, saturation after many strong SET pulses
+    probe = cells[:: max(1, cells.size // cfg.window_cells)][: cfg.window_cells]
+    # 0. the programming response, and the loop settings learned from it
+    if cfg.learn:
+        _measure_response(chip, store, run_id, probe, cfg, vcfg, report, todo)
+        vcfg = _sweep_verify(cfg, _response(store, run_id, chip, cfg))
+    # 1. window: floor after RESET; saturation (the fully SET state) after many of the strongest SET
+    # pulses the soft limits allow, each cell's mean over the last 10 reads (table ``saturation``)
     if todo("window"):
-        report("window", 0, 1)
-        w = cells[:: max(1, cells.size // cfg.window_cells)][: cfg.window_cells]
-        chip.pulse(w, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
-        g_floor = chip.read(w, n_avg=cfg.n_avg)
-        for _ in range(cfg.window_pulses):
-            chip.pulse(w, PulseKind.SET, _max_drive_amplitude(vcfg), vcfg.set_width_s)
-        g_sat = chip.read(w, n_avg=cfg.n_avg)
-        store.append(run_id, "window", pd.DataFrame({"cell": w, "g_floor_us": g_floor, "g_sat_us": g_sat}),
-                     stage="window")
-        report("window", 1, 1)
+        _measure_window(chip, store, run_id, probe, cfg, vcfg, report)
     g_sat_med = float(np.median(store.read(run_id, "window")["g_sat_us"]))
     if g_sat_med < 2 * cfg.level_min_us:
         raise ValueError(f"the cells saturate at {g_sat_med:.3g} µS: too low for levels from {cfg.level_min_us} µS")
@@ -300,6 +343,205 @@ def _measure(chip: Chip, store: RunStore, run_id: str, cells: np.ndarray, cfg: C
             "kind": classify_faults(g_reset, g_set, g_reset2, g_sat_med)}), stage="faults")
         report("faults", 1, 1)
     chip.sync()
+
+
+def _measure_window(chip: Chip, store: Any, run_id: str, w: np.ndarray, cfg: CalibrationConfig,
+                    vcfg: VerifyConfig, report: Progress) -> None:
+    """The floor after a RESET and the fully SET state: ``window`` and ``saturation`` tables."""
+    report("window", 0, 1)
+    strong = max_amplitude(chip, vcfg.set_width_s) if cfg.learn else _max_drive_amplitude(vcfg)
+    chip.pulse(w, PulseKind.RESET, vcfg.reset_amplitude_v, vcfg.reset_width_s)
+    g_floor = chip.read(w, n_avg=cfg.n_avg)
+    tail = min(10, cfg.window_pulses)
+    sat_reads = []
+    for k in range(cfg.window_pulses):
+        chip.pulse(w, PulseKind.SET, strong, vcfg.set_width_s)
+        if k >= cfg.window_pulses - tail:
+            sat_reads.append(chip.read(w, n_avg=cfg.n_avg))
+    store.append(run_id, "saturation", pd.DataFrame({
+        "cell": np.tile(w, tail), "pulse": np.repeat(np.arange(cfg.window_pulses - tail, cfg.window_pulses) + 1,
+                                                     w.size), "g_us": np.concatenate(sat_reads)}))
+    store.append(run_id, "window", pd.DataFrame({"cell": w, "g_floor_us": g_floor, "g_sat_us": sat_reads[-1]}),
+                 stage="window")
+    report("window", 1, 1)
+
+
+class _Tables:
+    """Tables kept in memory with the run store's append/read/stages interface (a quick measurement)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, list[pd.DataFrame]] = {}
+
+    def append(self, run_id: str, table: str, df: pd.DataFrame, stage: str | None = None) -> None:
+        self.tables.setdefault(table, []).append(df)
+
+    def read(self, run_id: str, table: str) -> pd.DataFrame:
+        return pd.concat(self.tables[table], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class QuickResponse:
+    """A short response and window measurement (no run store): the loop settings and the window."""
+
+    verify: VerifyConfig
+    response: Response
+    g_sat_us: float
+    g_floor_us: float
+    cells: int
+
+
+def quick_response(chip: Chip, cells: Any, config: CalibrationConfig | None = None,
+                   progress: Progress | None = None) -> QuickResponse:
+    """Measure the programming response and the window on ``cells`` (at most ``window_cells``
+    of them are pulsed) without a run store: what a job without a noise model learns first."""
+    cfg = config or CalibrationConfig()
+    cells = chip.cells(cells)
+    probe = cells[:: max(1, cells.size // cfg.window_cells)][: cfg.window_cells]
+    if probe.size < 8:
+        raise ValueError(f"a response measurement needs at least 8 cells, got {probe.size}")
+    tables, report = _Tables(), progress or (lambda stage, done, total: None)
+    vcfg = _sweep_verify(cfg)
+    _measure_response(chip, tables, "quick", probe, cfg, vcfg, report, lambda stage: True)
+    data = {t: tables.read("quick", t) for t in RESPONSE_TABLES}
+    resp = fit_response(data, max_amplitude(chip, float(data["response_reset"]["width_s"].iloc[0])))
+    vcfg = _sweep_verify(cfg, resp)
+    _measure_window(chip, tables, "quick", probe, cfg, vcfg, report)
+    from pcm_hil_noisemodel.parts import fit_window
+
+    win = fit_window(tables.read("quick", "window"), tables.read("quick", "saturation"))
+    return QuickResponse(vcfg, resp, win.g_sat_us, win.g_floor_us, int(probe.size))
+
+
+@dataclass(frozen=True)
+class LearnedSettings:
+    """Loop settings and measured saturation (µS) for a job on a chip, and where they came from."""
+
+    verify: VerifyConfig
+    g_sat_us: float
+    source: str
+
+
+def learned_settings(chip: Chip, cells: Any, tolerance_us: float, model: NoiseModel | None = None,
+                     store: RunStore | None = None, progress: Progress | None = None) -> LearnedSettings:
+    """The loop settings (at ``tolerance_us``) and the saturation for programming ``chip``:
+    from ``model``; else from the latest finished calibration of the chip in ``store``
+    (refitted from its tables, no pulse); else measured now on ``cells`` (:func:`quick_response`)."""
+    source = "noise model"
+    if model is None and store is not None:
+        runs = store.runs()
+        for run_id in reversed(list(runs.query("kind == 'calibration' and status == 'done'")["run_id"])):
+            if store.run(run_id)["settings"].get("chip_id") == chip.chip_id():
+                _, model = run_calibration(chip, store, resume=run_id)
+                source = f"calibration run {run_id}"
+                break
+    if model is not None:
+        chip.require_same_chip(model.provenance.get("chip_id"), "the noise model was fitted")
+        return LearnedSettings(replace(VerifyConfig.measured_with(model), tolerance_us=tolerance_us),
+                               model.window_.g_sat_us, source)
+    q = quick_response(chip, cells, progress=progress)
+    return LearnedSettings(replace(q.verify, tolerance_us=tolerance_us), q.g_sat_us,
+                           f"response measured on {q.cells} of the job's cells")
+
+
+def _measure_response(chip: Chip, store: Any, run_id: str, probe: np.ndarray, cfg: CalibrationConfig,
+                      vcfg: VerifyConfig, report: Progress, todo: Callable[[str], bool]) -> None:
+    """Stage 0: the programming response of the ``probe`` cells, four tables, each its own
+    resumable stage. Every probe pulse is inside the soft limits by construction."""
+    n_avg, set_w = cfg.n_avg, vcfg.set_width_s
+    top_set = max_amplitude(chip, set_w)
+    top_reset = max_amplitude(chip, PROBE_RESET_WIDTH_S)
+
+    def prime() -> np.ndarray:  # drive the cells high: strong SET pulses
+        for _ in range(PROBE_PRIME_PULSES):
+            chip.pulse(probe, PulseKind.SET, top_set, set_w)
+        return chip.read(probe, n_avg=n_avg)
+
+    # a. the RESET that works: cells driven high, then one fast pulse; rising amplitude
+    if todo("response_reset"):
+        grid = np.round(np.arange(PROBE_RESET_START_V, top_reset + 1e-9, PROBE_RESET_STEP_V), 3)
+        rows = []
+        for k, a in enumerate(grid):
+            report("response: RESET", k, grid.size)
+            g0 = prime()
+            chip.pulse(probe, PulseKind.RESET, float(a), PROBE_RESET_WIDTH_S)
+            g1 = chip.read(probe, n_avg=n_avg)
+            rows.append(pd.DataFrame({"cell": probe, "amplitude_v": float(a), "width_s": PROBE_RESET_WIDTH_S,
+                                      "g_before_us": g0, "g_after_us": g1}))
+            if np.mean(g1 < 0.05 * np.median(g0)) >= 0.995:  # floors (nearly) all: higher is not needed
+                break
+        store.append(run_id, "response_reset", pd.concat(rows, ignore_index=True), stage="response_reset")
+    _, reset_v, floor_us, high_us = reset_choice(store.read(run_id, "response_reset"), top_reset)
+
+    def reset() -> np.ndarray:
+        chip.pulse(probe, PulseKind.RESET, reset_v, PROBE_RESET_WIDTH_S)
+        return chip.read(probe, n_avg=n_avg)
+
+    # b. SET threshold per cell: a RESET, then one SET pulse, at rising amplitude until the cell moves
+    if todo("response_threshold"):
+        g0 = reset()
+        g0b = chip.read(probe, n_avg=n_avg)
+        noise = float(np.std(g0b - g0, ddof=1) / math.sqrt(2))
+        move = max(6 * noise, 0.05 * (high_us - floor_us) / 10)
+        th = np.full(probe.size, np.nan)
+        grid = np.round(np.arange(PROBE_RAMP_START_V, top_set + 1e-9, PROBE_RAMP_STEP_V), 3)
+        for k, v in enumerate(grid):
+            report("response: threshold", k, grid.size)
+            left = np.flatnonzero(np.isnan(th))
+            if left.size <= 0.01 * probe.size:
+                break
+            # each step starts from a fresh RESET: the threshold of a first SET pulse, as the loop sends it
+            # (the threshold rises with the time since the RESET)
+            chip.pulse(probe[left], PulseKind.RESET, reset_v, PROBE_RESET_WIDTH_S)
+            g_start = chip.read(probe[left], n_avg=n_avg)
+            chip.pulse(probe[left], PulseKind.SET, float(v), set_w)
+            g = chip.read(probe[left], n_avg=n_avg)
+            th[left[g - g_start > move]] = v
+        store.append(run_id, "response_threshold", pd.DataFrame({
+            "cell": probe, "threshold_v": th, "g_floor_us": g0, "g_floor2_us": g0b}), stage="response_threshold")
+    thr = threshold_stats(store.read(run_id, "response_threshold"))
+
+    # c. the first step after a RESET versus amplitude, up to the first amplitude that is not graded
+    if todo("response_amplitude"):
+        start = math.floor(thr["threshold_p10_v"] / PROBE_AMPLITUDE_STEP_V) * PROBE_AMPLITUDE_STEP_V
+        grid = np.round(np.arange(start, top_set + 1e-9, PROBE_AMPLITUDE_STEP_V), 3)
+        rows = []
+        for k, v in enumerate(grid):
+            report("response: amplitude", k, grid.size)
+            g0 = reset()
+            chip.pulse(probe, PulseKind.SET, float(v), set_w)
+            g1 = chip.read(probe, n_avg=n_avg)
+            rows.append(pd.DataFrame({"cell": probe, "amplitude_v": float(v), "width_s": set_w,
+                                      "g_before_us": g0, "g_after_us": g1}))
+            if np.median(g1) - floor_us >= 0.5 * (high_us - floor_us):
+                break
+        store.append(run_id, "response_amplitude", pd.concat(rows, ignore_index=True), stage="response_amplitude")
+    ceiling = max(graded_ceiling(store.read(run_id, "response_amplitude"), high_us, floor_us),
+                  thr["threshold_p90_v"] + 0.05)
+
+    # d. step versus state: trains of SET pulses after a RESET, three amplitudes and one longer width
+    if todo("response_steps"):
+        span = span_of(thr["threshold_p10_v"], ceiling)
+        per_cell = store.read(run_id, "response_threshold").set_index("cell")["threshold_v"]
+        wide = min(PROBE_WIDTH_FACTOR * set_w, chip.limits.max_width_s)
+        shapes = [(thr["threshold_p90_v"] + f * span, set_w) for f in (0.25, 0.5, 1.0)]
+        shapes.append((thr["threshold_p90_v"] + 0.5 * span, wide))
+        shapes = [(float(min(v, ceiling, max_amplitude(chip, wd))), wd) for v, wd in shapes]
+        group = np.arange(probe.size) % len(shapes)
+        amp = np.array([shapes[i][0] for i in group])
+        wid = np.array([shapes[i][1] for i in group])
+        g = reset().astype(np.float64)
+        rows = []
+        for k in range(1, cfg.response_pulses + 1):
+            report("response: steps", k, cfg.response_pulses)
+            for i, (v, wd) in enumerate(shapes):
+                chip.pulse(probe[group == i], PulseKind.SET, v, wd)
+            g1 = chip.read(probe, n_avg=n_avg).astype(np.float64)
+            rows.append(pd.DataFrame({"cell": probe, "amplitude_v": amp, "width_s": wid,
+                                      "threshold_v": per_cell.loc[probe].to_numpy(float), "pulse": k,
+                                      "g_before_us": g, "g_after_us": g1, "g_repeat_us": np.nan}))
+            g = g1
+        rows[-1]["g_repeat_us"] = chip.read(probe, n_avg=n_avg)  # a second read: the read noise up the window
+        store.append(run_id, "response_steps", pd.concat(rows, ignore_index=True), stage="response_steps")
 
 
 def classify_faults(g_reset: np.ndarray, g_set: np.ndarray, g_reset2: np.ndarray, g_sat_us: float) -> np.ndarray:

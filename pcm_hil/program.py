@@ -5,6 +5,12 @@ RESET, then SET pulses whose amplitude grows with the remaining error, each foll
 averaged verify read; on overshoot RESET and start again. Every loop is bounded by a
 pulse cap, a RESET-restart cap and a wall-time limit. All cells still in play advance
 together: one batched RESET, one batched SET and one batched read per iteration.
+
+The loop adapts per cell: a SET pulse that moved nothing raises that cell's amplitude
+(threshold spread, threshold drift after RESET) up to ``set_max_v``; an overshoot damps
+its drive; the drive is chosen so that neither the expected step nor its noise exceeds a
+fraction of the remaining error; a cell whose G made no new high for ``stall_pulses``
+SET pulses at the amplitude ceiling is at its saturation and gives up early.
 """
 from __future__ import annotations
 
@@ -23,7 +29,21 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    """Settings of the program-and-verify loop (defaults suit the ``pcm`` profile)."""
+    """Settings of the program-and-verify loop.
+
+    The defaults are a cautious, generic starting point for an unknown PCM chip, not any
+    device's numbers: a 2.2 V, 50 ns RESET, SET pulses from 0.4 V that rise per cell when
+    nothing moves, an unknown saturation (no slowing assumed) and no post-RESET boost.
+    A calibrated chip gives the loop what was measured: :meth:`learned` (from a fitted
+    noise model's ``response_`` part) or :meth:`measured_with` (the settings a model's
+    level sweep ran with).
+
+    SET amplitude per cell = ``set_threshold_v`` + its learned offset +
+    (``set_ref_v`` − ``set_threshold_v``)·drive, at most ``set_max_v``. The expected step of
+    one unit of drive (µS) is ``step_ref_us``·max(1 − G/``saturation_us``, 0.15)·(1 +
+    ``reset_boost``·e^(−k/``boost_decay_pulses``)), k = SET pulses since the RESET; its σ is
+    (``step_sigma_us`` + ``step_sigma_slope``·G)·(1 + ``sigma_boost``·e^(−k/``boost_decay_pulses``)).
+    """
 
     tolerance_us: float = 0.5
     max_pulses: int = 20
@@ -32,17 +52,29 @@ class VerifyConfig:
     reset_amplitude_v: float = 2.2
     reset_width_s: float = 50e-9
     set_width_s: float = 100e-9
-    set_threshold_v: float = 0.5
-    set_ref_v: float = 1.0
-    step_ref_us: float = 1.8
-    saturation_us: float = 23.0
-    reset_boost: float = 3.0
-    boost_decay_pulses: float = 2.6
-    aim: float = 0.35
+    set_threshold_v: float = 0.4         # V: first SET amplitude of an unknown cell
+    set_ref_v: float = 1.0               # V: amplitude of one unit of drive
+    step_ref_us: float = 2.0             # µS: expected step of one unit of drive at G = 0
+    saturation_us: float = 1000.0        # µS: G where the mean step vanishes (unknown: far)
+    reset_boost: float = 0.0             # 1: extra relative step right after a RESET
+    boost_decay_pulses: float = 2.6      # pulses: decay of the post-RESET boost
+    aim: float = 0.45                    # 1: fraction of the remaining error one pulse aims at
     drive_min: float = 0.03
     drive_max: float = 1.5
     max_seconds: float = 3600.0
     max_uncertain: int = 5
+    set_max_v: float = 1.25              # V: ceiling of every SET amplitude
+    threshold_step_v: float = 0.05       # V: per-cell raise after a SET pulse that moved nothing
+    move_us: float = 0.3                 # µS: a verify read this far above the last one counts as a move
+    backoff: float = 0.6                 # 1: drive factor of a cell after each overshoot
+    step_sigma_us: float = 0.0           # µS: σ of one unit of drive's step at G = 0 (0: not known)
+    step_sigma_slope: float = 0.0        # 1: growth of that σ per µS of G
+    sigma_boost: float = 0.0             # 1: extra relative σ right after a RESET
+    stall_pulses: int = 20               # pulses: no new high this long = at its saturation ...
+    overshoot_step: float = 1.0          # 1: amplitude offset lowered by this × threshold_step_v per overshoot
+    stall_shortfall: float = 0.1         # 1: ... while its highest read is this fraction of the target short
+    descend_ratio: float = 0.3           # 1: ... or where the late mean step < this × its σ
+    descend_us: float = 10.0             # µS: overshoots up to this above saturation_us are stepped down by SET
 
     def __post_init__(self) -> None:
         checks = {
@@ -54,6 +86,12 @@ class VerifyConfig:
             "boost_decay_pulses": (self.boost_decay_pulses, 0.0, 1e3), "aim": (self.aim, 0.0, 1.0),
             "drive_min": (self.drive_min, 0.0, 100.0), "drive_max": (self.drive_max, 0.0, 100.0),
             "max_seconds": (self.max_seconds, 0.0, 1e7), "max_uncertain": (self.max_uncertain, 0, 10_000),
+            "set_max_v": (self.set_max_v, 0.0, 100.0), "threshold_step_v": (self.threshold_step_v, -1e-12, 10.0),
+            "move_us": (self.move_us, 0.0, 1e3), "backoff": (self.backoff, 0.0, 1.0),
+            "step_sigma_us": (self.step_sigma_us, -1e-12, 1e3), "step_sigma_slope": (self.step_sigma_slope, -1e-12, 10.0),
+            "sigma_boost": (self.sigma_boost, -1e-12, 100.0), "stall_pulses": (self.stall_pulses, 0, 10_000),
+            "descend_us": (self.descend_us, -1e-12, 1e3), "stall_shortfall": (self.stall_shortfall, -1e-12, 1.0),
+            "overshoot_step": (self.overshoot_step, -1e-12, 100.0), "descend_ratio": (self.descend_ratio, -1e-12, 100.0),
         }
         for name, (v, lo, hi) in checks.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo < v <= hi:
@@ -64,6 +102,34 @@ class VerifyConfig:
             raise ValueError("need 0 <= set_threshold_v < set_ref_v")
         if self.drive_min > self.drive_max:
             raise ValueError("need drive_min <= drive_max")
+        if self.set_max_v <= self.set_threshold_v:
+            raise ValueError(f"need set_max_v > set_threshold_v, got {self.set_max_v!r} <= {self.set_threshold_v!r}")
+
+    def set_amplitude(self, drive: Any, offset_v: Any = 0.0) -> np.ndarray:
+        """SET amplitude (V) of ``drive`` for a cell whose learned threshold offset is ``offset_v``."""
+        amp = self.set_threshold_v + np.asarray(offset_v) + (self.set_ref_v - self.set_threshold_v) * np.asarray(drive)
+        return np.minimum(amp, self.set_max_v)
+
+    @property
+    def set_top_v(self) -> float:
+        """The highest SET amplitude the loop may send (V)."""
+        return float(self.set_max_v)
+
+    @classmethod
+    def learned(cls, source: Any, base: "VerifyConfig | None" = None, **overrides: Any) -> "VerifyConfig":
+        """The loop settings a calibration measured: ``source`` is a fitted noise model (its
+        ``response_`` part and read averaging) or a ``Response`` part; every setting it does
+        not measure comes from ``base`` (default: the generic defaults), then ``overrides``.
+        Refuses a model without a measured response (a model file from before calibration
+        measured it: calibrate again, or use :meth:`measured_with`)."""
+        resp = getattr(source, "response_", source)
+        if resp is None or not callable(getattr(resp, "verify_settings", None)):
+            raise ValueError("the noise model has no measured programming response (a model file written before "
+                             "calibration measured it): calibrate the chip again, or use VerifyConfig.measured_with")
+        settings = asdict(base or cls())
+        if hasattr(source, "n_avg_"):
+            settings["n_avg"] = source.n_avg_
+        return cls(**{**settings, **resp.verify_settings(), **overrides})
 
     @classmethod
     def measured_with(cls, model: NoiseModel) -> "VerifyConfig":
@@ -91,6 +157,11 @@ class VerifyState:
     ``status``: 0 pending (never started or in flight), 1 verified, 2 gave up (out of pulses
     or RESETs). ``need_reset``: the next step is a RESET (True until the first RESET went
     out surely). Pending cells are re-verified by a read before any further pulse.
+
+    The per-cell adaptation (``offset_v``: amplitude raised above the loop's threshold;
+    ``damp``: drive factor after overshoots; ``peak_us``/``stall``: the highest read since
+    the RESET and the SET pulses since it rose) is not checkpointed: a resumed loop starts it
+    afresh and relearns it within a few pulses, so checkpoints of older versions still load.
     """
 
     final_us: np.ndarray
@@ -101,6 +172,17 @@ class VerifyState:
     status: np.ndarray
     t_read_s: np.ndarray  # chip time of each cell's last verify read (s)
     iteration: int = 0    # the next iteration number (continues across a resume)
+    offset_v: np.ndarray = field(default=None)  # type: ignore[assignment]  # V, learned threshold offset
+    damp: np.ndarray = field(default=None)      # type: ignore[assignment]  # 1, drive factor after overshoots
+    peak_us: np.ndarray = field(default=None)   # type: ignore[assignment]  # µS, highest read since the RESET
+    stall: np.ndarray = field(default=None)     # type: ignore[assignment]  # SET pulses since the peak rose
+
+    def __post_init__(self) -> None:
+        n = self.status.size
+        for name, fill, dtype in (("offset_v", 0.0, np.float64), ("damp", 1.0, np.float64),
+                                  ("peak_us", -np.inf, np.float64), ("stall", 0, np.int64)):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(n, fill, dtype))
 
     @classmethod
     def fresh(cls, n: int) -> "VerifyState":
@@ -210,8 +292,7 @@ def program_verify(
     chip._unique(idx)
     # check both pulse shapes against the soft limits before anything is sent
     chip.limits.check_pulse(np.array([cfg.reset_amplitude_v]), np.array([cfg.reset_width_s]))
-    v_top = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * cfg.drive_max
-    chip.limits.check_pulse(np.array([v_top]), np.array([cfg.set_width_s]))
+    chip.limits.check_pulse(np.array([cfg.set_top_v]), np.array([cfg.set_width_s]))
 
     st = VerifyState.fresh(n) if state is None else state
     if len(st) != n:
@@ -257,31 +338,65 @@ def program_verify(
                     record("reset", iteration, done, np.full(done.size, cfg.reset_amplitude_v))
                 need_reset[done] = False
                 since_reset[done] = 0
+                st.peak_us[done] = -np.inf
+                st.stall[done] = 0
             g = chip.read(idx[active], n_avg=cfg.n_avg)
             st.t_read_s[active] = chip.now()
             if record:
                 record("read", iteration, active, g)
+            g64 = g.astype(np.float64)
+            # adaptation from what the last SET pulse did (a cell just RESET has peak -inf)
+            peak = st.peak_us[active]
+            pulsed = np.isfinite(peak) & (since_reset[active] > 0)
+            moved = g64 > peak + cfg.move_us
+            still = pulsed & ~moved
+            st.offset_v[active[pulsed & (np.abs(g64 - final[active]) < cfg.move_us)]] += cfg.threshold_step_v  # nothing moved
+            st.stall[active[still]] += 1
+            st.stall[active[moved | ~pulsed]] = 0
+            st.peak_us[active] = np.where(np.isfinite(peak), np.maximum(peak, g64), g64)
             final[active] = g
-            err = tgt[active] - g
+            err = tgt[active] - g64
             ok = np.abs(err) <= tol[active]
             st.status[active[ok]] = CONVERGED
             over = err < -tol[active]
             out_of_pulses = pulses[active] >= cap[active]
             out_of_resets = over & (resets[active] >= cfg.max_resets)
-            keep = ~ok & ~out_of_pulses & ~out_of_resets
-            # overshoot: RESET and try again (counted), the SET happens on the next round
-            restart = keep & over
+            # at its saturation (the target above what it reaches): no new high for stall_pulses SET pulses
+            # (above the G where the mean step vanishes, or with the amplitude raised to its ceiling)
+            top = cfg.set_amplitude(cfg.drive_max, st.offset_v[active]) >= cfg.set_top_v - 1e-9
+            # and still more than stall_shortfall short of the target at its best
+            short = tgt[active] - st.peak_us[active] > cfg.stall_shortfall * tgt[active]
+            saturated = ~over & short & (st.stall[active] >= cfg.stall_pulses) \
+                & ((st.peak_us[active] >= cfg.saturation_us) | top)
+            # overshoot above the G where the mean step turns negative (learned): a SET pulse lowers G
+            # on average there, so step down with SET pulses instead of a RESET
+            # (or where the mean step is small against its noise: a step down is about as likely)
+            mean_late = cfg.step_ref_us * (1.0 - g64 / cfg.saturation_us)
+            noisy = mean_late < cfg.descend_ratio * (cfg.step_sigma_us + cfg.step_sigma_slope * g64)
+            descend = over & ((g64 > cfg.saturation_us) | noisy) & (err >= -cfg.descend_us)
+            out_of_resets &= ~descend
+            keep = ~ok & ~out_of_pulses & ~out_of_resets & ~saturated
+            # overshoot: RESET and try again (counted) with a damped drive, the SET on the next round
+            restart = keep & over & ~descend
             resets[active[restart]] += 1
             need_reset[active[restart]] = True
-            go = keep & ~over
+            st.damp[active[restart]] *= cfg.backoff
+            st.offset_v[active[restart]] -= cfg.overshoot_step * cfg.threshold_step_v  # moved too far: start lower
+            go = keep & (~over | descend)
             s = active[go]
             if s.size:
                 # programming curve: the step of the reference pulse shrinks as the cell fills
-                # and is larger for the first pulses after a RESET; aim short of the target
-                step = cfg.step_ref_us * np.maximum(1.0 - g[go] / cfg.saturation_us, 0.15)
-                step *= 1.0 + cfg.reset_boost * np.exp(-since_reset[s] / cfg.boost_decay_pulses)
-                drive = np.clip(cfg.aim * err[go] / step, cfg.drive_min, cfg.drive_max)
-                amp = cfg.set_threshold_v + (cfg.set_ref_v - cfg.set_threshold_v) * drive
+                # and is larger for the first pulses after a RESET; aim short of the target, and
+                # keep the step's noise below the same fraction of the remaining error
+                gg, k = g64[go], since_reset[s]
+                fresh = np.exp(-k / cfg.boost_decay_pulses)
+                fall = 1.0 - gg / cfg.saturation_us
+                step = cfg.step_ref_us * np.where(over[go], np.abs(fall), np.maximum(fall, 0.15)) \
+                    * (1.0 + cfg.reset_boost * fresh)
+                noise = (cfg.step_sigma_us + cfg.step_sigma_slope * gg) * (1.0 + cfg.sigma_boost * fresh)
+                drive = np.clip(st.damp[s] * cfg.aim * np.abs(err[go]) / np.maximum(step, noise), cfg.drive_min,
+                                cfg.drive_max)
+                amp = cfg.set_amplitude(drive, st.offset_v[s])
                 sure = send(s, PulseKind.SET, amp, cfg.set_width_s)
                 if record:
                     record("set", iteration, s[sure], amp[sure])

@@ -83,10 +83,15 @@ def test_window_and_programming_tables(pcm) -> None:
 
 
 def test_model_carries_the_verify_settings_it_was_measured_with(pcm) -> None:
+    """The level sweep ran with the settings learned from the response stage, and the model
+    records exactly those (the configured ones where nothing was measured)."""
     _, model, _ = pcm
-    sweep = replace(CalibrationConfig().verify, max_pulses=CalibrationConfig().max_pulses, n_avg=model.n_avg_)
+    base = replace(CalibrationConfig().verify, max_pulses=CalibrationConfig().max_pulses, n_avg=model.n_avg_)
+    sweep = VerifyConfig.learned(model.response_, base=base)
     assert model.verify_settings_ == asdict(sweep)
     assert VerifyConfig.measured_with(model) == sweep
+    assert sweep.set_threshold_v == model.response_.threshold_p10_v != base.set_threshold_v
+    assert sweep.reset_amplitude_v == model.response_.reset_amplitude_v
 
 
 def test_other_profile_gives_different_parameters(pcm, tmp_path) -> None:
@@ -236,9 +241,10 @@ def test_calibration_killed_during_program_and_verify_resumes_to_the_same_model(
     # cells verified before the kill were not pulsed again: their only new pulses are the fault stage's
     assert verified.size > 500
     assert np.array_equal(chip.pulse_count[verified] - before[verified], np.full(verified.size, 22))
-    sig, ref_sig = model.programming_.sigma_us, reference.programming_.sigma_us
-    # ~80 cells per (tolerance, level) group: the sigma of a sigma is ~8 %; allow 4 of them
-    assert np.all(np.abs(sig - ref_sig) <= 0.35 * ref_sig)
+    # per tolerance, σ pooled over the 8 levels (~330 cells; the per-group 42 cells scatter by
+    # > 35 % between independent chips with the adaptive loop): SE ≈ 4–5 %, allow 4 of them
+    sig, ref_sig = (np.sqrt(np.nanmean(m.programming_.sigma_us ** 2, axis=1)) for m in (model, reference))
+    assert np.all(np.abs(sig - ref_sig) <= 0.2 * ref_sig)
 
 
 @pytest.mark.slow

@@ -29,16 +29,22 @@ def build_parser() -> Parser:
                    help="verify tolerance in µS (default 0.5)")
     d.add_argument("--read-after", type=SECONDS_UP_TO_10_YEARS, nargs="+", default=[20.0, 3600.0, 86400.0], metavar="S",
                    help="read back this many seconds after programming (default 20 3600 86400)")
+    d.add_argument("--noise-model", help="calibrated noise model: its loop settings and saturation (default: the "
+                                         "chip's latest calibration in the run directory, else a short measurement)")
     d.set_defaults(func=commands.demo)
 
     b = sub.add_parser("benchmark", aliases=["bench"], parents=[js, seed_option()],
                        help="benchmarks: printed figures, not pass/fail ('bench' is an alias)")
-    b.add_argument("what", choices=["emulator", "wire", "budgets", "faults"])
+    b.add_argument("what", choices=["emulator", "wire", "budgets", "faults", "devices"])
     b.add_argument("--cells", type=int_in(1, 100_000_000), default=None,
                    help="batch size (default: 1e6 emulator, 1e5 wire)")
     b.add_argument("--repeats", type=int_in(1, 1000), default=7)
     b.add_argument("--profile", default="pcm", help="emulator: device profile (preset name or file)")
     b.add_argument("--replicas", type=float_in(1, 8), default=2.0, help="budgets: mean replicas per kept weight (default 2)")
+    b.add_argument("--devices", type=int_in(0, 1000), default=20,
+                   help="devices: random devices besides every preset (default 20)")
+    b.add_argument("--quick", action="store_true", help="devices: a small-cell version (4000 calibration cells)")
+    b.add_argument("--store", action="store_true", help="devices: also a LeNet-5 store on pcm-realistic (~5 min)")
     b.set_defaults(func=commands.benchmark)
 
     e = sub.add_parser("emulate", parents=[js, seed_option("chip seed (default 0)")],

@@ -29,18 +29,23 @@ def _absolute(path: str | None) -> str | None:
 def demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..demo import DemoConfig, run_demo
+    from pcm_hil_noisemodel import NoiseModel
 
+    from ..calibrate import learned_settings
+    from ..demo import DemoConfig, DemoSettings, run_demo
+
+    model = NoiseModel.load(args.noise_model) if args.noise_model else None
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs) as chip:
-        # the top level: 85 % of the device's saturation (the emulator's profile; 25 µS on a bench)
-        g_hi = 0.85 * getattr(getattr(chip, "profile", None), "g_max_us", 25.0)
         cfg = DemoConfig(cells=args.cells, levels=args.levels, tolerance_us=args.tolerance,
-                         read_after_s=tuple(args.read_after), g_hi_us=g_hi)
+                         read_after_s=tuple(args.read_after))
         with tqdm(total=min(cfg.cells, chip.geometry.n_cells), desc="program-and-verify", unit="cell",
                   disable=args.json or not sys.stderr.isatty()) as bar:
-            r = app.owned_run(chip, rs, "demo", min(cfg.cells, chip.geometry.n_cells),
-                              lambda cells: run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n), cells=cells),
-                              overwrite=args.overwrite)
+            def work(cells):  # the range and the loop settings from calibration (see calibrate.learned_settings)
+                learned = learned_settings(chip, cells, cfg.tolerance_us, model, rs)
+                settings = DemoSettings(learned.verify, learned.g_sat_us, learned.source)
+                return run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n), cells=cells, settings=settings)
+
+            r = app.owned_run(chip, rs, "demo", min(cfg.cells, chip.geometry.n_cells), work, overwrite=args.overwrite)
     _emit(args, r, lambda: render.demo(r, args.seed))
     return 0
 
@@ -55,6 +60,9 @@ def benchmark(args: argparse.Namespace) -> int:
         r = bench.run(cells=args.cells or 100_000, repeats=args.repeats, seed=args.seed)
     elif args.what == "faults":
         r = bench.run(seed=args.seed)
+    elif args.what == "devices":
+        with _bars(args) as bar:
+            r = bench.run(n_devices=args.devices, quick=args.quick, seed=args.seed, store=args.store, progress=bar)
     else:
         with _bars(args) as bar:
             r = bench.run(seed=args.seed, replicas=args.replicas, progress=bar)
@@ -240,7 +248,7 @@ def emulate(args: argparse.Namespace) -> int:
             print(json.dumps(vb.addresses), flush=True)
         else:
             print(render.emulate(vb.addresses, f"virtual bench ({geometry.arrays}×{geometry.rows}×{geometry.cols} "
-                                               f"cells, profile {vb.chip.profile.name}, seed {args.seed}); "
+                                               f"cells, profile {vb.chip.identity()['profile']}, seed {args.seed}); "
                                                "Ctrl-C to stop"), flush=True)
         stop.wait()
     print("virtual bench stopped", file=sys.stderr)

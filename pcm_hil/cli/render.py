@@ -28,6 +28,8 @@ def demo(r: dict[str, Any], seed: int) -> str:
     return "\n".join([
         f"pcm-hil {__version__}: programmed {r['cells']} cells to {r['levels']} levels on {r['backend']}"
         f" (tolerance ±{r['verify']['tolerance_us']} µS, seed {seed})",
+        f"levels up to {per_level[-1]['target_us']:.3g} µS = 0.8 × measured saturation {r['g_sat_us']:.3g} µS "
+        f"(loop settings and range from {r['settings_from']})",
         f"yield {s['yield']:.1%}, {s['pulses_total']} SET pulses (mean {s['pulses_mean']:.2f}, p95 "
         f"{s['pulses_p95']:.0f}), {s['resets_total']} RESET restarts, {s['seconds']:.2f} s",
         "",
@@ -51,6 +53,18 @@ def benchmark(what: str, r: dict[str, Any]) -> str:
             ["cell ops/s, one cell per transaction", r["cell_ops_per_s_single"]],
             ["ratio", r["ratio"]],
         ], title=f"wire benchmark over loopback, median of {r['repeats']}")
+    if what == "devices":
+        rows = [[d["device"], d["g_sat_us"], d["top_level_us"], d["yield"], d["yield_healthy"], d["yield_worst_level"],
+                 d["pulses_mean"], d["sigma_rel_error_max"], d["pulses_rel_error"], d["drift_nu_rel_error"],
+                 "yes" if r["meets"][d["device"]] else "no"] for d in r["devices"]]
+        text = format_table(["device", "g_sat µS", "top µS", "yield", "healthy", "worst level", "pulses",
+                             "σ err", "pulse err", "ν err", "targets"], rows,
+                            title=f"devices: calibrate ({r['sizes']['calibration']} cells), validate "
+                                  f"({r['sizes']['validation']}), demo ({r['sizes']['demo']}, levels to 0.8 × "
+                                  f"measured saturation); targets yield ≥ 99 %, errors ≤ 10 %")
+        if "store" in r:
+            text += "\n" + format_table(["figure", "value"], [[k, v] for k, v in r["store"].items()], title="store")
+        return text
     if what == "faults":
         return format_table(["figure", "value"], [[k, r[k]] for k in (
             "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "crashes",

@@ -1,0 +1,113 @@
+"""Every preset and N random devices, default options only: calibrate, validate, demo.
+
+Per device: the calibration's learned loop settings, the held-out validation errors (σ,
+pulses, ν; targets ≤ 10 %), and a demo on fresh cells with levels from 1 µS to 0.8 × the
+measured saturation (yield; target ≥ 99 %; pulses per cell). The healthy-cell yield leaves
+out the cells the emulator made stuck (ground truth no chip offers; labelled as such).
+With ``store``, a LeNet-5 store on ``pcm-realistic`` and its accuracy loss after a day.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..calibrate import CalibrationConfig, learned_settings, run_calibration, validate
+from ..chip import Geometry
+from ..emulator import EmulatedChip, preset_names, random_profile
+from ..program import program_verify
+from ..run_store import RunStore
+
+TARGETS = {"yield_min": 0.99, "held_out_rel_error_max": 0.10}
+LEVELS, LEVEL_MIN_US, TOP_FRACTION, TOLERANCE_US = 8, 1.0, 0.8, 0.5  # the demo's defaults
+FULL = {"calibration": 20_000, "validation": 10_000, "demo": 20_000}
+QUICK = {"calibration": 4_000, "validation": 3_000, "demo": 4_000}
+COLS = 256
+
+
+def devices(n_random: int, seed: int = 0) -> list[tuple[str, Any]]:
+    """(label, profile) of every preset and ``n_random`` random devices (seeds seed … seed + n − 1)."""
+    out: list[tuple[str, Any]] = [(name, name) for name in preset_names()]
+    out += [(f"random-{s}", random_profile(s)) for s in range(seed, seed + n_random)]
+    return out
+
+
+def one_device(label: str, profile: Any, sizes: dict[str, int], seed: int = 0,
+               progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
+    """Calibrate, validate and demo one device with default options; the figures."""
+    report = progress or (lambda *a: None)
+    total = sum(sizes.values())
+    chip = EmulatedChip(Geometry(1, -(-total // COLS), COLS), profile=profile, seed=seed)
+    c, v, d = sizes["calibration"], sizes["validation"], sizes["demo"]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as store:
+        report(f"{label}: calibrate", 0, 3)
+        _, model = run_calibration(chip, store, CalibrationConfig(cells=c, first_cell=0, seed=seed))
+    report(f"{label}: validate", 1, 3)
+    val = validate(chip, model, cells=np.arange(c, c + v), check_chip=False)
+    report(f"{label}: demo", 2, 3)
+    # the demo's protocol (pcm-hil demo with its defaults, no read-back): levels 1 µS … 0.8 ×
+    # the measured saturation, ±0.5 µS, the loop settings the calibration learned
+    cells = np.arange(c + v, c + v + d, dtype=np.int64)
+    settings = learned_settings(chip, cells, TOLERANCE_US, model)
+    levels = np.linspace(LEVEL_MIN_US, TOP_FRACTION * settings.g_sat_us, LEVELS)
+    targets = levels[np.arange(d) % LEVELS]
+    res = program_verify(chip, cells, targets, settings.verify)
+    healthy = chip.stuck[cells] == 0  # emulator ground truth: the cells it made stuck
+    per_level = [float(res.converged[targets == lv].mean()) for lv in levels]
+    resp = model.response_
+    return {
+        "device": label, "seconds": time.perf_counter() - t0,
+        "g_sat_us": model.window_.g_sat_us, "g_sat_spread": model.window_.g_sat_spread,
+        "verify": {k: getattr(settings.verify, k) for k in ("set_threshold_v", "set_max_v", "max_pulses",
+                                                            "step_sigma_us")},
+        "learned": {k: getattr(resp, k) for k in ("reset_amplitude_v", "threshold_v", "threshold_p90_v",
+                                                  "set_max_v", "step_ref_us", "step_saturation_us")},
+        "sigma_rel_error_max": val["sigma_rel_error_max"], "pulses_rel_error": val["pulses_rel_error"],
+        "pulses_rel_error_total": val["pulses_rel_error_total"], "drift_nu_rel_error": val["drift_nu_rel_error"],
+        "yield": float(res.converged.mean()), "yield_healthy": float(res.converged[healthy].mean()),
+        "yield_worst_level": min(per_level), "yield_per_level": [round(y, 4) for y in per_level],
+        "pulses_mean": float(res.pulses.mean()), "resets_mean": float(res.resets.mean()),
+        "top_level_us": float(levels[-1]), "stuck_fraction": float(1 - healthy.mean()),
+    }
+
+
+def run(n_devices: int = 20, quick: bool = False, seed: int = 0, store: bool = False,
+        progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
+    """Every preset and ``n_devices`` random devices; per-device rows and the worst figures."""
+    sizes = QUICK if quick else FULL
+    rows = []
+    for label, prof in devices(n_devices, seed):
+        rows.append(one_device(label, prof, sizes, seed=seed, progress=progress))
+    out: dict[str, Any] = {"sizes": sizes, "targets": TARGETS, "devices": rows}
+    keys = ("yield", "yield_healthy", "yield_worst_level", "sigma_rel_error_max", "pulses_rel_error",
+            "drift_nu_rel_error")
+    out["worst"] = {k: (min if k.startswith("yield") else max)(r[k] for r in rows if r[k] is not None
+                                                                  and not math.isnan(r[k])) for k in keys}
+    out["meets"] = {r["device"]: bool(r["yield"] >= TARGETS["yield_min"] and max(
+        r["sigma_rel_error_max"], r["pulses_rel_error"], r["drift_nu_rel_error"]) <= TARGETS["held_out_rel_error_max"])
+        for r in rows}
+    if store:
+        out["store"] = store_loss(seed=seed, progress=progress)
+    return out
+
+
+def store_loss(profile: str = "pcm-realistic", seed: int = 0,
+               progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
+    """A LeNet-5 store with default options on ``profile`` (calibrating on the spot): its
+    accuracy after a day against the reference."""
+    from ..store_job import StoreConfig, run_store_job
+    from ..store_job.inputs import load_inputs
+
+    cfg = StoreConfig.from_options(model="lenet5-fmnist", seed=seed)
+    inputs = load_inputs(cfg.network)
+    chip = EmulatedChip(profile=profile, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as rs:
+        # as a store without --noise-model does: calibrate on the chip's last 20,000 free cells
+        _, noise = run_calibration(chip, rs, CalibrationConfig(cells=min(20_000, chip.geometry.n_cells // 4),
+                                                               seed=seed), progress=progress, from_end=True)
+        rec = run_store_job(chip, noise, rs, cfg, progress=progress, inputs=inputs).record
+    return {"profile": profile, **{k: rec[k] for k in rec if "accuracy" in k}}
