@@ -468,3 +468,16 @@ def test_batchnorm_statistics_are_re_estimated_from_the_weights_as_read() -> Non
     assert torch.allclose(net[2].running_var, h.var(0), rtol=0.05)  # the mean of 4 batch variances
     assert accuracy(net, test.x, test.y) > good - 0.03
     assert not recalibrate_batchnorm(torch.nn.Linear(3, 2), train.x[:10])  # no BN: nothing to do
+
+
+def test_a_run_recorded_before_the_new_layout_switches_reads_as_it_was_stored() -> None:
+    """A run's recorded config round-trips; one recorded before replica counts per channel and
+    the window from the pruning threshold existed reads back with both off, as it was stored."""
+    from dataclasses import asdict
+
+    cfg = StoreConfig.from_options(model="mlp-digits", replicas_per="weight", sparsity=0.5)
+    assert StoreConfig.from_dict(asdict(cfg)) == cfg
+    old = asdict(StoreConfig())
+    del old["layout"]["replicas_per"], old["layout"]["code"]["from_threshold"]
+    back = StoreConfig.from_dict(old)
+    assert back.layout.replicas_per == "weight" and back.layout.code.from_threshold is False

@@ -135,7 +135,7 @@ class StoreConfig:
         """The config a run recorded (``asdict`` of a StoreConfig, or the flat form of older runs)."""
         if "network" not in d:
             return cls.from_options(**d)
-        lay = dict(d["layout"])
+        lay = {"replicas_per": "weight", **d["layout"]}  # runs recorded before the per-channel default
         lay["code"] = CodeConfig(**{"from_threshold": False, **lay["code"]})  # runs before it existed: off
         alloc = dict(d["allocation"])
         alloc["caps"] = tuple(alloc["caps"])
