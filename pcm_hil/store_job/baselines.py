@@ -72,13 +72,10 @@ def quantized(network: nn.Module, names: list[str], bits: int, clip: float = 1.0
 
 
 def fake_quantizer(bits: int, clip: float) -> Perturb:
-    """The forward value of quantization-aware training: per-channel rounding as :func:`quantized` does."""
-    qmax = 2 ** (bits - 1) - 1
-
+    """The forward value of quantization-aware training: the rounding :func:`quantized` stores."""
     def rounded(name: str, w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        amax = clip * w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True) if w.ndim > 1 else clip * w.abs().max()
-        step = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-        return (w / step).round().clamp(-qmax, qmax) * step
+        levels, step = quantize_levels(w.numpy(), bits, clip=clip)
+        return torch.from_numpy((levels * step).astype(np.float32))
 
     return rounded
 
