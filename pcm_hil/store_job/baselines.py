@@ -80,6 +80,12 @@ def fake_quantizer(bits: int, clip: float) -> Perturb:
     return rounded
 
 
+def _all_kept(network: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
+    """Keep-masks that keep every weight of the named tensors."""
+    params = dict(network.named_parameters())
+    return {n: np.ones(tuple(params[n].shape), bool) for n in names}
+
+
 def fp32_bits(network: nn.Module, names: list[str], masks: dict[str, np.ndarray] | None) -> int:
     """The compressed model as it is, digital: fp32 kept weights, coded masks, fp32 others."""
     params = dict(network.named_parameters())
@@ -122,12 +128,12 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
                        cfg: BaselineConfig) -> tuple[DigitalOption | None, list[DigitalOption]]:
     names = inputs.names
     other_bits = 32 * digital_parameters(inputs.network, names)
-    own_masks = masks or {n: np.ones(tuple(dict(compressed.named_parameters())[n].shape), bool) for n in names}
+    own_masks = masks or _all_kept(compressed, names)
     starts: list[tuple[str, float, nn.Module, dict[str, np.ndarray]]] = [
         ("noise-aware fine-tuned", compression.sparsity, compressed, own_masks)]
     for s in cfg.sparsities:
-        net, m = cached_prune(inputs.network, names, s, inputs.train.x, inputs.train.y, compression.finetune_epochs,
-                              seed=compression.seed)
+        net, m = (inputs.network, _all_kept(inputs.network, names)) if s == 0 else cached_prune(
+            inputs.network, names, s, inputs.train.x, inputs.train.y, compression.finetune_epochs, seed=compression.seed)
         starts.append((f"pruned {s:.0%}", s, net, m))
     tried: list[DigitalOption] = []
 
