@@ -29,7 +29,7 @@ class ChipOptions:
     """Which chip: ``bench`` (a bench TOML file) or the emulator with ``profile`` and ``seed``."""
 
     bench: str | None = None
-    profile: str = "pcm"
+    profile: str = "pcm-realistic"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -49,7 +49,8 @@ def chip_arguments() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--emulated", action="store_true", default=True, help="use the in-process emulated chip (default)")
     g.add_argument("--bench", metavar="FILE", help="use the instrument bench described by a bench TOML file")
-    p.add_argument("--profile", default="pcm", help="emulator device profile: preset name or .toml/.json file")
+    p.add_argument("--profile", default="pcm-realistic",
+                   help="emulator device profile: preset name or .toml/.json file (default pcm-realistic)")
     p.add_argument("--seed", type=int, default=0, help="chip seed (emulator), also seeds the job (default 0)")
     return p
 

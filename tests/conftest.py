@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def emulated() -> EmulatedChip:
-    return EmulatedChip(SMALL, seed=7)
+    return EmulatedChip(SMALL, profile="pcm", seed=7)
 
 
 @dataclass
@@ -51,7 +51,7 @@ def calibration(tmp_path_factory) -> Calibration:
     """One calibration per test run, on the last 8,000 cells of the store tests' chip
     (``STORE_GEOMETRY``, seed 2); tests that program its chip use cells outside them."""
     d = tmp_path_factory.mktemp("noise")
-    chip = EmulatedChip(STORE_GEOMETRY, seed=2)
+    chip = EmulatedChip(STORE_GEOMETRY, profile="pcm", seed=2)
     with RunStore(d / "s.sqlite") as store:
         run_id, model = run_calibration(chip, store, CalibrationConfig(cells=8000, first_cell=8384, seed=2))
         data = {t: store.read(run_id, t) for t in store.tables()}

@@ -105,10 +105,10 @@ def test_other_profile_gives_different_parameters(pcm, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_model_predicts_held_out_cells_within_ten_percent(tmp_path) -> None:
-    chip = EmulatedChip(seed=9)
+    chip = EmulatedChip(profile="pcm", seed=9)
     with RunStore(tmp_path / "s.sqlite") as store:
         _, model = run_calibration(chip, store, CalibrationConfig(cells=20_000, seed=9))
-    result = validate(EmulatedChip(seed=9), model, n_cells=10_000)
+    result = validate(EmulatedChip(profile="pcm", seed=9), model, n_cells=10_000)
     assert result["first_cell"] == 20_000
     assert result["sigma_rel_error_max"] < 0.10
     assert result["pulses_rel_error"] < 0.10
@@ -118,12 +118,12 @@ def test_model_predicts_held_out_cells_within_ten_percent(tmp_path) -> None:
 
 def test_validate_refuses_a_model_from_another_chip(pcm) -> None:
     _, model, _ = pcm
-    other = EmulatedChip(GEOM, seed=99)
+    other = EmulatedChip(GEOM, profile="pcm", seed=99)
     before = other.true_conductance()
     with pytest.raises(ValueError, match="fitted on 'emulated:pcm:seed=2"):
         validate(other, model, n_cells=1000)
     with pytest.raises(ValueError, match="tolerance 0.3 µS was not calibrated"):
-        validate(EmulatedChip(GEOM, seed=2), model, n_cells=1000, tolerance_us=0.3)
+        validate(EmulatedChip(GEOM, profile="pcm", seed=2), model, n_cells=1000, tolerance_us=0.3)
     assert np.array_equal(other.true_conductance(), before)
 
 
@@ -182,7 +182,7 @@ def progress(stage, done, total):
         os.kill(os.getpid(), signal.SIGKILL)
 
 with RunStore(sys.argv[1]) as store:
-    run_calibration(EmulatedChip(Geometry(1, 64, 64), seed=1), store, CalibrationConfig(cells=2000, checkpoint_s=0),
+    run_calibration(EmulatedChip(Geometry(1, 64, 64), profile="pcm", seed=1), store, CalibrationConfig(cells=2000, checkpoint_s=0),
                     progress)
 """
 
@@ -236,7 +236,7 @@ def test_calibration_killed_during_program_and_verify_resumes_to_the_same_model(
         assert np.array_equal(chip.pulse_count, before)  # the refused writer sent nothing
         _, model = run_calibration(chip, store, resume=run_id)
         assert store.run(run_id)["status"] == "done"
-    reference = run_calibration(EmulatedChip(Geometry(1, 64, 64), seed=1), RunStore(tmp_path / "ref.sqlite"),
+    reference = run_calibration(EmulatedChip(Geometry(1, 64, 64), profile="pcm", seed=1), RunStore(tmp_path / "ref.sqlite"),
                                 CalibrationConfig(cells=2000))[1]
     # cells verified before the kill were not pulsed again: their only new pulses are the fault stage's
     assert verified.size > 500
@@ -263,7 +263,7 @@ def test_store_resumes_a_calibration_killed_on_the_spot_then_stores(tmp_path, ca
 
 
 def test_export_parquet_and_csv(pcm, tmp_path) -> None:
-    chip = EmulatedChip(Geometry(1, 64, 64), seed=2)
+    chip = EmulatedChip(Geometry(1, 64, 64), profile="pcm", seed=2)
     with RunStore(tmp_path / "s.sqlite") as store:
         run_id, _ = run_calibration(chip, store, CalibrationConfig(cells=2000))
         files = store.export(run_id, tmp_path / "pq", "parquet")

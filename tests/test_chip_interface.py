@@ -16,11 +16,11 @@ from .conftest import SMALL
 def backend(request: pytest.FixtureRequest):
     """(chip, truth): the chip under test and the emulated chip that is the ground truth."""
     if request.param == "emulated":
-        c = EmulatedChip(SMALL, seed=11)
+        c = EmulatedChip(SMALL, profile="pcm", seed=11)
         yield c, c
         c.close()
         return
-    with VirtualBench(SMALL, seed=11) as vb:
+    with VirtualBench(SMALL, profile="pcm", seed=11) as vb:
         with BenchChip(vb.bench_config()) as c:
             yield c, vb.chip
 

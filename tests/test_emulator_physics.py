@@ -93,7 +93,7 @@ def test_one_over_f_noise_grows_with_age() -> None:
 
 def test_stuck_cell_fractions_match_profile() -> None:
     prof = preset("pcm")
-    chip = EmulatedChip(Geometry(4, 512, 512), seed=3)
+    chip = EmulatedChip(Geometry(4, 512, 512), profile="pcm", seed=3)
     n = chip.geometry.n_cells
     for code, frac in ((STUCK_RESET, prof.stuck_reset_fraction), (STUCK_SET, prof.stuck_set_fraction),
                        (STUCK_RANDOM, prof.stuck_random_fraction)):
@@ -108,7 +108,7 @@ def test_stuck_cell_fractions_match_profile() -> None:
 
 
 def test_saturation_at_per_device_maximum() -> None:
-    chip = EmulatedChip(Geometry(1, 32, 64), seed=4)
+    chip = EmulatedChip(Geometry(1, 32, 64), profile="pcm", seed=4)
     cells = np.flatnonzero(chip.stuck == STUCK_NONE)
     chip.pulse(cells, "RESET", 2.2, 50e-9)
     for _ in range(200):
@@ -122,7 +122,7 @@ def test_saturation_at_per_device_maximum() -> None:
 
 def test_set_only_raises_and_reset_drops_to_floor() -> None:
     prof = preset("pcm")
-    chip = EmulatedChip(Geometry(1, 32, 64), seed=8)
+    chip = EmulatedChip(Geometry(1, 32, 64), profile="pcm", seed=8)
     cells = np.flatnonzero(chip.stuck == STUCK_NONE)
     rng = np.random.default_rng(0)
     for _ in range(30):

@@ -128,7 +128,7 @@ def test_compensated_aim_removes_the_bias_of_a_loose_window(noise) -> None:
     low; aiming at target − offset puts their mean back on the target (t0 after programming)."""
     from pcm_hil.program import VerifyConfig, program_verify
 
-    chip = EmulatedChip(GEOM, seed=5)
+    chip = EmulatedChip(GEOM, profile="pcm", seed=5)
     n, tol = 2000, 4.0
     targets = np.random.default_rng(6).uniform(4, 15, n)
     means = {}
@@ -190,7 +190,7 @@ def test_digital_medium_sizes_a_code_from_the_measured_error_rate() -> None:
 
 
 def _store(tmp_path, noise, **kw):
-    chip = EmulatedChip(GEOM, seed=2)
+    chip = EmulatedChip(GEOM, profile="pcm", seed=2)
     store = RunStore(tmp_path / "s.sqlite")
     # 2 programmings and a small medium test: the 16,384-cell chip holds the calibration too
     opts = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, programmings=2,

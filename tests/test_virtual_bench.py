@@ -22,7 +22,7 @@ GEOM = Geometry(1, 16, 16)
 
 @pytest.fixture
 def vb():
-    with VirtualBench(GEOM, seed=3) as bench:
+    with VirtualBench(GEOM, profile="pcm", seed=3) as bench:
         yield bench
 
 

@@ -39,7 +39,7 @@ def build_parser() -> Parser:
     b.add_argument("--cells", type=int_in(1, 100_000_000), default=None,
                    help="batch size (default: 1e6 emulator, 1e5 wire)")
     b.add_argument("--repeats", type=int_in(1, 1000), default=7)
-    b.add_argument("--profile", default="pcm", help="emulator: device profile (preset name or file)")
+    b.add_argument("--profile", default="pcm-realistic", help="emulator: device profile (preset name or file)")
     b.add_argument("--replicas", type=float_in(1, 8), default=2.0, help="budgets: mean replicas per kept weight (default 2)")
     b.add_argument("--devices", type=int_in(0, 1000), default=20,
                    help="devices: random devices besides every preset (default 20)")
@@ -54,7 +54,7 @@ def build_parser() -> Parser:
     e.add_argument("--ready-file", metavar="F", help="write the resource strings as JSON here once serving")
     e.add_argument("--bench-file", metavar="F", help="write a bench TOML file for these servers here")
     e.add_argument("--geometry", type=int, nargs=3, default=[4, 512, 512], metavar=("ARRAYS", "ROWS", "COLS"))
-    e.add_argument("--profile", default="pcm", help="device profile: preset name or .toml/.json file")
+    e.add_argument("--profile", default="pcm-realistic", help="device profile: preset name or .toml/.json file")
     e.add_argument("--fault-rate", type=float_in(0, 1), default=0.0, help="probability of a fault per board transaction")
     e.add_argument("--faults", default="drop,delay,corrupt,truncate,error,silent,stuck",
                    help="comma-separated fault kinds to inject")
@@ -139,7 +139,7 @@ def build_parser() -> Parser:
     pr = sub.add_parser("profile", parents=[js], help="list or show emulator device profiles")
     pr.add_argument("action", choices=["list", "show", "random"],
                     help="random: a plausible unknown device drawn from published ranges (--seed)")
-    pr.add_argument("name", nargs="?", default="pcm")
+    pr.add_argument("name", nargs="?", default="pcm-realistic")
     pr.add_argument("--seed", type=SEED, default=0, help="random: seed of the drawn device (default 0)")
     pr.set_defaults(func=commands.profile)
     return p

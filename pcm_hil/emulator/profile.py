@@ -295,6 +295,9 @@ def random_profile(seed: int) -> Profile:
     return replace(preset("pcm-realistic"), name=f"random-{seed}", **drawn)
 
 
+DEFAULT = "pcm-realistic"  # the profile of a chip that names none: every published effect on
+
+
 def preset_names() -> list[str]:
     return sorted(_PRESETS)
 
@@ -307,9 +310,10 @@ def preset(name: str) -> Profile:
 
 
 def resolve(spec: "str | Path | Profile | None") -> Profile:
-    """A profile from a preset name, a file path or a Profile (None = default)."""
+    """A profile from a preset name, a file path or a Profile (None = the default preset,
+    :data:`DEFAULT`)."""
     if spec is None:
-        return Profile()
+        return preset(DEFAULT)
     if isinstance(spec, Profile):
         return spec
     if str(spec) in _PRESETS:
