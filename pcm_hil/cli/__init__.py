@@ -101,9 +101,12 @@ def build_parser() -> Parser:
     st.add_argument("--importance", default="fisher", choices=["fisher", "hessian", "magnitude"])
     st.add_argument("--allocation", default="importance", choices=["importance", "uniform"])
     st.add_argument("--pulse-budget", type=float_in(0, 1e15, lo_open=True), default=None,
-                    help="total pulses (default: what uniform ±2 µS, cap 20 would spend)")
+                    help="total pulses (default: the fewest whose predicted loss is within --loss-margin of the least)")
     st.add_argument("--target-loss", type=float_in(0, 1e6, lo_open=True), default=None,
                     help="instead of a pulse budget: the fewest pulses whose predicted loss increase stays below this")
+    st.add_argument("--loss-margin", type=float_in(0, 10, lo_open=True), default=None,
+                    help="neither given: the fewest pulses whose predicted loss is within this fraction of the least "
+                         "reachable (default 0.05)")
     st.add_argument("--retention", type=SECONDS_UP_TO_10_YEARS, default=86400.0,
                     help="seconds between programming and read-back")
     st.add_argument("--programmings", type=int_in(1, 100), default=5,

@@ -26,19 +26,21 @@ import numpy as np
 from pcm_hil_noisemodel import NoiseModel
 
 DEFAULT_CAPS = (12, 20, 40)
-DEFAULT_BUDGET_TOLERANCE_US = 2.0  # no pulse budget given: what uniform ±this, cap 20 would spend
 ALLOCATIONS = ("importance", "uniform")
 
 
 @dataclass(frozen=True)
 class AllocationConfig:
     """What the allocation stage reads. The budget counts SET pulses and RESETs of every
-    cell, reference cells included; without one, it is what every weight cell at
-    ±``DEFAULT_BUDGET_TOLERANCE_US`` µS, cap 20 would spend."""
+    cell, reference cells included. With neither a budget nor a target loss, the weight
+    cells get the fewest pulses whose predicted loss is within ``loss_margin`` of the least
+    this allocation reaches with any pulses: a target set by accuracy, so a loop that
+    learns to program in fewer pulses spends fewer, not a worse store."""
 
     allocation: str = "importance"
     pulse_budget: float | None = None
     target_loss: float | None = None  # instead of a budget: ½·Σ F·E[e²] (loss units)
+    loss_margin: float = 0.05         # neither given: predicted loss ≤ (1 + margin) × the least reachable
     caps: tuple[int, ...] = DEFAULT_CAPS
 
     def __post_init__(self) -> None:
@@ -46,8 +48,12 @@ class AllocationConfig:
             raise ValueError(f"allocation must be 'importance' or 'uniform', got {self.allocation!r}")
         if self.pulse_budget is not None and not (math.isfinite(self.pulse_budget) and self.pulse_budget > 0):
             raise ValueError(f"pulse_budget must be a positive number, got {self.pulse_budget!r}")
-        if self.target_loss is not None and (self.allocation != "importance" or not self.target_loss > 0):
-            raise ValueError("target_loss needs importance allocation and a positive value")
+        if self.target_loss is not None and not (math.isfinite(self.target_loss) and self.target_loss > 0):
+            raise ValueError(f"target_loss must be a positive number, got {self.target_loss!r}")
+        if not (isinstance(self.loss_margin, (int, float)) and 0 < self.loss_margin <= 10):
+            raise ValueError(f"loss_margin must be in (0, 10], got {self.loss_margin!r}")
+        if self.pulse_budget is not None and self.target_loss is not None:
+            raise ValueError("give a pulse budget or a target loss, not both")
         if not self.caps or any(type(c) is not int or c < 1 for c in self.caps):
             raise ValueError(f"caps must be positive integers, got {self.caps!r}")
 
@@ -165,6 +171,23 @@ def allocate_for_loss(weight: np.ndarray, table: Table, max_loss: float) -> Plan
     return best
 
 
+def least_loss(weight: np.ndarray, table: Table, allocation: str = "importance") -> float:
+    """The least predicted loss increase ½·Σ weight·E[e²] an allocation reaches with any
+    number of pulses: each cell's best option (importance), the best shared option (uniform)."""
+    cost = 0.5 * np.asarray(weight, float)[:, None] * table.sq_error
+    return float(cost.min(axis=1).sum() if allocation == "importance" else cost.sum(axis=0).min())
+
+
+def uniform_for_loss(weight: np.ndarray, table: Table, max_loss: float) -> Plan:
+    """The same option for every cell: the fewest expected pulses whose predicted loss stays ≤ ``max_loss``."""
+    loss = 0.5 * (np.asarray(weight, float)[:, None] * table.sq_error).sum(axis=0)
+    fits = np.flatnonzero(loss <= max_loss)
+    if fits.size == 0:
+        raise ValueError(f"target loss increase {max_loss:.3g} is out of reach: the best shared setting gives "
+                         f"{loss.min():.3g}")
+    return table.plan(np.full(table.pulses.shape[0], fits[np.argmin(table.pulses.sum(axis=0)[fits])]))
+
+
 def uniform(weight: np.ndarray, table: Table, budget: float) -> Plan:
     """The same option for every cell: the lowest importance-weighted error that fits the budget."""
     _check_budget(table, budget)
@@ -237,18 +260,18 @@ def plan_cells(noise: NoiseModel, targets_us: np.ndarray, importance: np.ndarray
     tight = tightest(opts)
     pulses_ref = table.pulses[reference, tight].sum()
     cells = table[~reference]
+    weight = importance[~reference]
     budget = cfg.pulse_budget
-    if budget is None:
-        mid = min(range(len(opts)), key=lambda i: (abs(opts[i][0] - DEFAULT_BUDGET_TOLERANCE_US), abs(opts[i][1] - 20)))
-        budget = float(cells.pulses[:, mid].sum()) + pulses_ref
-    if budget - pulses_ref < cells.minimum_pulses():
-        raise ValueError(f"pulse budget {budget:.0f} is too small: programming every cell once needs at least "
-                         f"{cells.minimum_pulses() + pulses_ref:.0f} pulses")
-    if cfg.target_loss is not None:
-        wplan = allocate_for_loss(importance[~reference], cells, cfg.target_loss)
+    if budget is not None:
+        if budget - pulses_ref < cells.minimum_pulses():
+            raise ValueError(f"pulse budget {budget:.0f} is too small: programming every cell once needs at least "
+                             f"{cells.minimum_pulses() + pulses_ref:.0f} pulses")
+        wplan = (allocate if cfg.allocation == "importance" else uniform)(weight, cells, budget - pulses_ref)
     else:
-        pick = allocate if cfg.allocation == "importance" else uniform
-        wplan = pick(importance[~reference], cells, budget - pulses_ref)
+        target = cfg.target_loss
+        if target is None:
+            target = (1.0 + cfg.loss_margin) * least_loss(weight, cells, cfg.allocation)
+        wplan = (allocate_for_loss if cfg.allocation == "importance" else uniform_for_loss)(weight, cells, target)
     choice = np.full(targets_us.size, tight)
     choice[~reference] = wplan.choice
     return table.plan(choice, wplan.lagrange)

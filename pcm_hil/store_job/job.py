@@ -90,7 +90,8 @@ class StoreConfig:
         "max_replicas": ("layout", "max_replicas"), "replicas_per": ("layout", "replicas_per"), "reference_cells_per_level": ("layout", "reference_cells_per_level"),
         "g_hi_fraction": ("layout", "g_hi_fraction"),
         "allocation": ("allocation", "allocation"), "pulse_budget": ("allocation", "pulse_budget"),
-        "target_loss": ("allocation", "target_loss"), "caps": ("allocation", "caps"),
+        "target_loss": ("allocation", "target_loss"),
+        "loss_margin": ("allocation", "loss_margin"), "caps": ("allocation", "caps"),
         "bn_samples": ("readback", "bn_samples"), "digital_baseline": ("baselines", "search"),
         "programmings": ("evaluation", "programmings"), "medium_cells": ("medium", "cells_per_density"),
     }
