@@ -49,7 +49,6 @@ def test_recovers_read_noise(pcm) -> None:
 def test_recovers_drift(pcm) -> None:
     chip, model, data = pcm
     prof, d = preset("pcm"), model.drift_
-    prog = data["programming"]
     for lv, mean, se, std in zip(d.levels_us, d.nu_mean, d.nu_mean_se, d.nu_std):
         if lv < 5:  # below x≈0.2 reads carry large relative 1/f noise: checked by validation instead
             continue

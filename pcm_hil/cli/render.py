@@ -118,6 +118,10 @@ def validation(r: dict[str, Any], noise_path: str, tolerance_us: float, max_puls
     ])
 
 
+def _precision(option: dict[str, Any]) -> str:
+    return option.get("precision") or f"{option['bits']} bits"  # runs recorded before mixed precision lack it
+
+
 def store(r: dict[str, Any]) -> str:
     mr, best, med = r["memory_reduction"], r["best_digital"], r["digital_medium"]
     lo, hi = r["accuracy_stored_ci95"]
@@ -138,7 +142,7 @@ def store(r: dict[str, Any]) -> str:
         ["reduction vs compressed fp32 on the medium", f"{mr['compressed_fp32_on_medium']:.1f}×"],
         ["reduction vs strongest digital on the medium",
          "n/a" if mr["best_digital"] is None else f"{mr['best_digital']:.2f}×"
-         + (f" ({best['bits']} bits, {best['start']}; {best['accuracy_test']:.2%} test)" if best else "")],
+         + (f" ({_precision(best)}, {best['start']}; {best['accuracy_test']:.2%} test)" if best else "")],
         ["seconds", f"{r['seconds']:.1f}"],
     ]
     text = format_table(["", ""], rows, title=f"stored {r['model']} as run {r['run_id']} ({r['code']['code']} code, "

@@ -10,7 +10,9 @@ noise-aware fine-tuned start as the analog model and from magnitude pruning of t
 reference at 0–95 % sparsity with fine-tuning. Each option's clipping is chosen on the
 validation split; below the cheapest option that passes, the best starts are tried again
 with quantization-aware fine-tuning (straight-through rounding), down in bits while they
-pass. Its test accuracy is reported beside.
+pass. Last, the cheapest passing option gets per-layer mixed precision: one tensor at a
+time loses a bit, the one that saves the most cells while validation still passes, until
+none can. Its test accuracy is reported beside.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class BaselineConfig:
     clips: tuple[float, ...] = (1.0, 0.85, 0.7)  # top level at this fraction of a channel's max |w|
     qat_epochs: int = 1    # quantization-aware fine-tuning below the cheapest passing option (0: off)
     qat_starts: int = 1    # how many of the best starts get it
+    mixed_precision: bool = True  # per-layer bits below the cheapest passing option
 
 
 @dataclass
@@ -54,20 +57,30 @@ class DigitalOption:
     accuracy_test: float
     bits_total: int
     cells: float
+    layer_bits: dict[str, int] | None = None  # per-layer precision (None: every layer at ``bits``)
+
+    @property
+    def precision(self) -> str:
+        """``"4 bits"``, or the per-layer widths in layer order: ``"3/4/4 bits per layer"``."""
+        if not self.layer_bits:
+            return f"{self.bits} bits"
+        return "/".join(map(str, self.layer_bits.values())) + " bits per layer"
 
 
-def quantized(network: nn.Module, names: list[str], bits: int, clip: float = 1.0) -> tuple[nn.Module, int]:
-    """A copy with the named tensors quantized per output channel, and the bits it takes to
-    store them: entropy-coded values (zeros included, so the mask is in the code), fp32
-    scales per output channel."""
+def quantized(network: nn.Module, names: list[str], bits: int | dict[str, int], clip: float = 1.0
+              ) -> tuple[nn.Module, int]:
+    """A copy with the named tensors quantized per output channel (``bits``: for all, or per
+    tensor), and the bits it takes to store them: entropy-coded values (zeros included, so
+    the mask is in the code), fp32 scales per output channel."""
     m = copy.deepcopy(network)
     p = dict(m.named_parameters())
     total = 0
     with torch.no_grad():
         for n in names:
-            levels, step = quantize_levels(p[n].numpy(), bits, clip=clip)
+            b = bits[n] if isinstance(bits, dict) else bits
+            levels, step = quantize_levels(p[n].numpy(), b, clip=clip)
             p[n].copy_(torch.from_numpy((levels * step).astype(np.float32)))
-            total += coded_bits(levels + 2 ** (bits - 1) - 1) + 32 * step.size  # values, scales per channel
+            total += coded_bits(levels + 2 ** (b - 1) - 1) + 32 * step.size  # values, scales per channel
     return m, total
 
 
@@ -118,7 +131,7 @@ def costs(inputs: Inputs, compressed: nn.Module, masks: dict[str, np.ndarray] | 
                             "best_digital": None if best is None else best.cells},
         "memory_reduction": {"fp32_slc_ecc": fp32 / total, "compressed_fp32_on_medium": compressed_cells / total,
                              "best_digital": None if best is None else best.cells / total},
-        "best_digital": None if best is None else asdict(best),
+        "best_digital": None if best is None else {**asdict(best), "precision": best.precision},
         "digital_options_tried": [asdict(o) for o in tried],
     }
 
@@ -137,21 +150,27 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
         starts.append((f"pruned {s:.0%}", s, net, m))
     tried: list[DigitalOption] = []
 
-    def option(start: str, sparsity: float, net: nn.Module, bits: int, training: str) -> DigitalOption:
+    nets: dict[int, nn.Module] = {}  # id of a tried option -> the network it quantized
+
+    def option(start: str, sparsity: float, net: nn.Module, bits: int | dict[str, int], training: str,
+               clips: tuple[float, ...] = cfg.clips) -> DigitalOption:
         """The clip with the best validation accuracy at ``bits`` (ties: the larger clip)."""
         best = None
-        for clip in cfg.clips:
+        layer_bits = dict(bits) if isinstance(bits, dict) else None
+        for clip in clips:
             m, value_bits = quantized(net, names, bits, clip)
             bn_recalibrated(m, inputs.train, readback)  # the same read-time re-estimation as the analog model
             acc_val = accuracy(m, inputs.val.x, inputs.val.y)
             if best is None or acc_val > best[0].accuracy_val:
                 total = value_bits + other_bits
-                best = (DigitalOption(start, bits, sparsity, training, clip, acc_val, float("nan"), total,
-                                      medium.cells(total)), m)
+                top = max(layer_bits.values()) if layer_bits else bits
+                best = (DigitalOption(start, top, sparsity, training, clip, acc_val, float("nan"), total,
+                                      medium.cells(total), layer_bits), m)
         opt, m = best
         if opt.accuracy_val >= target_val:
             opt.accuracy_test = accuracy(m, inputs.test.x, inputs.test.y)
         tried.append(opt)
+        nets[id(opt)] = net
         return opt
 
     passing: list[tuple[DigitalOption, int]] = []
@@ -169,4 +188,23 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
                 if option(start, sparsity, trained, b, "quantization-aware").accuracy_val < target_val:
                     break  # fewer bits only do worse
     ok = [o for o in tried if o.accuracy_val >= target_val]
+    if ok and cfg.mixed_precision:
+        cheapest = min(ok, key=lambda o: o.cells)
+        _lower_layers(cheapest, nets[id(cheapest)], names, target_val, option)
+        ok = [o for o in tried if o.accuracy_val >= target_val]
     return (min(ok, key=lambda o: o.cells) if ok else None), tried
+
+
+def _lower_layers(first: DigitalOption, net: nn.Module, names: list[str], target_val: float, option: Any) -> None:
+    """Greedy per-layer precision from a passing option: each round tries every tensor one bit
+    lower (at the option's clip) and keeps the passing one that saves the most cells."""
+    bits = {n: first.bits for n in names}
+    while True:
+        passing = [(o, n) for n in names if bits[n] > 2
+                   for o in [option(first.start, first.sparsity, net, {**bits, n: bits[n] - 1}, first.training,
+                                    (first.clip,))]
+                   if o.accuracy_val >= target_val]
+        if not passing:
+            return
+        _, n = min(passing, key=lambda p: p[0].cells)
+        bits[n] -= 1

@@ -42,7 +42,7 @@ def write_store_report(outcome: "StoreOutcome", path: str | Path) -> Path:
     if best:
         medium = result["digital_medium"]
         b.plot([best["cells"] / result["weights"]], [100 * best["accuracy_test"]], "gs", ms=9,
-               label=f"strongest digital ({best['bits']} bit, {best['start']}; "
+               label=f"strongest digital ({best.get('precision') or str(best['bits']) + ' bits'}, {best['start']}; "
                      f"{medium['bits_per_cell']} bit/cell + BCH t={medium['code'].split('t=')[-1].split(')')[0]})")
     b.set(xlabel="cells per weight, everything the decoder reads counted",
           ylabel="test accuracy (%)",

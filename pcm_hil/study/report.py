@@ -103,6 +103,8 @@ def digital_points(rows: list[dict[str, Any]]) -> list[DigitalPoint]:
     merged: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
     for r in rows:
         for o in r["record"].get("digital_options_tried", []):
+            if o.get("layer_bits"):
+                continue  # per-layer widths differ between points: the front is drawn from uniform precision
             merged.setdefault((o["start"], int(o["bits"]), float(o["sparsity"])), []).append(o)
     out = []
     for (start, bits, sparsity), os_ in merged.items():
