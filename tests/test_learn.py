@@ -190,3 +190,25 @@ def test_drift_fit_separates_nu_spread_from_1_over_f_growth(walk) -> None:
     d = fit_drift(_retention(walk, nu_std=0.01, gamma=3e-4), 20.0, 25.0)
     assert np.allclose(d.nu_std, 0.01, rtol=0.25)
     assert np.allclose(d.growth_per_ln_t, 3e-4, rtol=0.25)
+
+
+def test_devices_bench_stores_on_an_unknown_device() -> None:
+    """The devices bench's store: default options on a random device the writer has never
+    seen, calibrating on the spot; the row carries the mean stored accuracy and its loss."""
+    from pcm_hil.benchmarks import devices
+    from pcm_hil.emulator import random_profile
+
+    r = devices.store_loss(random_profile(3), model="mlp-digits")
+    lo, hi = r["accuracy_stored_ci95"]
+    assert r["programmings"] == 5 and lo <= r["accuracy_stored_mean"] <= hi
+    assert r["loss_pp"] == pytest.approx(100 * (r["accuracy_reference"] - r["accuracy_stored_mean"]))
+    # measured: 97.0 % reference, 88.2 % pruned 75 % (a 2,368-weight model), 87.4 % stored
+    assert r["yield"] > 0.95 and r["storage_loss_pp"] < 3
+
+
+def test_the_devices_bench_uses_the_main_jobs_options() -> None:
+    from pcm_hil.benchmarks.devices import MAIN_JOB
+    from pcm_hil.cli import build_parser
+
+    store = build_parser().parse_args(["store"])
+    assert (store.sparsity, store.replicas) == (MAIN_JOB["sparsity"], MAIN_JOB["replicas"])

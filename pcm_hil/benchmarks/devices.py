@@ -4,7 +4,9 @@ Per device: the calibration's learned loop settings, the held-out validation err
 pulses, ν; targets ≤ 10 %), and a demo on fresh cells with levels from 1 µS to 0.8 × the
 measured saturation (yield; target ≥ 99 %; pulses per cell). The healthy-cell yield leaves
 out the cells the emulator made stuck (ground truth no chip offers; labelled as such).
-With ``store``, a LeNet-5 store on ``pcm-realistic`` and its accuracy loss after a day.
+With ``store``, a LeNet-5 store on every device (calibrating on the spot, default options,
+the mean over its programmings) and its accuracy loss after a day (target ≤ 1 pp); the
+digital-competitor search is left out (it scores the store and changes nothing stored).
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ from ..emulator import EmulatedChip, preset_names, random_profile
 from ..program import program_verify
 from ..run_store import RunStore
 
-TARGETS = {"yield_min": 0.99, "held_out_rel_error_max": 0.10}
+TARGETS = {"yield_min": 0.99, "held_out_rel_error_max": 0.10, "store_loss_pp_max": 1.0}
 LEVELS, LEVEL_MIN_US, TOP_FRACTION, TOLERANCE_US = 8, 1.0, 0.8, 0.5  # the demo's defaults
 FULL = {"calibration": 20_000, "validation": 10_000, "demo": 20_000}
 QUICK = {"calibration": 4_000, "validation": 3_000, "demo": 4_000}
 COLS = 256
+MAIN_JOB = {"sparsity": 0.75, "replicas": 1.5}  # pcm-hil store's defaults (the command line's)
 
 
 def devices(n_random: int, seed: int = 0) -> list[tuple[str, Any]]:
@@ -82,27 +85,37 @@ def run(n_devices: int = 20, quick: bool = False, seed: int = 0, store: bool = F
     rows = []
     for label, prof in devices(n_devices, seed):
         rows.append(one_device(label, prof, sizes, seed=seed, progress=progress))
+    if store:
+        from ..store_job import model_cache
+        with tempfile.TemporaryDirectory() as cache:
+            model_cache.use(cache)  # one compression of LeNet-5 serves every device
+            try:
+                for (label, prof), row in zip(devices(n_devices, seed), rows):
+                    row["store"] = store_loss(prof, seed=seed, progress=progress)
+            finally:
+                model_cache.use(None)
     out: dict[str, Any] = {"sizes": sizes, "targets": TARGETS, "devices": rows}
     keys = ("yield", "yield_healthy", "yield_worst_level", "sigma_rel_error_max", "pulses_rel_error",
             "drift_nu_rel_error")
     out["worst"] = {k: (min if k.startswith("yield") else max)(r[k] for r in rows if r[k] is not None
                                                                   and not math.isnan(r[k])) for k in keys}
     out["meets"] = {r["device"]: bool(r["yield"] >= TARGETS["yield_min"] and max(
-        r["sigma_rel_error_max"], r["pulses_rel_error"], r["drift_nu_rel_error"]) <= TARGETS["held_out_rel_error_max"])
-        for r in rows}
+        r["sigma_rel_error_max"], r["pulses_rel_error"], r["drift_nu_rel_error"]) <= TARGETS["held_out_rel_error_max"]
+        and ("store" not in r or r["store"]["loss_pp"] <= TARGETS["store_loss_pp_max"])) for r in rows}
     if store:
-        out["store"] = store_loss(seed=seed, progress=progress)
+        out["worst"]["store_loss_pp"] = max(r["store"]["loss_pp"] for r in rows)
     return out
 
 
-def store_loss(profile: str = "pcm-realistic", seed: int = 0,
+def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lenet5-fmnist",
                progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
-    """A LeNet-5 store with default options on ``profile`` (calibrating on the spot): its
-    accuracy after a day against the reference."""
+    """A LeNet-5 store with the main job's options on ``profile`` (calibrating on the spot,
+    no competitor search): its mean accuracy after a day against the reference."""
     from ..store_job import StoreConfig, run_store_job
     from ..store_job.inputs import load_inputs
 
-    cfg = StoreConfig.from_options(model="lenet5-fmnist", seed=seed)
+    cfg = StoreConfig.from_options(model=model, sparsity=MAIN_JOB["sparsity"],
+                                   replicas_per_weight=MAIN_JOB["replicas"], digital_baseline=False, seed=seed)
     inputs = load_inputs(cfg.network)
     chip = EmulatedChip(profile=profile, seed=seed)
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as rs:
@@ -110,4 +123,8 @@ def store_loss(profile: str = "pcm-realistic", seed: int = 0,
         _, noise = run_calibration(chip, rs, CalibrationConfig(cells=min(20_000, chip.geometry.n_cells // 4),
                                                                seed=seed), progress=progress, from_end=True)
         rec = run_store_job(chip, noise, rs, cfg, progress=progress, inputs=inputs).record
-    return {"profile": profile, **{k: rec[k] for k in rec if "accuracy" in k}}
+    keys = ("accuracy_reference", "accuracy_compressed", "accuracy_stored_mean", "accuracy_stored_ci95", "programmings",
+            "pulses", "yield", "total_cells")
+    return {**{k: rec[k] for k in keys},
+            "loss_pp": 100 * (rec["accuracy_reference"] - rec["accuracy_stored_mean"]),
+            "storage_loss_pp": 100 * (rec["accuracy_compressed"] - rec["accuracy_stored_mean"])}

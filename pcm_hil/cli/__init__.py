@@ -44,7 +44,7 @@ def build_parser() -> Parser:
     b.add_argument("--devices", type=int_in(0, 1000), default=20,
                    help="devices: random devices besides every preset (default 20)")
     b.add_argument("--quick", action="store_true", help="devices: a small-cell version (4000 calibration cells)")
-    b.add_argument("--store", action="store_true", help="devices: also a LeNet-5 store on pcm-realistic (~5 min)")
+    b.add_argument("--store", action="store_true", help="devices: also a LeNet-5 store on every device (~3 min each)")
     b.set_defaults(func=commands.benchmark)
 
     e = sub.add_parser("emulate", parents=[js, seed_option("chip seed (default 0)")],

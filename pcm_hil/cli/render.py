@@ -54,17 +54,17 @@ def benchmark(what: str, r: dict[str, Any]) -> str:
             ["ratio", r["ratio"]],
         ], title=f"wire benchmark over loopback, median of {r['repeats']}")
     if what == "devices":
+        stored = "store" in r["devices"][0] if r["devices"] else False
         rows = [[d["device"], d["g_sat_us"], d["top_level_us"], d["yield"], d["yield_healthy"], d["yield_worst_level"],
                  d["pulses_mean"], d["sigma_rel_error_max"], d["pulses_rel_error"], d["drift_nu_rel_error"],
-                 "yes" if r["meets"][d["device"]] else "no"] for d in r["devices"]]
-        text = format_table(["device", "g_sat µS", "top µS", "yield", "healthy", "worst level", "pulses",
-                             "σ err", "pulse err", "ν err", "targets"], rows,
+                 *([d["store"]["loss_pp"]] if stored else []), "yes" if r["meets"][d["device"]] else "no"]
+                for d in r["devices"]]
+        return format_table(["device", "g_sat µS", "top µS", "yield", "healthy", "worst level", "pulses",
+                             "σ err", "pulse err", "ν err", *(["LeNet-5 loss pp"] if stored else []), "targets"], rows,
                             title=f"devices: calibrate ({r['sizes']['calibration']} cells), validate "
                                   f"({r['sizes']['validation']}), demo ({r['sizes']['demo']}, levels to 0.8 × "
-                                  f"measured saturation); targets yield ≥ 99 %, errors ≤ 10 %")
-        if "store" in r:
-            text += "\n" + format_table(["figure", "value"], [[k, v] for k, v in r["store"].items()], title="store")
-        return text
+                                  f"measured saturation){', LeNet-5 store' if stored else ''}; targets yield ≥ 99 %, "
+                                  f"errors ≤ 10 %{', store loss ≤ 1 pp' if stored else ''}")
     if what == "faults":
         return format_table(["figure", "value"], [[k, r[k]] for k in (
             "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "crashes",
