@@ -37,6 +37,20 @@ class Split:
         return Split(self.x[idx], self.y[idx])
 
 
+VALIDATION_FRACTION = 0.1
+VALIDATION_MAX = 5000
+
+
+def hold_out(train: Split, seed: int = 0) -> tuple[Split, Split]:
+    """(training, validation): a fixed random tenth of the training data (at most 5,000
+    examples) held out. The reference models are trained without it (scripts/train_models.py),
+    and the store job chooses settings on it: it is never trained on."""
+    n_val = min(VALIDATION_MAX, max(1, int(round(VALIDATION_FRACTION * len(train)))))
+    idx = np.random.default_rng(seed).permutation(len(train))
+    keep, val = np.sort(idx[n_val:]), np.sort(idx[:n_val])
+    return Split(train.x[keep], train.y[keep]), Split(train.x[val], train.y[val])
+
+
 def _idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()

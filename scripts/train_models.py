@@ -25,7 +25,8 @@ def train(name: str, epochs: int | None, seed: int, batch: int = 128) -> dict:
     s = spec(name)
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    train_set, test_set = datasets.load(s.dataset)
+    full_train, test_set = datasets.load(s.dataset)
+    train_set, _ = datasets.hold_out(full_train)  # the validation split stays unseen
     model = s.build()
     epochs = epochs or s.epochs
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
@@ -46,7 +47,8 @@ def train(name: str, epochs: int | None, seed: int, batch: int = 128) -> dict:
     path = CHECKPOINTS / f"{name}.pt"
     torch.save(model.state_dict(), path)
     return {"file": path.name, "sha256": sha256(path), "dataset": s.dataset, "test_accuracy": acc,
-            "epochs": epochs, "seed": seed, "parameters": sum(p.numel() for p in model.parameters()),
+            "epochs": epochs, "seed": seed, "trained_on": f"{len(y)} of {len(full_train.y)} training examples "
+                                                             "(the validation split held out)", "parameters": sum(p.numel() for p in model.parameters()),
             "command": f"python scripts/train_models.py {name} --epochs {epochs} --seed {seed}",
             "train_seconds": round(time.time() - t0), "torch": torch.__version__}
 

@@ -52,25 +52,12 @@ def load_inputs(cfg: NetworkConfig) -> Inputs:
         if not torch.isfinite(params[n]).all():
             raise ValueError(f"model weights {n} hold NaN or infinite values")
     full_train, test = _dataset(cfg)
-    train, val = hold_out(full_train)
+    train, val = datasets.hold_out(full_train)
     try:
         acc = accuracy(model, test.x, test.y)
     except RuntimeError as exc:  # shapes or dtypes the network does not take
         raise ValueError(f"the data of {cfg.name} do not fit the network: {exc}") from None
     return Inputs(model, names, train, val, test, acc)
-
-
-VALIDATION_FRACTION = 0.1
-VALIDATION_MAX = 5000
-
-
-def hold_out(train: datasets.Split, seed: int = 0) -> tuple[datasets.Split, datasets.Split]:
-    """(training, validation): a fixed random tenth of the training data (at most 5,000
-    examples) held out, never trained or tuned on."""
-    n_val = min(VALIDATION_MAX, max(1, int(round(VALIDATION_FRACTION * len(train)))))
-    idx = np.random.default_rng(seed).permutation(len(train))
-    keep, val = np.sort(idx[n_val:]), np.sort(idx[:n_val])
-    return datasets.Split(train.x[keep], train.y[keep]), datasets.Split(train.x[val], train.y[val])
 
 
 def _dataset(cfg: NetworkConfig) -> tuple[datasets.Split, datasets.Split]:
