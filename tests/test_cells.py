@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pcm_hil_noisemodel import NoiseModel
 
 from pcm_hil import cli
+from pcm_hil.bench import BenchChip
 from pcm_hil.chip import Geometry, PulseKind
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.emulator.instruments import VirtualBench
 from pcm_hil.run_store import CellClaim, RunStore
+from pcm_hil.store_job import StoreConfig, run_store_job
 from pcm_hil.store_job.digital_medium import MediumConfig
 from pcm_hil.store_job.evaluation import EvaluationConfig, cells_needed
 
@@ -134,3 +137,138 @@ def test_claims_are_refused_when_held_and_allocated_from_free_cells(tmp_path) ->
         assert store.cells_of(c)[0] == 300
         with pytest.raises(ValueError, match="accepted first cell"):
             CellClaim("c", 1000, 10, first=995)
+
+
+# -- run stores written before cells had owners (pcm-hil before 41d3821) ----------------------
+# the schema those versions wrote, statement for statement: no cell_owners table
+OLD_SCHEMA = (
+    "PRAGMA journal_mode=WAL",
+    "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, started REAL NOT NULL, "
+    "finished REAL, status TEXT NOT NULL, settings TEXT NOT NULL, result TEXT)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE IF NOT EXISTS stages (run_id TEXT NOT NULL, stage TEXT NOT NULL, time REAL NOT NULL, info TEXT, "
+    "PRIMARY KEY (run_id, stage))",
+    "INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')",
+)
+
+
+def _old_store(path: Path):
+    import sqlite3
+
+    db = sqlite3.connect(path, isolation_level=None)
+    for sql in OLD_SCHEMA:
+        db.execute(sql)
+    return db
+
+
+def _old_table(db, table: str, rows: list[tuple], decl: str) -> None:
+    """A data table as the old RunStore.append made it (created on first use, with its index)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name=?", (table,)).fetchone():
+        db.execute(f"CREATE TABLE {table} (run_id TEXT NOT NULL, {decl})")
+        db.execute(f"CREATE INDEX {table}_run ON {table}(run_id)")
+    db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+
+def _old_run(db, run_id: str, kind: str, started: float, status: str, settings: dict) -> None:
+    db.execute("INSERT INTO runs VALUES (?, ?, ?, NULL, ?, ?, NULL)", (run_id, kind, started, status,
+                                                                         json.dumps(settings)))
+
+
+def test_runs_recorded_before_cell_owners_hold_the_cells_they_wrote(tmp_path) -> None:
+    """An old store: two store runs (the later one wrote over part of the earlier one, as every
+    job then started at cell 0 or its --first-cell), a calibration killed while running, a soak
+    run that names no chip. Opened by this pcm-hil, each run holds what it recorded writing;
+    the overwritten model is given to the run that wrote over it; new claims go around them;
+    a read-only copy shows the same map without writing."""
+    db = _old_store(tmp_path / "pcm-hil.sqlite")
+    for run_id, first, n, t in (("a", 0, 300, 1.0), ("b", 200, 300, 2.0)):
+        _old_run(db, run_id, "store", t, "done", {"chip_id": "c", "config": {"first_cell": first}})
+        _old_table(db, "layout", [(run_id, cell, 5.0) for cell in range(first, first + n)],
+                   '"cell" INTEGER, "target_us" REAL')
+    _old_run(db, "cal", "calibration", 3.0, "running", {"chip_id": "c", "config": {"first_cell": 800, "cells": 100}})
+    _old_run(db, "soak", "soak", 4.0, "done", {"cells": 64})
+    db.close()
+    with RunStore(tmp_path / "pcm-hil.sqlite") as store:
+        m = store.cell_map().set_index("run_id")
+        assert (m.loc["b", ["first", "stop"]].tolist(), bool(m.loc["b", "held"])) == ([200, 500], True)
+        assert (m.loc["a", ["first", "stop"]].tolist(), m.loc["a", "released_by"]) == ([0, 300], "b")
+        assert (m.loc["cal", ["first", "stop"]].tolist(), bool(m.loc["cal", "held"])) == ([800, 900], True)
+        assert m.loc["b", "derived"] == "layout" and m.loc["cal", "derived"] == "config" and "soak" not in m.index
+        assert store.cells_of("b")[[0, -1]].tolist() == [200, 499] and store.cells_of("soak") is None
+        new = store.create_run("demo", {}, CellClaim("c", 1000, 250))
+        assert store.cells_of(new)[[0, -1]].tolist() == [500, 749]  # not over b, not over the killed calibration
+        with pytest.raises(ValueError, match="overlap cells held by store run b"):
+            store.create_run("demo", {}, CellClaim("c", 1000, 10, first=450))
+        store.finish(new)
+    with RunStore(tmp_path / "pcm-hil.sqlite") as store:  # derived once: reopening adds nothing
+        assert len(store.cell_map()) == 4
+    # the same old store, read-only: the map is derived in memory, nothing is written
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    db = _old_store(ro / "pcm-hil.sqlite")
+    _old_run(db, "b", "store", 2.0, "done", {"chip_id": "c"})
+    _old_table(db, "layout", [("b", cell, 5.0) for cell in (7, 8, 9, 20)], '"cell" INTEGER, "target_us" REAL')
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    (ro / "pcm-hil.sqlite").chmod(0o444)
+    before = (ro / "pcm-hil.sqlite").read_bytes()
+    with RunStore(ro / "pcm-hil.sqlite") as store:
+        assert store.read_only
+        assert store.cell_map()[["first", "stop"]].values.tolist() == [[7, 10], [20, 21]]
+    assert (ro / "pcm-hil.sqlite").read_bytes() == before
+
+
+def _copy_as_old_store(src: Path, run_id: str, dst: Path) -> None:
+    """Write run ``run_id`` of the store in ``src`` into a new store in ``dst`` the way pcm-hil
+    wrote it before cells had owners: the old schema, the model's tables and files, its
+    ``first_cell`` in the config, no cell claim, no write counters, no evaluation."""
+    import shutil
+    import sqlite3
+
+    old = sqlite3.connect(src / "pcm-hil.sqlite")
+    run = old.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+    settings = json.loads(run[5])
+    settings["config"].pop("overwrite")
+    db = _old_store(dst / "pcm-hil.sqlite")
+    db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", (*run[:5], json.dumps(settings), run[6]))
+    for stage in old.execute("SELECT * FROM stages WHERE run_id=? AND stage IN ('layout', 'programmed', "
+                             "'readback')", (run_id,)):
+        db.execute("INSERT INTO stages VALUES (?, ?, ?, ?)", stage)
+    for table in ("side", "layout", "programmed", "readback"):
+        cols = old.execute(f"PRAGMA table_info({table})").fetchall()
+        rows = old.execute(f"SELECT * FROM {table} WHERE run_id=?", (run_id,)).fetchall()
+        _old_table(db, table, rows, ", ".join(f'"{c[1]}" {c[2]}' for c in cols[1:]))
+    db.close()
+    for kind in ("digital", "compressed", "noise"):
+        name = f"{run_id}{ {'digital': '-digital.pt', 'compressed': '-compressed.pt', 'noise': '-noise.json'}[kind]}"
+        shutil.copy(src / name, dst / name)
+
+
+@pytest.mark.slow
+def test_a_model_stored_before_cell_owners_is_not_overwritten_and_loads(tmp_path, capsys) -> None:
+    """A model stored on a bench by a pcm-hil older than cell owners (at cells 1000 on), then a
+    demo on 2,000 cells (more than the 1,000 free before the model): the demo goes around the
+    model, and ``load`` reads the model back as it was stored, exit 0."""
+    with VirtualBench(Geometry(1, 128, 128), seed=3) as vb:
+        vb.bench_config(id="die-7").save(tmp_path / "bench.toml")
+        bench = ("--bench", str(tmp_path / "bench.toml"))
+        new, old = tmp_path / "new", tmp_path / "old"
+        old.mkdir()
+        rc, _, err = _cli(capsys, "calibrate", "run", *bench, "--cells", "6000", "--first-cell", "10000", "--out",
+                          str(tmp_path / "noise.json"), "--report", "none", "--run-dir", str(new), "--json")
+        assert rc == 0, err
+        cfg = StoreConfig.from_options(model="mlp-digits", retention_s=60.0, first_cell=1000, programmings=1,
+                                       medium_cells=256)
+        with RunStore(new / "pcm-hil.sqlite") as store, BenchChip.from_file(tmp_path / "bench.toml") as chip:
+            stored = run_store_job(chip, NoiseModel.load(tmp_path / "noise.json"), store, cfg).record
+        _copy_as_old_store(new, stored["run_id"], old)
+        rc, listed, err = _cli(capsys, "runs", "list", "--run-dir", str(old), "--json")
+        assert rc == 0, err
+        assert [(c["run_id"], c["first"], c["stop"], c["held"], c["derived"]) for c in listed["cells"]] == [
+            (stored["run_id"], 1000, 1000 + stored["cells"], True, "layout")]
+        rc, demo, err = _cli(capsys, "demo", *bench, "--cells", "2000", "--run-dir", str(old), "--json")
+        assert rc == 0, err
+        rc, loaded, err = _cli(capsys, "load", stored["run_id"], *bench, "--run-dir", str(old), "--json")
+        assert rc == 0, err
+        assert abs(loaded["accuracy_loaded"] - stored["accuracy_stored"]) < 0.03
+        assert not np.intersect1d(_owned(old, demo["run_id"]), _owned(old, stored["run_id"])).size
