@@ -216,6 +216,12 @@ def test_runs_recorded_before_cell_owners_hold_the_cells_they_wrote(tmp_path) ->
         assert store.read_only
         assert store.cell_map()[["first", "stop"]].values.tolist() == [[7, 10], [20, 21]]
     assert (ro / "pcm-hil.sqlite").read_bytes() == before
+    # a read-only store of this pcm-hil shows its own claims (an empty in-memory table once hid them)
+    with RunStore(tmp_path / "ro2.sqlite") as store:
+        store.finish(store.create_run("store", {}, CellClaim("c", 100, 10)))
+    (tmp_path / "ro2.sqlite").chmod(0o444)
+    with RunStore(tmp_path / "ro2.sqlite") as store:
+        assert store.read_only and store.cell_map()[["first", "stop"]].values.tolist() == [[0, 10]]
 
 
 def _copy_as_old_store(src: Path, run_id: str, dst: Path) -> None:
