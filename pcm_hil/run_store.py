@@ -46,8 +46,9 @@ class RunLocked(RuntimeError):
 @dataclass(frozen=True)
 class CellClaim:
     """The cells a new run asks for on chip ``chip_id`` (``chip_cells`` cells in all):
-    ``count`` contiguous cells from ``first``, or (``first=None``) the first free range,
-    searched from the chip's end with ``from_end``. ``overwrite`` names a run whose cells may
+    ``count`` contiguous cells from ``first``, or (``first=None``) free cells: the first free
+    range that holds them (searched from the chip's end with ``from_end``), or on a fragmented
+    chip several free ranges (:meth:`RunStore.cells_of` gives them in cell order). ``overwrite`` names a run whose cells may
     be reused; they are taken from it (its ``load`` fails from then on)."""
 
     chip_id: str
@@ -219,17 +220,21 @@ class RunStore:
                 at = max(at, b)
             if at < c.chip_cells:
                 gaps.append((at, c.chip_cells))
-            fits = [(a, b) for a, b in gaps if b - a >= c.count]
-            if not fits:
+            pieces = _allocate(gaps, c.count, c.from_end)
+            if not pieces:
                 free = sum(b - a for a, b in gaps)
-                raise ValueError(f"no {c.count} free contiguous cells on {c.chip_id}: {free} of {c.chip_cells} "
-                                 f"are free, in {len(gaps)} ranges; free cells with --overwrite RUN "
-                                 "(see 'pcm-hil runs list')")
-            first = fits[-1][1] - c.count if c.from_end else fits[0][0]
+                big = max(gaps, key=lambda g: g[1] - g[0], default=(0, 0))
+                raise ValueError(f"the run needs {c.count} cells; {c.chip_id} has {free} of its {c.chip_cells} free"
+                                 + (f", in {len(gaps)} range{'s' * (len(gaps) > 1)} (largest [{big[0]}, "
+                                    f"{big[1]}): {big[1] - big[0]} cells)" if gaps else "")
+                                 + "; free cells with --overwrite RUN (see 'pcm-hil runs list')")
+        if c.first is not None:
+            pieces = [(first, first + c.count)]
         if c.overwrite is not None:
             self._db.execute("UPDATE cell_owners SET released_by=? WHERE run_id=? AND chip_id=? AND released_by IS NULL",
                              (run_id, c.overwrite, c.chip_id))
-        self._db.execute("INSERT INTO cell_owners VALUES (?, ?, ?, ?, NULL)", (c.chip_id, run_id, first, first + c.count))
+        for a, b in pieces:
+            self._db.execute("INSERT INTO cell_owners VALUES (?, ?, ?, ?, NULL)", (c.chip_id, run_id, a, b))
 
     # -- runs recorded before cells had owners --------------------------------------------
     def _derive_claims(self) -> None:
@@ -511,6 +516,24 @@ def _writable(path: Path) -> bool:
     not marked read-only (no write bit: respected even where root could write it anyway)."""
     return (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
             and bool(path.stat().st_mode & 0o222))
+
+
+def _allocate(gaps: list[tuple[int, int]], count: int, from_end: bool) -> list[tuple[int, int]]:
+    """``count`` cells from the free ``gaps`` (sorted [first, stop) ranges): the first range
+    that holds them all (the last one, its end, with ``from_end``); on a fragmented chip,
+    several ranges taken in order (from the end with ``from_end``); [] if too few are free."""
+    fits = [(a, b) for a, b in gaps if b - a >= count]
+    if fits:
+        a, b = fits[-1] if from_end else fits[0]
+        return [(b - count, b)] if from_end else [(a, a + count)]
+    pieces, left = [], count
+    for a, b in (reversed(gaps) if from_end else gaps):
+        take = min(left, b - a)
+        pieces.append((b - take, b) if from_end else (a, a + take))
+        left -= take
+        if not left:
+            return sorted(pieces)
+    return []
 
 
 def _ranges(cells: np.ndarray) -> list[tuple[int, int]]:

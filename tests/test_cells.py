@@ -127,7 +127,7 @@ def test_claims_are_refused_when_held_and_allocated_from_free_cells(tmp_path) ->
         assert store.cells_of(a)[[0, -1]].tolist() == [0, 299] and store.cells_of(b)[[0, -1]].tolist() == [800, 999]
         with pytest.raises(ValueError, match=f"overlap cells held by store run {a}"):
             store.create_run("demo", {}, CellClaim("c", 1000, 10, first=250))
-        with pytest.raises(ValueError, match="no 600 free contiguous cells"):
+        with pytest.raises(ValueError, match=r"needs 600 cells; c has 500 of its 1000 free, in 1 range \(largest \[300, 800\)"):
             store.create_run("demo", {}, CellClaim("c", 1000, 600))
         assert len(store.runs()) == 2  # refused claims create no run
         assert store.cells_of(store.create_run("demo", {}, CellClaim("other-chip", 1000, 10)))[0] == 0
@@ -278,3 +278,68 @@ def test_a_model_stored_before_cell_owners_is_not_overwritten_and_loads(tmp_path
         assert rc == 0, err
         assert abs(loaded["accuracy_loaded"] - stored["accuracy_stored"]) < 0.03
         assert not np.intersect1d(_owned(old, demo["run_id"]), _owned(old, stored["run_id"])).size
+
+
+# -- a fragmented chip: a job that fits the free cells only in pieces --------------------------
+def test_a_claim_on_a_fragmented_chip_takes_several_free_ranges_or_names_the_largest(tmp_path) -> None:
+    with RunStore(tmp_path / "s.sqlite") as store:
+        a = store.create_run("store", {}, CellClaim("c", 1000, 300))                       # [0, 300)
+        store.finish(a)
+        store.finish(store.create_run("store", {}, CellClaim("c", 1000, 200, first=400)))  # [400, 600)
+        store.finish(store.create_run("store", {}, CellClaim("c", 1000, 300, first=700)))  # [700, 1000)
+        # free: [300, 400) and [600, 700); with a's cells: [0, 400) and [600, 700)
+        assert store.cells_of(store.create_run("demo", {}, CellClaim("c", 1000, 60)))[0] == 300  # one range fits
+        b = store.create_run("demo", {}, CellClaim("c", 1000, 350, overwrite=a))
+        assert store.cells_of(b).tolist() == list(range(0, 300)) + list(range(360, 400)) + list(range(600, 610))
+        e = store.create_run("calibration", {}, CellClaim("c", 1000, 50, from_end=True))
+        assert store.cells_of(e).tolist() == list(range(610, 700))[-50:]  # one range fits, from the end
+        with pytest.raises(ValueError, match=r"needs 100 cells; c has 40 of its 1000 free, in 1 range "
+                                             r"\(largest \[610, 650\): 40 cells\); free cells with --overwrite RUN"):
+            store.create_run("demo", {}, CellClaim("c", 1000, 100))
+        n = len(store.runs())
+        store.finish(e)
+        f = store.create_run("calibration", {}, CellClaim("c", 1000, 80, from_end=True))
+        assert store.cells_of(f).tolist() == list(range(620, 700))  # the done calibration's cells are free again
+        store.finish(b)  # free: [0, 300), [360, 400), [600, 620)
+        g = store.create_run("calibration", {}, CellClaim("c", 1000, 330, from_end=True))
+        assert store.cells_of(g).tolist() == [*range(30, 300), *range(360, 400), *range(600, 620)]  # from the end
+        assert len(store.runs()) == n + 2  # the refused claim created no run
+
+
+def test_a_model_stored_on_a_fragmented_chip_uses_several_ranges_and_loads_back(tmp_path, noise_file) -> None:
+    """Run A's cells freed (--overwrite A) before run B's, the rest of the chip held: the store
+    job needs more cells than either free range. It programs the model and its evaluation
+    across both, never pulses a held cell, and the model loads back as it was stored."""
+    from pcm_hil.store_job import load_run
+
+    chip = EmulatedChip(Geometry(1, 128, 128), profile="pcm", seed=2)
+    cfg = StoreConfig.from_options(model="mlp-digits", retention_s=60.0, programmings=1, medium_cells=256,
+                                   digital_baseline=False, importance_samples=300)
+    need = 3840  # mlp-digits at the default replicas, and its evaluation (the error says so when it changes)
+    with RunStore(tmp_path / "pcm-hil.sqlite") as store:
+        n = chip.geometry.n_cells
+        # each free range is short of what the job needs, the two hold it; the model fits the first,
+        # its evaluation straddles both
+        gap, gap2 = 3000, need - 3000 + 600
+        a = store.create_run("store", {}, CellClaim(chip.chip_id(), n, gap))
+        b = store.create_run("store", {}, CellClaim(chip.chip_id(), n, 1000))
+        rest = store.create_run("store", {}, CellClaim(chip.chip_id(), n, n - gap - gap2 - 1000,
+                                                       first=gap + gap2 + 1000))
+        for run_id in (a, b, rest):
+            store.finish(run_id)
+        held = np.concatenate([store.cells_of(b), store.cells_of(rest)])
+        r = run_store_job(chip, NoiseModel.load(noise_file), store, replace_cfg(cfg, overwrite=a)).record
+        mine = store.cells_of(r["run_id"])
+        assert mine.size >= r["cells"] and not np.intersect1d(mine, held).size
+        assert mine.min() < gap and mine.max() >= gap + 1000  # in both free ranges
+        assert r["cells"] < gap < need  # (the model in the first range, its evaluation in both)
+        assert not chip.pulse_count[held].any()  # no held cell was pulsed, evaluation included
+        assert chip.pulse_count[mine].all()
+        loaded = load_run(chip, store, r["run_id"])
+        assert abs(loaded["accuracy_loaded"] - r["accuracy_stored"]) < 0.03
+
+
+def replace_cfg(cfg, **changes):
+    from dataclasses import replace
+
+    return replace(cfg, **changes)
