@@ -66,7 +66,10 @@ def benchmark(what: str, r: dict[str, Any]) -> str:
             text += "\n" + format_table(["figure", "value"], [[k, v] for k, v in r["store"].items()], title="store")
         return text
     if what == "faults":
-        return format_table(["figure", "value"], [[k, r[k]] for k in (
+        links = [[f"{figure} ({link})", n] for figure in ("faults_injected", "driver_errors_logged", "measurements_lost",
+                                                          "cells_diverged")
+                 for link, n in r.get(f"{figure}_by_link", {}).items()]
+        return format_table(["figure", "value"], links + [[k, r[k]] for k in (
             "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "crashes",
             "runs_resumed", "measurements_lost", "cells_diverged", "cells_made_stuck", "reads_offset", "reads_disputed",
             "reads_disputed_uninterrupted", "cells_beyond_tolerance", "cells_beyond_tolerance_uninterrupted", "yield",
