@@ -90,7 +90,14 @@ class RunStore:
         self.path = Path(path)
         self._locks: dict[str, int] = {}
         self._derivable = True
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise ValueError(f"run directory {self.path.parent} is a file, not a directory (accepted: a directory, "
+                             "made if missing)")
         if not self.path.exists():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"cannot make run directory {self.path.parent}: {exc.strerror or exc}") from None
             self._create_new()
         exists = self.path.exists()
         if exists and self.path.stat().st_size == 0:  # sqlite would take it for a new, empty store
