@@ -343,3 +343,21 @@ def replace_cfg(cfg, **changes):
     from dataclasses import replace
 
     return replace(cfg, **changes)
+
+
+def test_an_old_emulated_run_loads_from_its_own_chip_file(tmp_path) -> None:
+    """Old versions saved each emulated run's chip beside it (``RUN-chip.npz``); once a new job
+    has made the run directory's shared chip file, the old run still reads its own."""
+    from pcm_hil.app import ChipOptions, chip_for_run
+
+    own = EmulatedChip(Geometry(1, 8, 8), profile="pcm", seed=5)
+    own.pulse(np.arange(4), PulseKind.RESET, 2.0, 50e-9)  # what the old run wrote
+    db = _old_store(tmp_path / "pcm-hil.sqlite")
+    _old_run(db, "old", "store", 1.0, "done", {"chip_id": own.chip_id()})
+    db.close()
+    own.save_state(tmp_path / "old-chip.npz")
+    with RunStore(tmp_path / "pcm-hil.sqlite") as store:
+        EmulatedChip(Geometry(1, 8, 8), profile="pcm", seed=5).save_state(store.chip_file(own.chip_id()))
+        chip = chip_for_run(ChipOptions(profile="pcm", seed=5), store, "old")
+        assert chip.pulse_count[:4].tolist() == [1, 1, 1, 1]
+        chip.close()
