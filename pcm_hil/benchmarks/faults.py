@@ -19,6 +19,13 @@ flags, excluded). Offset reads are detected by ``BenchChip``'s confirming reads
 (``reads_disputed``; the twin's count is the false-alarm figure). The twin runs the
 same bench path with the same batch size, so the comparison isolates the faults: small
 batches by themselves lower the yield (see ``notes``).
+
+The SMU and pulse-generator lines of the faulty bench get faults too (``line_rate``, every
+default kind but ``stuck``), and a precise-and-external phase follows on ``external_cells`` of
+the programmed cells (:func:`_external`): every stored SMU read is compared with the SMU's own
+log of what it measured, every cell verified reset through the pulse generator with its true
+conductance. The ``*_by_link`` figures count faults, driver errors, lost measurements and
+diverged cells per link (board, smu, pg).
 """
 from __future__ import annotations
 
