@@ -166,9 +166,12 @@ def runs(table: Any, cells: Any) -> str:
     """The runs, then each chip's cell map (who holds which cells; released claims say by whom)."""
     out = [format_table(list(table.columns), table.values.tolist()) if len(table) else "no runs"]
     for chip_id, m in cells.groupby("chip_id", sort=True):
-        rows = [[f"[{a}, {b})", r, k, s, "held" if h else f"free (taken by {t})" if t else "free (run done)"]
-                for a, b, r, k, s, h, t in m[["first", "stop", "run_id", "kind", "status", "held",
-                                               "released_by"]].itertuples(index=False)]
+        if "derived" not in m:
+            m = m.assign(derived=None)
+        rows = [[f"[{a}, {b})", r, k, s, ("held" if h else f"free (taken by {t})" if t else "free (run done)")
+                 + (f"; recorded before cell owners, cells from its {d}" if isinstance(d, str) else "")]
+                for a, b, r, k, s, h, t, d in m[["first", "stop", "run_id", "kind", "status", "held",
+                                                  "released_by", "derived"]].itertuples(index=False)]
         out.append(format_table(["cells", "run", "kind", "status", "now"], rows, title=f"\ncells of {chip_id}"))
     return "\n".join(out)
 
