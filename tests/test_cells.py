@@ -202,6 +202,11 @@ def test_runs_recorded_before_cell_owners_hold_the_cells_they_wrote(tmp_path) ->
         store.finish(new)
     with RunStore(tmp_path / "pcm-hil.sqlite") as store:  # derived once: reopening adds nothing
         assert len(store.cell_map()) == 4
+        # loading the model that b wrote over fails, naming b (before any read is compared)
+        from pcm_hil.cells import CellsOverwritten, check_unchanged
+
+        with pytest.raises(CellsOverwritten, match="written over by run b .both recorded before"):
+            check_unchanged(store, "a", EmulatedChip(Geometry(1, 1, 1000)), np.arange(300), np.zeros(300))
     # the same old store, read-only: the map is derived in memory, nothing is written
     ro = tmp_path / "ro"
     ro.mkdir()
