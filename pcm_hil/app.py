@@ -87,9 +87,10 @@ def chip_for_run(opts: ChipOptions, store: RunStore, run_id: str | None = None) 
         if store.chip_file(chip.chip_id()).exists():
             chip = EmulatedChip.load_state(store.chip_file(chip.chip_id()))
     else:
-        state = store.chip_file(recorded) if recorded else None
-        if state is None or not state.exists():
-            state = store.run_file(run_id, "chip")  # runs recorded before the chip lived in the run directory
+        # runs recorded before the chip lived in the run directory kept an emulated chip of their own
+        state = store.run_file(run_id, "chip")
+        if not state.exists() and recorded:
+            state = store.chip_file(recorded)
         if not state.exists():
             raise ValueError(f"run {run_id} has no saved emulated chip ({state}); give --bench FILE for a real chip")
         chip = EmulatedChip.load_state(state)

@@ -36,6 +36,9 @@ def check_unchanged(store: RunStore, run_id: str, chip: Chip, cells: np.ndarray,
     given to another run (``--overwrite``), pulsed (write counter), or, on a chip without
     counter, moved away from their read-back beyond drift and noise."""
     taken = store.overwritten_by(run_id)
+    if taken and store.claim_source(taken[0]) is not None:
+        raise CellsOverwritten(f"the cells of run {run_id} were written over by run {', '.join(taken)} (both recorded "
+                               "before pcm-hil kept cell owners): the model is no longer on the chip; store it again")
     if taken:
         raise CellsOverwritten(f"the cells of run {run_id} were given to run {', '.join(taken)} (--overwrite): "
                                "the model is no longer on the chip; store it again")

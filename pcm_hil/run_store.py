@@ -46,8 +46,9 @@ class RunLocked(RuntimeError):
 @dataclass(frozen=True)
 class CellClaim:
     """The cells a new run asks for on chip ``chip_id`` (``chip_cells`` cells in all):
-    ``count`` contiguous cells from ``first``, or (``first=None``) the first free range,
-    searched from the chip's end with ``from_end``. ``overwrite`` names a run whose cells may
+    ``count`` contiguous cells from ``first``, or (``first=None``) free cells: the first free
+    range that holds them (searched from the chip's end with ``from_end``), or on a fragmented
+    chip several free ranges (:meth:`RunStore.cells_of` gives them in cell order). ``overwrite`` names a run whose cells may
     be reused; they are taken from it (its ``load`` fails from then on)."""
 
     chip_id: str
@@ -67,6 +68,11 @@ class CellClaim:
                              f"{self.chip_cells} cells (accepted first cell: 0 to {self.chip_cells - self.count})")
 
 
+_OWNERS_DDL = ("CREATE TABLE IF NOT EXISTS cell_owners (chip_id TEXT NOT NULL, run_id TEXT NOT NULL, "
+               "first INTEGER NOT NULL, stop INTEGER NOT NULL, released_by TEXT)")
+# runs recorded before cells had owners, once looked at: where their claims came from
+# ('layout', 'config'), or why they have none
+_DERIVED_DDL = "CREATE TABLE IF NOT EXISTS cell_owners_derived (run_id TEXT PRIMARY KEY, source TEXT NOT NULL)"
 # a run holds its cells while: a stored model not overwritten, or any other run not yet done
 _HELD = ("o.released_by IS NULL AND (r.kind = 'store' OR r.status != 'done')")
 
@@ -83,7 +89,15 @@ class RunStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._locks: dict[str, int] = {}
+        self._derivable = True
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise ValueError(f"run directory {self.path.parent} is a file, not a directory (accepted: a directory, "
+                             "made if missing)")
         if not self.path.exists():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"cannot make run directory {self.path.parent}: {exc.strerror or exc}") from None
             self._create_new()
         exists = self.path.exists()
         if exists and self.path.stat().st_size == 0:  # sqlite would take it for a new, empty store
@@ -95,8 +109,14 @@ class RunStore:
         try:
             if self.read_only:  # read what is there, write nothing
                 self._open_read_only()
-                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS cell_owners (chip_id TEXT, run_id TEXT, "
-                                 "first INTEGER, stop INTEGER, released_by TEXT)")  # stores older than cell owners
+                have = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if "cell_owners" not in have:  # a store older than cell owners: its runs' claims, in memory
+                    # (only then: a temp table of the same name would hide the store's own)
+                    self._db.execute(_OWNERS_DDL.replace("TABLE IF NOT EXISTS", "TEMP TABLE IF NOT EXISTS"))
+                    self._db.execute(_DERIVED_DDL.replace("TABLE IF NOT EXISTS", "TEMP TABLE IF NOT EXISTS"))
+                elif "cell_owners_derived" not in have:  # nothing derived in a store that cannot be written
+                    self._db.execute(_DERIVED_DDL.replace("TABLE IF NOT EXISTS", "TEMP TABLE IF NOT EXISTS"))
+                    self._derivable = False
             else:
                 self._create()
             version = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
@@ -104,6 +124,7 @@ class RunStore:
             raise ValueError(f"run store {self.path} is not a readable SQLite database: {exc}") from None
         if int(version) != SCHEMA_VERSION:
             raise ValueError(f"run store {self.path} has schema version {version}; this pcm-hil reads {SCHEMA_VERSION}")
+        self._derive_claims()
 
     def _open_read_only(self) -> None:
         uri = self.path.resolve().as_uri()
@@ -144,8 +165,8 @@ class RunStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self._db.execute("CREATE TABLE IF NOT EXISTS stages (run_id TEXT NOT NULL, stage TEXT NOT NULL, "
                          "time REAL NOT NULL, info TEXT, PRIMARY KEY (run_id, stage))")
-        self._db.execute("CREATE TABLE IF NOT EXISTS cell_owners (chip_id TEXT NOT NULL, run_id TEXT NOT NULL, "
-                         "first INTEGER NOT NULL, stop INTEGER NOT NULL, released_by TEXT)")
+        self._db.execute(_OWNERS_DDL)
+        self._db.execute(_DERIVED_DDL)
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- runs ------------------------------------------------------------------------
@@ -206,20 +227,80 @@ class RunStore:
                 at = max(at, b)
             if at < c.chip_cells:
                 gaps.append((at, c.chip_cells))
-            fits = [(a, b) for a, b in gaps if b - a >= c.count]
-            if not fits:
+            pieces = _allocate(gaps, c.count, c.from_end)
+            if not pieces:
                 free = sum(b - a for a, b in gaps)
-                raise ValueError(f"no {c.count} free contiguous cells on {c.chip_id}: {free} of {c.chip_cells} "
-                                 f"are free, in {len(gaps)} ranges; free cells with --overwrite RUN "
-                                 "(see 'pcm-hil runs list')")
-            first = fits[-1][1] - c.count if c.from_end else fits[0][0]
+                big = max(gaps, key=lambda g: g[1] - g[0], default=(0, 0))
+                raise ValueError(f"the run needs {c.count} cells; {c.chip_id} has {free} of its {c.chip_cells} free"
+                                 + (f", in {len(gaps)} range{'s' * (len(gaps) > 1)} (largest [{big[0]}, "
+                                    f"{big[1]}): {big[1] - big[0]} cells)" if gaps else "")
+                                 + "; free cells with --overwrite RUN (see 'pcm-hil runs list')")
+        if c.first is not None:
+            pieces = [(first, first + c.count)]
         if c.overwrite is not None:
             self._db.execute("UPDATE cell_owners SET released_by=? WHERE run_id=? AND chip_id=? AND released_by IS NULL",
                              (run_id, c.overwrite, c.chip_id))
-        self._db.execute("INSERT INTO cell_owners VALUES (?, ?, ?, ?, NULL)", (c.chip_id, run_id, first, first + c.count))
+        for a, b in pieces:
+            self._db.execute("INSERT INTO cell_owners VALUES (?, ?, ?, ?, NULL)", (c.chip_id, run_id, a, b))
+
+    # -- runs recorded before cells had owners --------------------------------------------
+    def _derive_claims(self) -> None:
+        """Give every run recorded without cell claims (by a pcm-hil older than cell owners) the
+        cells it wrote, from what it recorded: a store run the cells of its layout, a calibration
+        ``config.first_cell`` and ``config.cells``. Done once per run, in one transaction (in
+        memory for a read-only store). Of two such runs on one chip whose cells overlap, the
+        later one wrote over the earlier one: the earlier one's claim is released to it (its
+        ``load`` fails), unless the runs kept emulated chips of their own (``RUN-chip.npz``)."""
+        pending = "SELECT run_id, kind, settings FROM runs WHERE run_id NOT IN (SELECT run_id FROM cell_owners) " \
+                  "AND run_id NOT IN (SELECT run_id FROM cell_owners_derived) ORDER BY started"
+        if not self._derivable or not self._db.execute(pending).fetchone():
+            return
+        self._db.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
+        try:
+            found: list[tuple[str, str, list[tuple[int, int]]]] = []
+            for run_id, kind, text in self._db.execute(pending).fetchall():
+                settings = json.loads(text)
+                chip_id = settings.get("chip_id") if isinstance(settings, dict) else None
+                source, ranges = self._recorded_cells(run_id, kind, settings)
+                if ranges and not isinstance(chip_id, str):
+                    source, ranges = "none: no chip id recorded", []
+                for a, b in ranges:
+                    self._db.execute("INSERT INTO cell_owners VALUES (?, ?, ?, ?, NULL)", (chip_id, run_id, a, b))
+                self._db.execute("INSERT INTO cell_owners_derived VALUES (?, ?)", (run_id, source))
+                if ranges and not self.run_file(run_id, "chip").exists():
+                    found.append((run_id, chip_id, ranges))
+            for k, (early, chip, mine) in enumerate(found):  # written over by a later run recorded the same way
+                later = next((r for r, c, theirs in found[k + 1:] if c == chip and any(
+                    a < d and c0 < b for a, b in mine for c0, d in theirs)), None)
+                if later is not None:
+                    self._db.execute("UPDATE cell_owners SET released_by=? WHERE run_id=? AND released_by IS NULL",
+                                     (later, early))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _recorded_cells(self, run_id: str, kind: str, settings: Any) -> tuple[str, list[tuple[int, int]]]:
+        """(source, ranges) of the cells a run without claims wrote, from its own record."""
+        if kind == "store":
+            if "layout" not in self.tables():
+                return "none: no layout", []
+            cells = np.unique(np.array([r[0] for r in self._db.execute(
+                "SELECT cell FROM layout WHERE run_id=?", (run_id,))], np.int64))
+            return ("layout", _ranges(cells)) if cells.size else ("none: no layout", [])
+        if kind == "calibration" and isinstance(settings, dict) and isinstance(settings.get("config"), dict):
+            first, n = settings["config"].get("first_cell", 0), settings["config"].get("cells")
+            if type(first) is int and type(n) is int and first >= 0 and n > 0:
+                return "config", [(first, first + n)]
+        return f"none: a {kind} run records no cells", []
+
+    def claim_source(self, run_id: str) -> str | None:
+        """Where the claim of a run recorded before cells had owners came from (None: claimed)."""
+        row = self._db.execute("SELECT source FROM cell_owners_derived WHERE run_id=?", (run_id,)).fetchone()
+        return row[0] if row else None
 
     def cells_of(self, run_id: str) -> np.ndarray | None:
-        """The cells a run claimed (None for runs recorded before cells had owners)."""
+        """The cells a run claimed, or (runs recorded before cells had owners) wrote; None if neither is known."""
         rows = self._db.execute("SELECT first, stop FROM cell_owners WHERE run_id=? ORDER BY first",
                                 (run_id,)).fetchall()
         if not rows:
@@ -236,8 +317,9 @@ class RunStore:
         """Every claim on every chip: chip, first, stop, run, kind, status and whether it holds
         its cells now (``held``) or who took them (``released_by``)."""
         df = pd.read_sql_query(
-            f"SELECT o.chip_id, o.first, o.stop, o.run_id, r.kind, r.status, ({_HELD}) AS held, o.released_by "
-            "FROM cell_owners o JOIN runs r USING (run_id) ORDER BY o.chip_id, o.first, r.started", self._db)
+            f"SELECT o.chip_id, o.first, o.stop, o.run_id, r.kind, r.status, ({_HELD}) AS held, o.released_by, "
+            "d.source AS derived FROM cell_owners o JOIN runs r USING (run_id) "
+            "LEFT JOIN cell_owners_derived d USING (run_id) ORDER BY o.chip_id, o.first, r.started", self._db)
         df["held"] = df["held"].astype(bool)
         return df
 
@@ -357,7 +439,7 @@ class RunStore:
     # -- data ------------------------------------------------------------------------
     def tables(self) -> list[str]:
         rows = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT IN "
-                                "('runs', 'meta', 'cell_owners')")
+                                "('runs', 'meta', 'cell_owners', 'cell_owners_derived')")
         return sorted(r[0] for r in rows)
 
     def append(self, run_id: str, table: str, df: pd.DataFrame, stage: str | None = None,
@@ -441,6 +523,32 @@ def _writable(path: Path) -> bool:
     not marked read-only (no write bit: respected even where root could write it anyway)."""
     return (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
             and bool(path.stat().st_mode & 0o222))
+
+
+def _allocate(gaps: list[tuple[int, int]], count: int, from_end: bool) -> list[tuple[int, int]]:
+    """``count`` cells from the free ``gaps`` (sorted [first, stop) ranges): the first range
+    that holds them all (the last one, its end, with ``from_end``); on a fragmented chip,
+    several ranges taken in order (from the end with ``from_end``); [] if too few are free."""
+    fits = [(a, b) for a, b in gaps if b - a >= count]
+    if fits:
+        a, b = fits[-1] if from_end else fits[0]
+        return [(b - count, b)] if from_end else [(a, a + count)]
+    pieces, left = [], count
+    for a, b in (reversed(gaps) if from_end else gaps):
+        take = min(left, b - a)
+        pieces.append((b - take, b) if from_end else (a, a + take))
+        left -= take
+        if not left:
+            return sorted(pieces)
+    return []
+
+
+def _ranges(cells: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique cells as [first, stop) ranges."""
+    if not cells.size:
+        return []
+    breaks = np.flatnonzero(np.diff(cells) != 1) + 1
+    return [(int(p[0]), int(p[-1]) + 1) for p in np.split(cells, breaks)]
 
 
 def _chip_key(chip_id: str) -> str:

@@ -98,6 +98,15 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
                                    "fitted on 'bench:OTHER"),
         "noise-model-schema-version": ([*store[:4], _write(d, "n2.json", json.dumps({**noise, "schema_version": 99})),
                                         *store[5:]], "schema version 99 is not supported"),
+        # values and schema checked on load, before any pulse (issue #17: NaN or negative sigmas were pulsed)
+        "noise-model-sigma-nan": ([*store[:4], _write(d, "n4.json", json.dumps(_noise_with(
+            noise, "read_noise", "a", float("nan")))), *store[5:]], "read_noise.a must be finite"),
+        "noise-model-sigma-negative": ([*store[:4], _write(d, "n5.json", json.dumps(_noise_with(
+            noise, "programming", "sigma_us", _negated_first(noise["programming"]["sigma_us"])))), *store[5:]],
+            r"programming.sigma_us must be >= 0"),
+        "noise-model-field-missing": ([*store[:4], _write(d, "n6.json", json.dumps(
+            {k: v for k, v in noise.items() if k != "window"})), *store[5:]], "noise model .*window"),
+        "run-dir-is-a-file": (["runs", "list", "--run-dir", _write(d, "not-a-dir", "x")], "not-a-dir is a file, not a directory"),
         "noise-model-not-json": ([*store[:4], _write(d, "n3.json", "{truncated"), *store[5:]], "noise model"),
         "run-store-corrupted": (["runs", "list", "--run-dir", str(_dir(d, "bad1", b"not a database" * 200))],
                                 "not a readable SQLite database"),
@@ -123,6 +132,20 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
                                                        "    pass\n") + ":Net", *store[3:]],
                                     "give its weights with --checkpoint"),
     }
+
+
+def _noise_with(noise: dict, part: str, key: str, value: object) -> dict:
+    return {**noise, part: {**noise[part], key: value}}
+
+
+def _negated_first(rows: list) -> list:
+    """A copy of a nested list with its first number made negative."""
+    out = json.loads(json.dumps(rows))
+    inner = out
+    while isinstance(inner[0], list):
+        inner = inner[0]
+    inner[0] = -abs(inner[0]) - 0.1
+    return out
 
 
 def _dir(d: Path, name: str, content: bytes) -> Path:
@@ -157,7 +180,8 @@ def _runs(d: Path) -> list[dict]:
 CASE_IDS = ["bench-not-toml", "bench-unknown-key", "bench-no-board", "bench-limit-above-range",
             "bench-bias-above-limit", "resource-nothing-listens", "resource-unresolvable", "tolerance-not-finite",
             "retention-negative", "retention-infinite", "budget-too-small", "noise-model-other-chip",
-            "noise-model-schema-version", "noise-model-not-json", "run-store-corrupted", "run-store-truncated",
+            "noise-model-schema-version", "noise-model-not-json", "noise-model-sigma-nan", "noise-model-sigma-negative",
+            "noise-model-field-missing", "run-dir-is-a-file", "run-store-corrupted", "run-store-truncated",
             "chip-state-truncated", "resume-unknown-run", "resume-finished-run", "resume-wrong-kind",
             "model-file-pickle", "model-file-not-state-dict", "model-file-foreign-keys", "model-weights-nan",
             "bn-samples-negative", "model-unknown", "own-model-no-checkpoint", "data-dir-missing"]
@@ -185,3 +209,42 @@ def test_every_case_is_in_the_documented_table() -> None:
     text = DOC.read_text(encoding="utf-8")
     missing = [c for c in CASE_IDS if f"`{c}`" not in text]
     assert not missing, f"docs/reliability.md lacks rows for {missing}"
+
+
+def test_a_busy_port_is_one_line(capsys) -> None:
+    """``emulate --port P`` where something listens on P (or P+1, P+2): exit 2, one line."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        port = s.getsockname()[1]
+        for p in (port, port - 1):  # the board's port, then the SMU's (P+1)
+            capsys.readouterr()
+            code = cli.main(["emulate", "--port", str(p), "--geometry", "1", "16", "16"])
+            err = capsys.readouterr().err
+            assert code == 2 and "Address already in use" in err and err.count("\n") == 1, err
+    finally:
+        s.close()
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path) -> None:
+    """A run directory that cannot take more bytes (RLIMIT_FSIZE: writes fail with EFBIG, as
+    ENOSPC on a full disk): exit 2, one line, nothing pulsed (the emulated chip's file is written
+    before the first pulse), no half-written file left; the run it began is listed, holding its
+    cells until resumed or named with --overwrite."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "calibrate", "run", "--cells", "6000", "--run-dir",
+                        str(tmp_path), "--out", str(tmp_path / "noise.json"), "--report", "none"],
+                       capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert r.returncode == 2 and "no room to write" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not list(tmp_path.glob("*.tmp*")) and not (tmp_path / "noise.json").exists()
+    with RunStore(tmp_path / "pcm-hil.sqlite") as store:
+        assert store.runs()["status"].tolist() == ["killed (resumable)"]

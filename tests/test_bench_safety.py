@@ -4,12 +4,14 @@ SMU and pulse-generator links are typed and recovered within a bound, a dead ins
 in GaveUp with every other output off, and the board's temperature controller."""
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from pcm_hil_drivers import board_protocol as bp
 from pcm_hil_drivers.errors import ConnectionLost, InstrumentError, InstrumentTimeout, ProtocolError
 from pcm_hil_drivers.keithley2600 import Keithley2600
 from pcm_hil_drivers.keysight33500b import Keysight33500B
@@ -67,6 +69,68 @@ def test_the_output_turns_off_when_the_controllers_lease_lapses() -> None:
             before = vb.chip.pulse_count[:4].copy()
             chip.pulse(np.arange(4), "RESET", 2.2, 50e-9)
             assert vb.board.output and np.all(vb.chip.pulse_count[:4] == before + 1)
+
+
+class _RawHost:
+    """A host that speaks the board's frames over a plain socket (third-party code: no driver,
+    no lease unless it sends one)."""
+
+    def __init__(self, address: str) -> None:
+        host, port = address.removeprefix("socket://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=2.0)
+
+    def ask(self, payload: bytes) -> bytes:
+        self.sock.sendall(bp.encode_frame(payload))
+        head = self._exactly(bp.HEADER_LEN)
+        return bp.check_frame(self._exactly(bp.payload_length(head) + bp.TRAILER_LEN))
+
+    def _exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "the board closed the connection"
+            data += chunk
+        return data
+
+
+IDLE = 0.5  # the board's idle lease in these tests (s)
+
+
+@pytest.mark.parametrize("then", ["silent", "released"])
+def test_a_hung_controller_that_took_no_lease_loses_the_output_within_the_idle_lease(then: str) -> None:
+    """A host switches the output on without a lease (or releases the one it took, as the
+    QCoDeS and PyMeasure board drivers may), then hangs with its socket open, as does a second
+    host that connected and said nothing: the output turns off within the idle lease."""
+    with VirtualBench(GEOM, seed=1, idle_lease_s=IDLE) as vb:
+        mute = _RawHost(vb.addresses["board"])  # connected, never sends a frame
+        hung = _RawHost(vb.addresses["board"])
+        assert hung.ask(b"CELL 0,0,0") == b"OK" and hung.ask(b"OUTP 1") == b"OK"
+        if then == "released":
+            assert hung.ask(b"SYST:LEASE 5") == b"OK" and hung.ask(b"SYST:LEASE 0") == b"OK"
+        t0 = time.monotonic()
+        assert vb.board.output
+        assert _until(lambda: not vb.board.output, 3 * IDLE), "a hung controller kept the output on"
+        assert IDLE - 0.05 < time.monotonic() - t0 < IDLE + 0.3 and vb.board.interlock_trips == 1
+        assert hung.ask(b"OUTP?") == b"0"  # still connected: the interlock, not a dropped socket
+        before = vb.chip.pulse_count.copy()
+        assert hung.ask(b"PULS SET,1.0,1e-7").startswith(b"ERR 201")  # and nothing goes out
+        assert np.array_equal(vb.chip.pulse_count, before)
+        mute.sock.close()
+        hung.sock.close()
+
+
+def test_a_controller_without_a_lease_keeps_the_output_while_it_talks() -> None:
+    """The idle lease is a heartbeat, not a time limit: any frame renews it."""
+    with VirtualBench(GEOM, seed=1, idle_lease_s=IDLE) as vb:
+        host = _RawHost(vb.addresses["board"])
+        assert host.ask(b"OUTP 1") == b"OK"
+        for _ in range(int(4 * IDLE / 0.1)):
+            assert host.ask(b"*IDN?").startswith(b"PCMHIL") and vb.board.output
+            time.sleep(0.1)
+        assert vb.board.interlock_trips == 0
+        host.sock.close()
+    with pytest.raises(ValueError, match=r"idle_lease_s must be in \[0, 600\] s"):
+        VirtualBench(GEOM, idle_lease_s=-1)
 
 
 def test_bench_chip_renews_the_lease_during_a_long_wait() -> None:

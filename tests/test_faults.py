@@ -38,7 +38,7 @@ TYPED = {
 @pytest.mark.parametrize("kind", sorted(TYPED))
 def test_each_wire_fault_is_a_typed_driver_error(kind: str) -> None:
     plan = FaultPlan(rate=1.0, kinds=(kind,), delay_s=3 * TIMEOUT_S, silent_s=3 * TIMEOUT_S)
-    with VirtualBench(GEOM, seed=1, faults=plan, frame_timeout_s=1.0) as vb:
+    with VirtualBench(GEOM, profile="pcm", seed=1, faults=plan, frame_timeout_s=1.0) as vb:
         board = PCMBoard.from_resource(vb.addresses["board"], timeout_s=TIMEOUT_S)
         try:
             with pytest.raises(TYPED[kind]) as info:
@@ -61,7 +61,7 @@ def _program_under(kind: str, confirm_reads: bool = True
     n = GEOM.n_cells
     targets = np.random.default_rng(4).uniform(2.0, 18.0, n)
     plan = FaultPlan(rate=0.05, kinds=(kind,), seed=2, delay_s=2 * TIMEOUT_S, silent_s=2 * TIMEOUT_S, stuck_burst=4)
-    with VirtualBench(GEOM, seed=1, faults=plan, frame_timeout_s=1.0) as vb:
+    with VirtualBench(GEOM, profile="pcm", seed=1, faults=plan, frame_timeout_s=1.0) as vb:
         vb.chip.track_truth()
         cfg = vb.bench_config()
         cfg = replace(cfg, board=replace(cfg.board, timeout_s=TIMEOUT_S, max_batch=128, confirm_reads=confirm_reads))
@@ -130,7 +130,7 @@ def test_without_confirming_reads_a_board_that_measures_wrong_passes_unseen() ->
 
 def test_giving_up_is_bounded_and_leaves_outputs_off() -> None:
     plan = FaultPlan(rate=0.0)
-    with VirtualBench(GEOM, seed=1, faults=plan, frame_timeout_s=1.0) as vb:
+    with VirtualBench(GEOM, profile="pcm", seed=1, faults=plan, frame_timeout_s=1.0) as vb:
         cfg = vb.bench_config()
         cfg = replace(cfg, board=replace(cfg.board, timeout_s=TIMEOUT_S))
         chip = BenchChip(cfg, retry=RetryPolicy(attempts=3, backoff_s=0.01))
@@ -161,3 +161,13 @@ def test_fault_soak_figures() -> None:
     # at the tolerance, by ground truth at each verify read: no worse than the clean twin's read noise
     assert r["cells_beyond_tolerance"] <= 1.3 * r["cells_beyond_tolerance_uninterrupted"] + 5
     assert r["yield_excluding_stuck"] > r["yield_uninterrupted"] - 0.03
+    # every link: faults on the SMU and pulse-generator lines too, in both phases; each stored
+    # SMU read is what the SMU measured (its own log), each cell verified reset through the
+    # pulse generator is reset by ground truth
+    injected, ext = r["faults_injected_by_link"], r["external"]
+    assert injected["smu"] >= 5 and injected["pg"] >= 5 and injected["board"] == sum(r["faults_by_link"]["board"].values())
+    assert r["measurements_lost_by_link"] == {"board": 0, "smu": 0}
+    assert r["cells_diverged_by_link"] == {"board": 0, "pg": 0}
+    assert ext["smu_reads"] >= 2 * ext["cells"] and ext["pg_pulses"] >= ext["cells"] - ext["cells_made_stuck"]
+    assert ext["cells_verified"] >= ext["cells"] - ext["cells_made_stuck"] - 2
+    assert r["driver_errors_logged_by_link"]["smu"] >= 0.5 * injected["smu"]

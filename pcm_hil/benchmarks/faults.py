@@ -19,6 +19,13 @@ flags, excluded). Offset reads are detected by ``BenchChip``'s confirming reads
 (``reads_disputed``; the twin's count is the false-alarm figure). The twin runs the
 same bench path with the same batch size, so the comparison isolates the faults: small
 batches by themselves lower the yield (see ``notes``).
+
+The SMU and pulse-generator lines of the faulty bench get faults too (``line_rate``, every
+default kind but ``stuck``), and a precise-and-external phase follows on ``external_cells`` of
+the programmed cells (:func:`_external`): every stored SMU read is compared with the SMU's own
+log of what it measured, every cell verified reset through the pulse generator with its true
+conductance. The ``*_by_link`` figures count faults, driver errors, lost measurements and
+diverged cells per link (board, smu, pg).
 """
 from __future__ import annotations
 
@@ -29,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..bench.chip import BenchChip, RetryPolicy
 from ..checkpoint import VerifyJournal
-from ..chip import Geometry
+from ..chip import Geometry, PulseUncertain
 from ..emulator import EmulatedChip
 from ..emulator.instruments import VirtualBench
 from ..emulator.instruments.faults import FAULT_KINDS, FaultPlan
@@ -40,6 +48,65 @@ from ..emulator.instruments.faults import FAULT_KINDS, FaultPlan
 SOAK_KINDS = (*FAULT_KINDS, "offset")
 from ..program import VerifyConfig, VerifyResult, program_verify
 from ..run_store import RunStore
+
+
+LINE_KINDS = tuple(k for k in FAULT_KINDS if k != "stuck")  # SMU and PG lines (stuck bursts: soaked on the board)
+RESET_MAX_US = 1.0  # the external phase's verify: a cell reads reset at or below this
+EXTERNAL_PASSES = 6  # RESET pulses through the pulse generator per cell at most
+
+
+def _external(vb: VirtualBench, cells: np.ndarray, timeout_s: float, store: RunStore) -> dict[str, Any]:
+    """Precise reads and external pulses with faults on the SMU and pulse-generator links:
+    each cell read through the SMU, then RESET through the pulse generator and read again
+    until it reads reset (at most ``EXTERNAL_PASSES`` pulses). Every SMU read goes to the run
+    store in its own transaction as it is returned. Then each stored read is compared with the
+    measurement the SMU made for it (its own log, before any wire fault), and each cell that
+    read reset with its true conductance at that read."""
+    cfg = vb.bench_config()
+    cfg = replace(cfg, board=replace(cfg.board, timeout_s=timeout_s), smu=replace(cfg.smu, timeout_s=timeout_s),
+                  pulse_generator=replace(cfg.pulse_generator, timeout_s=timeout_s))
+    run_id = store.create_run("soak_external", {"cells": int(cells.size)})
+    vcfg = VerifyConfig()
+    verified = np.zeros(cells.size, bool)
+    expected: list[tuple[int, int, float]] = []  # (pass, cell, what the SMU measured for the value returned)
+    uncertain, pulses = 0, 0
+    chip = BenchChip(cfg, retry=RetryPolicy(attempts=6))
+    try:
+        for n in range(EXTERNAL_PASSES + 1):
+            todo = cells[~verified]
+            if not todo.size:
+                break
+            if n:
+                try:
+                    chip.pulse_external(todo, "RESET", vcfg.reset_amplitude_v, vcfg.reset_width_s)
+                except PulseUncertain as exc:  # fired or not: its cells are read like the others
+                    uncertain += int(exc.cells.size)
+                pulses += int(todo.size)
+            mark = len(vb.smu.measurements)
+            g = chip.read_smu(todo)
+            store.append(run_id, "precise", pd.DataFrame({"cell": todo, "pass": n, "g_us": g}))
+            last = {c: i / v * 1e6 for c, i, v in vb.smu.measurements[mark:] if c is not None and v}
+            expected += [(n, int(c), last.get(int(c), np.nan)) for c in todo]
+            if n:
+                verified[~verified] = g <= RESET_MAX_US
+        log = list(chip.fault_log)
+    finally:
+        chip.close()
+    stored = store.read(run_id, "precise")
+    store.finish(run_id)
+    want = pd.DataFrame(expected, columns=["pass", "cell", "measured_us"])
+    both = want.merge(stored, on=["pass", "cell"], how="left")
+    unrecorded = int(both["g_us"].isna().sum()) + len(stored) - len(want)
+    # the SMU answers with 6 significant digits: a stored value is what was measured within that
+    misrecorded = int((~np.isclose(both["g_us"], both["measured_us"], rtol=1e-5, atol=1e-9)).sum())
+    truth = vb.chip.truth_us[cells].astype(np.float64)  # at each cell's last read
+    sigma = vb.chip.profile.read_sigma(np.full(cells.size, RESET_MAX_US)) / np.sqrt(16 * cfg.smu.nplc)
+    return {"cells": int(cells.size), "smu_reads": len(want), "pg_pulses": pulses, "pg_pulses_uncertain": uncertain,
+            "cells_verified": int(verified.sum()),
+            "measurements_lost": unrecorded + misrecorded, "measurements_misrecorded": misrecorded,
+            # verified reset, yet above the limit by more than 5 sigma of the SMU read's noise
+            "cells_diverged": int((verified & (truth > RESET_MAX_US + 5 * sigma)).sum()),
+            "driver_errors_logged": len(log), "log": log}
 
 
 class _Crash(Exception):
@@ -91,7 +158,15 @@ def _program(vb: VirtualBench, cells: np.ndarray, targets: np.ndarray, vcfg: Ver
 
 
 def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, timeout_s: float = 0.15,
-        crashes: int = 3) -> dict[str, Any]:
+        crashes: int = 3, line_rate: float | None = None, external_cells: int = 64) -> dict[str, Any]:
+    """The soak (see the module's doc). ``rate``: faults per board transaction; ``line_rate``
+    (default ``2 * rate``): per SMU and pulse-generator line, in both phases; ``external_cells``:
+    cells of the precise-and-external phase (0: none)."""
+    line_rate = 2 * rate if line_rate is None else line_rate
+    line_plan = {"smu_faults": FaultPlan(rate=line_rate, kinds=LINE_KINDS, seed=seed + 2, delay_s=2 * timeout_s,
+                                         silent_s=2 * timeout_s),
+                 "pg_faults": FaultPlan(rate=line_rate, kinds=LINE_KINDS, seed=seed + 3, delay_s=2 * timeout_s,
+                                        silent_s=2 * timeout_s)}
     geometry = Geometry(1, 64, cells // 64)
     idx = np.arange(cells)
     targets = np.random.default_rng(seed).uniform(2.0, 18.0, cells)
@@ -108,7 +183,7 @@ def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, ti
             clean_time = twin.chip.now()
         # crash points spread over the run's events (about 3 events per iteration)
         crash_at = sorted(np.random.default_rng(seed + 1).integers(5, 60, crashes).tolist())
-        with VirtualBench(geometry, seed=seed, faults=plan, frame_timeout_s=1.0) as vb:
+        with VirtualBench(geometry, seed=seed, faults=plan, frame_timeout_s=1.0, **line_plan) as vb:
             vb.chip.track_truth()
             res, resumed, bad_reads, log, measured, disputed = _program(vb, idx, targets, vcfg, timeout_s, batch,
                                                                          store, crash_at)
@@ -118,8 +193,18 @@ def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, ti
             final = vb.chip.read(idx, n_avg=64)  # what the cells hold now, as any read sees it
             injected_stuck = vb.chip.stuck_kind(idx) != EmulatedChip(geometry, seed=seed).stuck_kind(idx)
             counts, transactions = dict(vb.faults.counts), vb.faults.transactions
+            line_counts = {"smu": dict(vb.smu_faults.counts), "pg": dict(vb.pg_faults.counts)}
+            # the precise-and-external phase, on cells the board phase programmed (judged above)
+            ext = _external(vb, idx[:external_cells], timeout_s, store) if external_cells else None
+            if ext is not None:  # stuck cells do not reset: they are not verified
+                ext["cells_made_stuck"] = int(injected_stuck[:external_cells].sum())
+            by_link = {"board": vb.faults.counts, "smu": vb.smu_faults.counts, "pg": vb.pg_faults.counts}
+            by_link = {k: {kind: n for kind, n in v.items() if n} for k, v in by_link.items()}
+            if ext is not None:
+                ext["faults_by_link"] = {k: {kind: n - (counts if k == "board" else line_counts[k]).get(kind, 0)
+                                             for kind, n in v.items()} for k, v in by_link.items()}
         runs = store.runs()
-        soak_id = runs["run_id"].iloc[-1]
+        soak_id = runs.loc[runs["kind"] == "soak", "run_id"].iloc[-1]
         ck = store.read(soak_id, "verify_checkpoint").sort_values("seq", kind="stable")
         last = ck.drop_duplicates("cell", keep="last")
         unrecorded = cells - int((last["status"] != 0).sum())
@@ -135,11 +220,28 @@ def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, ti
     stuck_flagged = int((~res.converged & injected_stuck).sum())
     wire = [e for e in log if e["error"] != "ReadsDisagree"]
 
+    def link(what: str) -> str:
+        what = what.removeprefix("reconnect after ")
+        return "smu" if what.startswith("SMU") else "pg" if what.startswith("PG") else "board"
+
+    logged = {k: sum(link(e["what"]) == k for e in wire + (ext["log"] if ext else [])) for k in ("board", "smu", "pg")}
+
     def beyond_tolerance(result: VerifyResult, at_verify: np.ndarray, exclude: np.ndarray) -> int:
         return int((result.converged & ~exclude & (np.abs(at_verify - targets) > vcfg.tolerance_us)).sum())
 
+    lost_board = unrecorded + bad_reads + misrecorded
     return {
-        "benchmark": "faults", "transactions": transactions, "fault_rate": rate,
+        "benchmark": "faults", "transactions": transactions, "fault_rate": rate, "line_fault_rate": line_rate,
+        # every link, both phases: faults injected per link and kind, driver errors logged per link,
+        # measurements lost and verified cells diverged per link (board: program-and-verify; smu:
+        # the precise reads; pg: the cells RESET through the pulse generator and verified by the SMU)
+        "faults_injected_by_link": {k: sum(v.values()) for k, v in by_link.items()},
+        "faults_by_link": by_link, "driver_errors_logged_by_link": logged,
+        "measurements_lost_by_link": {"board": lost_board, "smu": ext["measurements_lost"] if ext else 0},
+        "cells_diverged_by_link": {"board": int(diverged(res, final)[~injected_stuck].sum()),
+                                   "pg": ext["cells_diverged"] if ext else 0},
+        "external": {k: v for k, v in ext.items() if k != "log"} if ext else None,
+        # the board phase (program-and-verify through the board, crashes and resumes)
         "faults_injected": sum(counts.values()), "faults_by_kind": counts,
         # wire faults are detected by the drivers (typed errors, logged); offset reads by
         # BenchChip's confirming reads; stuck bursts by program-and-verify (their cells do not verify)
@@ -149,7 +251,7 @@ def run(rate: float = 0.01, seed: int = 0, cells: int = 4096, batch: int = 8, ti
         "stuck_cells_flagged_by_verify": stuck_flagged,
         "pulse_batches_uncertain": res.uncertain_batches,
         "crashes": crashes, "runs_resumed": resumed,
-        "measurements_lost": unrecorded + bad_reads + misrecorded,
+        "measurements_lost": lost_board,
         "measurements_misrecorded": misrecorded,
         "cells_beyond_tolerance": beyond_tolerance(res, truth, injected_stuck),
         "cells_beyond_tolerance_uninterrupted": beyond_tolerance(clean, clean_truth, np.zeros(cells, bool)),

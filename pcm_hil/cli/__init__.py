@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import sqlite3
 import shlex
 import sys
 from typing import Sequence
@@ -184,6 +186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except BrokenPipeError:
         return 0
+    except (OSError, sqlite3.OperationalError) as exc:
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or \
+            isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+        if not full:
+            raise
+        # what was committed before stays (each batch its own transaction, the chip file replaced whole)
+        print(f"pcm-hil: error: no room to write ({exc.strerror if isinstance(exc, OSError) else exc}): "
+              f"{getattr(exc, 'filename', None) or 'a file of the run directory'}; free space, then resume the run "
+              "('pcm-hil runs list' names it) or start again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pcm-hil: interrupted", file=sys.stderr)
         return 130

@@ -66,7 +66,10 @@ def benchmark(what: str, r: dict[str, Any]) -> str:
                                   f"measured saturation){', LeNet-5 store' if stored else ''}; targets yield ≥ 99 %, "
                                   f"errors ≤ 10 %{', store loss ≤ 1 pp' if stored else ''}")
     if what == "faults":
-        return format_table(["figure", "value"], [[k, r[k]] for k in (
+        links = [[f"{figure} ({link})", n] for figure in ("faults_injected", "driver_errors_logged", "measurements_lost",
+                                                          "cells_diverged")
+                 for link, n in r.get(f"{figure}_by_link", {}).items()]
+        return format_table(["figure", "value"], links + [[k, r[k]] for k in (
             "transactions", "faults_injected", "faults_detected", "pulse_batches_uncertain", "crashes",
             "runs_resumed", "measurements_lost", "cells_diverged", "cells_made_stuck", "reads_offset", "reads_disputed",
             "reads_disputed_uninterrupted", "cells_beyond_tolerance", "cells_beyond_tolerance_uninterrupted", "yield",
@@ -167,9 +170,12 @@ def runs(table: Any, cells: Any) -> str:
     """The runs, then each chip's cell map (who holds which cells; released claims say by whom)."""
     out = [format_table(list(table.columns), table.values.tolist()) if len(table) else "no runs"]
     for chip_id, m in cells.groupby("chip_id", sort=True):
-        rows = [[f"[{a}, {b})", r, k, s, "held" if h else f"free (taken by {t})" if t else "free (run done)"]
-                for a, b, r, k, s, h, t in m[["first", "stop", "run_id", "kind", "status", "held",
-                                               "released_by"]].itertuples(index=False)]
+        if "derived" not in m:
+            m = m.assign(derived=None)
+        rows = [[f"[{a}, {b})", r, k, s, ("held" if h else f"free (taken by {t})" if t else "free (run done)")
+                 + (f"; recorded before cell owners, cells from its {d}" if isinstance(d, str) else "")]
+                for a, b, r, k, s, h, t, d in m[["first", "stop", "run_id", "kind", "status", "held",
+                                                  "released_by", "derived"]].itertuples(index=False)]
         out.append(format_table(["cells", "run", "kind", "status", "now"], rows, title=f"\ncells of {chip_id}"))
     return "\n".join(out)
 

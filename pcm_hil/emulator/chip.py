@@ -508,9 +508,13 @@ class EmulatedChip(Chip):
         meta = {"geometry": asdict(self.geometry), "profile": asdict(self.profile), "seed": self.seed,
                 "limits": asdict(self.limits), "t": self.now(), "rng": self._rng.bit_generator.state,
                 "temperature": {"k": self._temp_k, "t": self._eff_t, "e": self._eff_e, "rate": self._eff_rate}}
-        np.savez(tmp, meta=np.array(json.dumps(meta, default=lambda o: o.tolist())),
-                 **{a: getattr(self, a) for a in self.state_names})
-        tmp.replace(path)
+        try:
+            np.savez(tmp, meta=np.array(json.dumps(meta, default=lambda o: o.tolist())),
+                     **{a: getattr(self, a) for a in self.state_names})
+            tmp.replace(path)
+        except BaseException:  # a full disk: no half-written file left behind; the last state stays
+            tmp.unlink(missing_ok=True)
+            raise
 
     def sync(self) -> None:
         if self.state_file is not None:

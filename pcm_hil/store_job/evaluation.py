@@ -72,11 +72,12 @@ class Evaluation:
                 "evaluation_pulses": self.pulses, "digital_medium": self.medium.as_dict()}
 
 
-def evaluate(chip: Chip, noise: NoiseModel, first_cell: int, layout: Layout, plan: Plan, vcfg: VerifyConfig,
+def evaluate(chip: Chip, noise: NoiseModel, cells: np.ndarray, layout: Layout, plan: Plan, vcfg: VerifyConfig,
              inputs: Inputs, model: Any, code: CodeConfig, stored: tuple[float, float], retention_s: float,
              cfg: EvaluationConfig, medium_cfg: MediumConfig, readback: ReadbackConfig, g_hi_us: float,
              stop: Callable[[], bool] | None = None, run_id: str = "") -> Evaluation:
-    """Program the copies and the medium pattern from ``first_cell``, wait, read, score.
+    """Program the copies and the medium pattern on ``cells`` (the run's cells after the
+    model's, in order: one range or several), wait, read, score.
     ``stored``: (test, validation) accuracy of the stored programming."""
     n = layout.targets.size
     copies = cfg.programmings - 1
@@ -84,7 +85,9 @@ def evaluate(chip: Chip, noise: NoiseModel, first_cell: int, layout: Layout, pla
     aims = np.concatenate([np.tile(plan.aim_us, copies), pat.aims_us])
     tol = np.concatenate([np.tile(plan.tolerance_us, copies), pat.tolerance_us])
     cap = np.concatenate([np.tile(plan.max_pulses, copies), pat.max_pulses])
-    cells = np.arange(first_cell, first_cell + aims.size, dtype=np.int64)
+    if cells.size < aims.size:
+        raise ValueError(f"the evaluation needs {aims.size} cells, the run holds {cells.size} for it")
+    cells = np.asarray(cells[:aims.size], dtype=np.int64)
     res = program_verify(chip, cells, aims, replace(vcfg, max_pulses=int(cap.max())),
                          tolerance_us=tol, max_pulses=cap, stop=stop)
     if res.stop_reason == "interrupted":

@@ -292,7 +292,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             held = store.cells_of(run_id)
             if held is None or held.size < cells.size + cells_needed(cells.size, cfg.evaluation, cfg.medium):
                 raise ValueError(f"run {run_id} holds no cells for its evaluation (recorded before cells had owners)")
-            ev = evaluate(chip, noise, int(held[cells.size]), lay, prep.plan, vcfg, inputs, prep.compressed.model,
+            ev = evaluate(chip, noise, held[cells.size:], lay, prep.plan, vcfg, inputs, prep.compressed.model,
                           cfg.layout.code, (back.figures["accuracy_stored"], back.figures["accuracy_stored_val"]),
                           cfg.retention_s, cfg.evaluation, cfg.medium, cfg.readback, cfg.layout.g_hi(noise), stop,
                           run_id)

@@ -24,6 +24,9 @@ COMPLIANCE_RANGE_A = (1e-6, 10e-3)  # current compliance of on-board pulses
 READ_BIAS_RANGE_V = (0.01, 1.0)  # read bias of on-board reads
 N_AVG_RANGE = (1, 1024)  # reads averaged per MEAS:G?
 LEASE_RANGE_S = (0.0, 600.0)  # heartbeat lease of the controlling connection (0 releases it)
+# the lease a controller holds without asking (switched the output on, took no lease or released
+# it): a host that hangs with its connection open loses the output this long after its last frame
+IDLE_LEASE_S = 60.0
 TEMPERATURE_RANGE_K = (150.0, 700.0)  # the temperature controller's set-point range
 
 
@@ -63,11 +66,15 @@ class BoardEmulator:
 
     IDN = f"PCMHIL,PCM-BOARD-EMU,EMU0001,{__version__}"
 
-    def __init__(self, model: BenchModel) -> None:
+    def __init__(self, model: BenchModel, idle_lease_s: float = IDLE_LEASE_S) -> None:
+        if not (isinstance(idle_lease_s, (int, float)) and 0 <= idle_lease_s <= LEASE_RANGE_S[1]):
+            raise ValueError(f"idle_lease_s must be in [0, {LEASE_RANGE_S[1]:g}] s (0: none), got {idle_lease_s!r}")
         self.model = model
+        # a board setting, not a host command: a host cannot lift it (0 turns it off, for tests)
+        self.idle_lease_s = float(idle_lease_s)
         self.errors = ErrorQueue()
         # interlock: the output follows the controlling connection (the last one that switched
-        # it on or took the lease) and, while a lease is held, its heartbeat
+        # it on or took the lease) and its heartbeat: the lease it took, else the idle lease
         self._output = False
         self._conn_lock = threading.Lock()
         self.controller: object | None = None
@@ -192,17 +199,23 @@ class BoardEmulator:
         on = bool(_int(args[0], (0, 1), "output state"))
         with self._conn_lock:
             self._output = on
-            if on and self._conn is not self.controller:  # whoever switches it on controls it
-                self.controller, self.lease_s = self._conn, 0.0
+            if on and (self._conn is not self.controller or self.lease_s == 0):
+                # whoever switches it on controls it, under the idle lease until it takes one
+                self.controller = self._conn
+                self._idle_lease()
         return b"OK"
+
+    def _idle_lease(self) -> None:  # with _conn_lock held
+        self.lease_s = self.idle_lease_s
+        self._lease_until = time.monotonic() + self.lease_s
 
     def _lease(self, args: list) -> bytes:
         self._nargs(args, 1)
         s = _in(_num(args[0], "lease"), LEASE_RANGE_S, "lease")
         with self._conn_lock:
             if s == 0:
-                if self._conn is self.controller:
-                    self.lease_s = 0.0
+                if self._conn is self.controller:  # released: back to the idle lease
+                    self._idle_lease()
             else:
                 self.controller, self.lease_s = self._conn, s
                 self._lease_until = time.monotonic() + s

@@ -189,6 +189,9 @@ class Keithley2600Emulator:
         self._out: list[str] = []
         self._script: tuple[str, str | None, list[str]] | None = None  # (mode, name, lines) while loading
         self.t0 = self.model.chip.now()
+        # ground truth for tests and the fault soak: every reading (measure.*) of the wired channel
+        # as the instrument made it, before any wire fault: (routed cell or None, current A, voltage V)
+        self.measurements: list[tuple[int | None, float, float]] = []
         self.globals = self._build_globals()
         self.interp = Interpreter(self.globals)
 
@@ -469,6 +472,8 @@ class Keithley2600Emulator:
 
     def _one_reading(self, s: SMUState, ch: str, what: str) -> list[float]:
         i, v = self._measure(s, ch)
+        if ch == self.wired:
+            self.measurements.append((self.model.routed_cell("SMU"), i, v))
         return {"i": [i], "v": [v], "r": [v / i if i else 9.91e37], "p": [v * i], "iv": [i, v]}[what]
 
     def _measure(self, s: SMUState, ch: str) -> tuple[float, float]:

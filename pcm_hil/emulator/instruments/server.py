@@ -315,7 +315,11 @@ class ServerThread:
 
     def __init__(self, emulator: object, handler: type, host: str = "127.0.0.1", port: int = 0,
                  frame_timeout_s: float = 2.0, faults: "FaultInjector | None" = None) -> None:
-        self.server = _Server(check_loopback(host), port, handler, emulator, frame_timeout_s, faults)
+        try:
+            self.server = _Server(check_loopback(host), port, handler, emulator, frame_timeout_s, faults)
+        except OSError as exc:  # a busy port: one line, not a traceback
+            raise ValueError(f"cannot serve the emulated {type(emulator).__name__} on {host} port {port}: "
+                             f"{exc.strerror or exc} (accepted: a free port, or 0 for any)") from None
         self.host, self.port = self.server.server_address[:2]
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"emulated-{type(emulator).__name__}", daemon=True)

@@ -10,7 +10,7 @@ from ...bench.config import BenchConfig, BoardConfig, ChipConfig, PulseGenerator
 from ...chip import Geometry, SoftLimits
 from .bench_model import BenchModel
 from .faults import FaultInjector, FaultPlan
-from .board import BoardEmulator
+from .board import IDLE_LEASE_S, BoardEmulator
 from .keithley2600 import Keithley2600Emulator
 from .keysight33500b import Keysight33500BEmulator
 from .server import FrameHandler, LineHandler, ServerThread
@@ -23,16 +23,19 @@ class VirtualBench:
     stops arriving midway is discarded after ``frame_timeout_s``. ``faults`` injects
     seeded faults into board transactions, ``smu_faults`` and ``pg_faults`` into the SMU's and
     the pulse generator's lines (see :mod:`.faults`); ``self.faults``, ``self.smu_faults`` and
-    ``self.pg_faults`` count them (None where no plan was given). Use as a context manager,
+    ``self.pg_faults`` count them (None where no plan was given). ``idle_lease_s``: how long
+    the board keeps its output on for a controller that took no lease after its last frame
+    (:data:`~.board.IDLE_LEASE_S`; a board setting, 0 for none). Use as a context manager,
     or call :meth:`close`.
     """
 
     def __init__(self, geometry: Geometry | None = None, profile: Any = None, seed: int = 0,
                  host: str = "127.0.0.1", ports: tuple[int, int, int] = (0, 0, 0),
                  frame_timeout_s: float = 2.0, faults: FaultPlan | None = None,
-                 smu_faults: FaultPlan | None = None, pg_faults: FaultPlan | None = None) -> None:
+                 smu_faults: FaultPlan | None = None, pg_faults: FaultPlan | None = None,
+                 idle_lease_s: float = IDLE_LEASE_S) -> None:
         self.model = BenchModel.create(geometry, profile=profile, seed=seed)
-        self.board = BoardEmulator(self.model)
+        self.board = BoardEmulator(self.model, idle_lease_s=idle_lease_s)
         self.smu = Keithley2600Emulator(self.model, seed=seed)
         self.pg = Keysight33500BEmulator(self.model)
         self.faults = FaultInjector(faults) if faults is not None else None
