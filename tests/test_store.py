@@ -576,7 +576,7 @@ def test_mixed_precision_competitor_is_never_costlier_and_still_passes() -> None
 
     inp = load_inputs(NetworkConfig(name="mlp-digits"))
     medium = Medium(1, 0.0, 0.0, "none", 1, 1, 1.0, 0, 0, [])
-    target = accuracy(inp.network, inp.val.x, inp.val.y) - 0.02
+    target = accuracy(inp.network, inp.val.x, inp.val.y) - 0.03
     cfg = BaselineConfig(sparsities=(0.0,), clips=(1.0,), qat_epochs=0)
     uniform, _ = _strongest_digital(inp, inp.network, None, medium, target, CompressionConfig(), ReadbackConfig(),
                                     replace(cfg, mixed_precision=False))
@@ -586,5 +586,5 @@ def test_mixed_precision_competitor_is_never_costlier_and_still_passes() -> None
     assert mixed.cells <= uniform.cells
     lowered = [o for o in tried if o.layer_bits]
     assert lowered and all(max(o.layer_bits.values()) <= uniform.bits for o in lowered)
-    # here fc1 takes a bit less than fc2 (measured: 3 and 4 bits, 21 % fewer bits than 4 everywhere)
+    # here fc1 takes a bit less than fc2 (measured: 2 and 3 bits, 30 % fewer bits than 3 everywhere)
     assert len(set(mixed.layer_bits.values())) > 1 and mixed.cells < uniform.cells
