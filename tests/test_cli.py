@@ -168,6 +168,11 @@ def test_benchmark_budgets_ratio_is_against_the_best_all_uniform_setup() -> None
         assert all(t["reads"] >= t["cells"] and 0 <= t["accuracy_val"] <= 1 for t in rows)
     assert 0 < r["accuracy_test_importance"] <= 1 and 0 < r["accuracy_test_best_uniform"] <= 1
     assert r["pulse_ratio_vs_best_uniform"] <= r["pulse_ratio_vs_best_uniform_bound"]
+    assert r["accuracy_stored_val_max"] >= r["accuracy_val_best_uniform"]
+    # the wider bands follow the same rule: the cheapest uniform setup reaching each band
+    for row in r["by_target"]:
+        passing = [t["pulses"] for t in uni if t["accuracy_val"] >= row["accuracy_target_val"]]
+        assert row["pulses_best_uniform"] == (min(passing) if passing else None)
     text = render.benchmark("budgets", r)
     assert "best all-uniform" in text and f"{r['pulse_ratio_vs_best_uniform']:.4g}" in text
     assert json.loads(render.as_json(r))["pulse_ratio_vs_best_uniform"] == r["pulse_ratio_vs_best_uniform"]

@@ -97,7 +97,20 @@ def budgets(r: dict[str, Any]) -> str:
               ["bound: best uniform / cheapest plan", r["pulse_ratio_vs_best_uniform_bound"]],
               ["one option, importance layout / importance", r["pulse_ratio_fixed_layout"]],
               ["naive / importance", r["naive_ratio"]]]
-    return text + "\n\n" + format_table(["ratio", "value"], ratios)
+    text += "\n\n" + format_table(["ratio", "value"], ratios)
+    if r.get("by_target"):
+        def setup(b: dict[str, Any] | None) -> str:
+            return f"{b['replicas']} × ±{b['tolerance_us']:g} µS cap {b['cap']}" if b else ""
+
+        curve = [[f"{t['margin_pp']:g} pp", t["accuracy_target_val"], whole(t["pulses_importance"]),
+                  whole(t["pulses_best_uniform"]), setup(t["best_uniform"]), t["pulse_ratio_vs_best_uniform"],
+                  t["cell_ratio_vs_best_uniform"], whole(t["pulses_fixed_layout"])] for t in r["by_target"]]
+        text += "\n\n" + format_table(
+            ["band", "val target", "importance", "best uniform", "its setup", "pulse ratio", "cell ratio",
+             "one option"], curve,
+            title=f"wider bands (validation; compressed model before storage {r['accuracy_compressed_val']:.2%}, "
+                  f"best stored mean {r['accuracy_stored_val_max']:.2%})")
+    return text
 
 
 def profile(rows: list[tuple], name: str) -> str:
