@@ -1,21 +1,41 @@
-"""Pulses needed to stay within 0.5 pp of the reference: importance vs uniform vs naive.
+"""Pulses needed to stay within 0.5 pp of the reference: importance against the best all-uniform setup.
 
-The model is prepared once (pruning, fine-tuning, Fisher importance, codes); then each
-strategy programs the same cells at a range of budgets on the emulated chip, waits the
-retention time, reads back, compensates drift, decodes and measures accuracy.
-``pulses_X`` is the fewest pulses (SET + RESET, as counted by the chip run) of a trial
-that stayed within 0.5 pp; ``None`` when no trial did. ``pulse_ratio_bound`` is
-uniform's pulses over the cheapest plan the options allow: no allocation can beat it.
+The model is prepared once (pruning, fine-tuning, Fisher importance, codes); then every
+setup is programmed ``repeats`` times on the same cells of the emulated chip, read after
+the retention time, drift-compensated, decoded and scored. Settings are chosen on the
+validation split (``inputs.val``), against the reference's own validation accuracy minus
+``margin_pp``; the test split is used once per reported figure, on ``repeats`` fresh
+programmings of each chosen setup.
 
-``importance`` and ``uniform`` share one layout, with replicas placed by importance;
-``uniform_replicas`` (integer ``replicas`` only) gives every kept weight the same number
-of cells as well as every cell the same setting: importance used nowhere.
+- ``importance``: what the store job does by default: replicas per output channel placed
+  by importance (``replicas`` per kept weight on average), and each weight cell's
+  (tolerance, cap) by importance (``allocation.allocate``), swept over pulse budgets.
+- the all-uniform family: every kept weight the same integer number of replicas
+  (``uniform_replicas``) and every weight cell the same (tolerance, cap) option, searched
+  over every replica count × every calibrated option. Importance is used nowhere.
+- ``fixed_layout``: the importance layout with one option for every weight cell, every
+  option (the earlier ``pulse_ratio``: what the P&V allocation alone buys).
+- ``naive``: a fixed-step loop aimed at the targets, caps swept.
+
+For each, the setup chosen is the one with the fewest pulses whose mean validation
+accuracy reaches the target; ``pulses_X`` are its mean pulses (SET + RESET, one RESET
+per cell included), ``reads_X`` its mean verify reads (one per cell and verify step,
+each averaging ``verify_read_averaging`` samples; the read-back after retention is not
+counted), ``cells_X`` its cells (weights and reference cells). ``None`` where no setup
+reached the target. ``pulse_ratio_vs_best_uniform`` is best uniform pulses / importance
+pulses; ``pulse_ratio_vs_best_uniform_bound`` the same over the cheapest plan the options
+allow on the importance layout (no allocation of these options beats it).
+
+The band can lie above what storage can reach at all: ``accuracy_compressed_val`` is the
+compressed model before storage and ``accuracy_stored_val_max`` the best mean any setup
+reached. ``by_target`` repeats the comparison (validation only) at wider bands,
+``reference − m`` for each m in ``curve_margins_pp``: the iso-accuracy ratio at stated levels.
 """
 from __future__ import annotations
 
 import tempfile
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -32,9 +52,13 @@ from ..store_job.inputs import load_inputs
 from ..store_job.layout import Layout, encode
 from ..store_job.readback import bn_recalibrated, compensate, decode_model
 
+NAIVE_CAPS = (5, 10, 20, 40, 80)
 
-def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp: float = 0.5, repeats: int = 3,
-        replicas: float = 2.0, progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
+
+def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp: float = 0.5, repeats: int = 5,
+        replicas: float = 1.5, uniform_replicas: Sequence[int] = (1, 2, 3, 4), naive: bool = True,
+        curve_margins_pp: Sequence[float] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
+        progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
     report = progress or (lambda *a: None)
     chip = EmulatedChip(seed=seed)
     n = chip.geometry.n_cells
@@ -44,86 +68,152 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     inputs = load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, n, report)
     compressed, names = prep.compressed.model, inputs.names
-    target = inputs.accuracy_reference - margin_pp / 100
+    ref_val = accuracy(inputs.network, inputs.val.x, inputs.val.y)
+    target = ref_val - margin_pp / 100
     base = VerifyConfig.measured_with(noise)
     by_importance = _Layout(prep.layout, noise, cfg)
-    tight, table = by_importance.tight, by_importance.table
-    w, ref = by_importance.weights, ~by_importance.weights
+    table, w = by_importance.table, by_importance.weights
+    opts = table.options
 
-    def trial(lay: _Layout, aim: np.ndarray, tol: np.ndarray, cap: np.ndarray, vcfg: VerifyConfig
-              ) -> tuple[float, float]:
-        """Mean pulses and accuracy over ``repeats`` programmings of the same cells (one
-        realization scatters by ±0.3 pp, as much as the effect being measured)."""
-        p, a = [], []
+    def program(lay: _Layout, plan: allocation.Plan, vcfg: VerifyConfig, split: Any) -> dict[str, float]:
+        """Mean pulses, verify reads and accuracy on ``split`` over ``repeats`` programmings of
+        the same cells (one realization scatters by ±0.3 pp, as much as the effect measured)."""
+        p, r, a = [], [], []
         cells = np.arange(lay.targets.size, dtype=np.int64)
         for _ in range(repeats):
-            res = program_verify(chip, cells, aim, replace(vcfg, max_pulses=int(cap.max())),
-                                 tolerance_us=tol, max_pulses=cap)
+            reads = [0]
+
+            def count(event: str, _it: int, pos: np.ndarray, _v: np.ndarray) -> None:
+                if event == "read":
+                    reads[0] += pos.size
+
+            res = program_verify(chip, cells, plan.aim_us, replace(vcfg, max_pulses=int(plan.max_pulses.max())),
+                                 tolerance_us=plan.tolerance_us, max_pulses=plan.max_pulses, record=count)
             chip.wait(cfg.retention_s)
-            reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
-            corr, _ = compensate(reads, lay.targets[~lay.weights], reads[~lay.weights])
+            back = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
+            corr, _ = compensate(back, lay.targets[~lay.weights], back[~lay.weights])
             model_ = decode_model(compressed, names, lay.encoded, cfg.layout.code, corr, lay.tensor_of, res.converged)
             bn_recalibrated(model_, inputs.train, cfg.readback)  # as the store job's read-back (a no-op without BN)
             p.append(int(res.pulses.sum() + res.resets.sum() + cells.size))
-            a.append(accuracy(model_, inputs.test.x, inputs.test.y))
-        return float(np.mean(p)), float(np.mean(a))
+            r.append(reads[0])
+            a.append(accuracy(model_, split.x, split.y))
+        return {"pulses": float(np.mean(p)), "reads": float(np.mean(r)), "accuracy": float(np.mean(a))}
 
-    def sweep(lay: _Layout, pick: Callable, budget: float) -> dict[str, float]:
-        choice = np.full(lay.targets.size, lay.tight)
-        choice[lay.weights] = pick(lay.importance[lay.weights], lay.table[lay.weights], budget).choice
-        plan = lay.table.plan(choice)
-        p, a = trial(lay, plan.aim_us, plan.tolerance_us, plan.max_pulses, base)
-        return {"budget": float(budget), "pulses": p, "accuracy": a}
+    def with_weights(lay: _Layout, weight_choice: np.ndarray) -> allocation.Plan:
+        choice = np.full(lay.targets.size, lay.tight)  # reference cells: the tightest option
+        choice[lay.weights] = weight_choice
+        return lay.table.plan(choice)
 
-    layouts = [("importance", by_importance, allocation.allocate), ("uniform", by_importance, allocation.uniform)]
-    if float(replicas).is_integer() and replicas > 1:
-        # everything uniform: every kept weight the same number of cells, every cell the same setting
-        c = replace(cfg.layout, code=replace(cfg.layout.code, redundancy=int(replicas)), replicas_per_weight=1.0)
-        lay = encode(compressed, names, prep.compressed.masks, prep.importance, noise, c, cfg.retention_s)
-        layouts.append(("uniform_replicas", _Layout(lay, noise, cfg), allocation.uniform))
-    results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in layouts} | {"naive": []}
+    setups: dict[str, list[tuple[dict[str, Any], _Layout, allocation.Plan, VerifyConfig]]] = {
+        "importance": [], "uniform": [], "fixed_layout": [], "naive": []}
     lo = table[w].minimum_pulses()
     hi = float(table[w].pulses.max(axis=1).sum())
-    for k, budget in enumerate(np.geomspace(lo * 1.02, hi, points)):
-        for name, lay, pick in layouts:
-            results[name].append(sweep(lay, pick, budget))
-        report("budgets", k + 1, points)
-    # naive: a fixed-step loop (constant SET amplitude, no programming curve, aimed at the target), caps swept
-    fixed = naive_config(base)
-    for cap in (5, 10, 20, 40, 80):
-        caps = np.full(prep.layout.targets.size, cap)
-        p, a = trial(by_importance, prep.layout.targets, np.full(caps.size, 0.5), caps, replace(fixed, max_pulses=cap))
-        results["naive"].append({"cap": cap, "pulses": p, "accuracy": a})
+    for budget in np.geomspace(lo * 1.02, hi, points):
+        plan = with_weights(by_importance, allocation.allocate(by_importance.importance[w], table[w], budget).choice)
+        setups["importance"].append(({"budget": float(budget)}, by_importance, plan, base))
+    # the store job's own default plan (predicted loss within 5 % of the least reachable) as one more point
+    setups["importance"].append(({"budget": "store default"}, by_importance, prep.plan, base))
+    for r in uniform_replicas:
+        c = replace(cfg.layout, code=replace(cfg.layout.code, redundancy=int(r)), replicas_per_weight=1.0)
+        lay = _Layout(encode(compressed, names, prep.compressed.masks, prep.importance, noise, c, cfg.retention_s),
+                      noise, cfg)
+        for k, (tol, cap) in enumerate(opts):
+            setups["uniform"].append(({"replicas": int(r), "tolerance_us": float(tol), "cap": int(cap)}, lay,
+                                      with_weights(lay, np.full(int(lay.weights.sum()), k)), base))
+    for k, (tol, cap) in enumerate(opts):
+        setups["fixed_layout"].append(({"tolerance_us": float(tol), "cap": int(cap)}, by_importance,
+                                       with_weights(by_importance, np.full(int(w.sum()), k)), base))
+    if naive:  # a fixed-step loop (constant SET amplitude, no programming curve, aimed at the target)
+        fixed = naive_config(base)
+        for cap in NAIVE_CAPS:
+            m = by_importance.targets.size
+            plan = allocation.Plan(np.full(m, 0.5), np.full(m, cap), np.zeros(m), np.zeros(m), by_importance.targets,
+                                   [], np.zeros(m, np.int64))
+            setups["naive"].append(({"cap": cap}, by_importance, plan, replace(fixed, max_pulses=cap)))
 
-    def needed(rows: list[dict[str, float]]) -> int | None:
-        ok = [r["pulses"] for r in rows if r["accuracy"] >= target]
-        return int(min(ok)) if ok else None
+    total = sum(len(v) for v in setups.values()) + 2  # and the test programmings of the chosen pair
+    done = 0
+    trials: dict[str, list[dict[str, Any]]] = {name: [] for name in setups}
+    for name, rows in setups.items():
+        for setting, lay, plan, vcfg in rows:
+            m = program(lay, plan, vcfg, inputs.val)
+            trials[name].append({**setting, "cells": int(lay.targets.size), "pulses": m["pulses"],
+                                 "reads": m["reads"], "accuracy_val": m["accuracy"]})
+            done += 1
+            report("budgets", done, total)
 
-    pi, pu, pn = needed(results["importance"]), needed(results["uniform"]), needed(results["naive"])
-    pa = needed(results["uniform_replicas"]) if "uniform_replicas" in results else None
-    # at equal pulses: importance's accuracy minus uniform's (uniform interpolated between its trials)
-    uni = sorted((r["pulses"], r["accuracy"]) for r in results["uniform"])
-    gains = [100 * (r["accuracy"] - np.interp(r["pulses"], *zip(*uni))) for r in results["importance"]
-             if uni[0][0] <= r["pulses"] <= uni[-1][0]]
-    return {
-        "benchmark": "budgets", "model": model, "seed": seed, "cells": int(prep.layout.targets.size),
-        "replicas_per_weight": replicas, "repeats": repeats,
-        "accuracy_reference": inputs.accuracy_reference, "accuracy_target": target,
-        "pulses_importance": pi, "pulses_uniform": pu, "pulses_naive": pn,
-        "pulse_ratio": (pu / pi) if pi and pu else None,
-        # uniform replication as well as uniform settings: no use of importance anywhere
-        "pulses_uniform_replicas": pa,
-        "pulse_ratio_all_uniform": (pa / pi) if pi and pa else None,
-        "naive_ratio": (pn / pi) if pi and pn else None,
-        # no allocation of the calibrated options spends less than this (every cell on its
-        # cheapest option, reference cells tight), so pulse_ratio cannot exceed the bound
-        "pulses_minimum": int(round(lo + table[ref].pulses[:, tight].sum())),
-        "pulse_ratio_bound": (pu / (lo + table[ref].pulses[:, tight].sum())) if pu else None,
-        "accuracy_gain_at_equal_pulses_pp_max": max(gains) if gains else None,
-        "accuracy_gain_at_equal_pulses_pp_median": float(np.median(gains)) if gains else None,
-        "trials": results,
-        "targets": {"pulse_ratio_min": 2.0},
+    out: dict[str, Any] = {
+        "benchmark": "budgets", "model": model, "seed": seed, "repeats": repeats, "margin_pp": margin_pp,
+        "replicas_per_weight": replicas, "uniform_replicas": [int(r) for r in uniform_replicas],
+        "options": [[float(t), int(c)] for t, c in opts], "verify_read_averaging": int(base.n_avg),
+        "accuracy_reference_val": ref_val, "accuracy_reference_test": inputs.accuracy_reference,
+        # the compressed model before storage, and the best any programmed setup reached: the ceiling
+        "accuracy_compressed_val": accuracy(compressed, inputs.val.x, inputs.val.y),
+        "accuracy_stored_val_max": max(t["accuracy_val"] for rows in trials.values() for t in rows),
+        **compare(trials, target),
     }
+    for name, key in (("importance", "importance"), ("uniform", "best_uniform")):
+        # the headline pair: test accuracy on fresh programmings of the chosen setup
+        i = cheapest(trials[name], target)
+        if i is not None:
+            _, lay, plan, vcfg = setups[name][i]
+            out[f"accuracy_test_{key}"] = program(lay, plan, vcfg, inputs.test)["accuracy"]
+        else:
+            out[f"accuracy_test_{key}"] = None
+        done += 1
+        report("budgets", done, total)
+    # no allocation of the calibrated options on the importance layout spends less than this
+    # (every weight cell on its cheapest option, reference cells tight)
+    floor = lo + float(table[~w].pulses[:, by_importance.tight].sum())
+    out["pulses_minimum"] = int(round(floor))
+    out["pulse_ratio_vs_best_uniform_bound"] = out["pulses_best_uniform"] / floor if out["pulses_best_uniform"] else None
+    # the same comparison at wider bands (validation only; no test programmings for these)
+    out["by_target"] = by_target(trials, ref_val, curve_margins_pp)
+    for row in out["by_target"]:
+        row["pulse_ratio_vs_best_uniform_bound"] = row["pulses_best_uniform"] / floor if row["pulses_best_uniform"] else None
+    out["trials"] = trials
+    out["targets"] = {"pulse_ratio_vs_best_uniform_min": 2.0}
+    return out
+
+
+FAMILIES = (("importance", "importance"), ("uniform", "best_uniform"), ("fixed_layout", "fixed_layout"),
+            ("naive", "naive"))
+
+
+def cheapest(rows: list[dict[str, Any]], target: float) -> int | None:
+    """Index of the setup with the fewest mean pulses whose mean validation accuracy reaches ``target``."""
+    ok = [i for i, t in enumerate(rows) if t["accuracy_val"] >= target]
+    return min(ok, key=lambda i: rows[i]["pulses"]) if ok else None
+
+
+def compare(trials: dict[str, list[dict[str, Any]]], target: float) -> dict[str, Any]:
+    """Each family's cheapest setup reaching ``target`` (validation), and the ratios to importance's."""
+    out: dict[str, Any] = {"accuracy_target_val": target}
+    for name, key in FAMILIES:
+        i = cheapest(trials.get(name, []), target)
+        t = trials[name][i] if i is not None else None
+        for f in ("pulses", "reads", "cells", "accuracy_val"):
+            out[f"{f}_{key}"] = t[f] if t else None
+        if name == "uniform":
+            out["best_uniform"] = {k: t[k] for k in ("replicas", "tolerance_us", "cap")} if t else None
+
+    def ratio(figure: str, other: str) -> float | None:
+        a, b = out[f"{figure}_{other}"], out[f"{figure}_importance"]
+        return a / b if a and b else None
+
+    out["pulse_ratio_vs_best_uniform"] = ratio("pulses", "best_uniform")
+    out["read_ratio_vs_best_uniform"] = ratio("reads", "best_uniform")
+    out["cell_ratio_vs_best_uniform"] = ratio("cells", "best_uniform")  # < 1: importance uses more cells
+    # the best single option on the importance layout: what the P&V allocation alone buys
+    out["pulse_ratio_fixed_layout"] = ratio("pulses", "fixed_layout")
+    out["naive_ratio"] = ratio("pulses", "naive")
+    return out
+
+
+def by_target(trials: dict[str, list[dict[str, Any]]], reference_val: float, margins_pp: Sequence[float]
+              ) -> list[dict[str, Any]]:
+    """:func:`compare` at each band ``reference − margin`` (validation accuracy)."""
+    return [{"margin_pp": float(m), **compare(trials, reference_val - m / 100)} for m in margins_pp]
 
 
 class _Layout:

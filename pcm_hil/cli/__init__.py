@@ -40,9 +40,12 @@ def build_parser() -> Parser:
     b.add_argument("what", choices=["emulator", "wire", "budgets", "faults", "devices"])
     b.add_argument("--cells", type=int_in(1, 100_000_000), default=None,
                    help="batch size (default: 1e6 emulator, 1e5 wire)")
-    b.add_argument("--repeats", type=int_in(1, 1000), default=7)
+    b.add_argument("--repeats", type=int_in(1, 1000), default=None,
+                   help="emulator, wire: timing repeats (default 7); budgets: programmings per setup (default 5)")
+    b.add_argument("--model", default="lenet5-fmnist", help="budgets: registry model (default lenet5-fmnist)")
     b.add_argument("--profile", default="pcm-realistic", help="emulator: device profile (preset name or file)")
-    b.add_argument("--replicas", type=float_in(1, 8), default=2.0, help="budgets: mean replicas per kept weight (default 2)")
+    b.add_argument("--replicas", type=float_in(1, 8), default=1.5, help="budgets: importance side, mean replicas per kept weight, "
+                                                                          "placed per output channel (default 1.5, as the store job)")
     b.add_argument("--devices", type=int_in(0, 1000), default=20,
                    help="devices: random devices besides every preset (default 20)")
     b.add_argument("--quick", action="store_true", help="devices: a small-cell version (4000 calibration cells)")

@@ -55,9 +55,9 @@ def benchmark(args: argparse.Namespace) -> int:
 
     bench = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.benchmarks.{args.what}")
     if args.what == "emulator":
-        r = bench.run(cells=args.cells or 1_000_000, repeats=args.repeats, seed=args.seed, profile=args.profile)
+        r = bench.run(cells=args.cells or 1_000_000, repeats=args.repeats or 7, seed=args.seed, profile=args.profile)
     elif args.what == "wire":
-        r = bench.run(cells=args.cells or 100_000, repeats=args.repeats, seed=args.seed)
+        r = bench.run(cells=args.cells or 100_000, repeats=args.repeats or 7, seed=args.seed)
     elif args.what == "faults":
         r = bench.run(seed=args.seed)
     elif args.what == "devices":
@@ -65,7 +65,8 @@ def benchmark(args: argparse.Namespace) -> int:
             r = bench.run(n_devices=args.devices, quick=args.quick, seed=args.seed, store=args.store, progress=bar)
     else:
         with _bars(args) as bar:
-            r = bench.run(seed=args.seed, replicas=args.replicas, progress=bar)
+            r = bench.run(model=args.model, seed=args.seed, replicas=args.replicas, repeats=args.repeats or 5,
+                          progress=bar)
     _emit(args, r, lambda: render.benchmark(args.what, r))
     return 0
 

@@ -74,11 +74,46 @@ def benchmark(what: str, r: dict[str, Any]) -> str:
             "runs_resumed", "measurements_lost", "cells_diverged", "cells_made_stuck", "reads_offset", "reads_disputed",
             "reads_disputed_uninterrupted", "cells_beyond_tolerance", "cells_beyond_tolerance_uninterrupted", "yield",
             "yield_uninterrupted", "yield_excluding_stuck", "seconds") if k in r], title=f"fault soak on the virtual bench, rate {r['fault_rate']}")
-    rows = [[name.replace("_", " "), r[f"pulses_{name}"]] for name in ("importance", "uniform", "uniform_replicas", "naive")]
-    rows += [["uniform / importance", r["pulse_ratio"]], ["uniform replicas / importance", r["pulse_ratio_all_uniform"]],
-             ["bound: uniform / cheapest plan", r["pulse_ratio_bound"]]]
-    return format_table(["strategy", "pulses to stay within 0.5 pp"], rows,
-                        title=f"budgets, {r['model']}, {r['cells']} cells, target {r['accuracy_target']:.2%}")
+    return budgets(r)
+
+
+def budgets(r: dict[str, Any]) -> str:
+    b = r["best_uniform"]
+    uniform = ("best all-uniform" + (f" ({b['replicas']} replica{'s' if b['replicas'] > 1 else ''}, ±{b['tolerance_us']:g} µS, "
+                                     f"cap {b['cap']})" if b else ""))
+    def whole(v: float | None) -> int | None:
+        return None if v is None else int(round(v))
+
+    rows = [[label, whole(r[f"pulses_{k}"]), whole(r[f"reads_{k}"]), r[f"cells_{k}"], r[f"accuracy_val_{k}"],
+             r.get(f"accuracy_test_{k}", "")]
+            for label, k in ((f"importance ({r['replicas_per_weight']:g} replicas per weight by channel)", "importance"),
+                             (uniform, "best_uniform"),
+                             ("one option on the importance layout", "fixed_layout"), ("naive fixed-step loop", "naive"))]
+    text = format_table(["setup (fewest pulses reaching the target)", "pulses", "verify reads", "cells", "val acc",
+                         "test acc"], rows,
+                        title=f"budgets, {r['model']}, target {r['accuracy_target_val']:.2%} on validation "
+                              f"(reference {r['accuracy_reference_val']:.2%} − {r['margin_pp']:g} pp), "
+                              f"mean of {r['repeats']} programmings")
+    ratios = [["best uniform / importance, pulses", r["pulse_ratio_vs_best_uniform"]],
+              ["best uniform / importance, verify reads", r["read_ratio_vs_best_uniform"]],
+              ["best uniform / importance, cells", r["cell_ratio_vs_best_uniform"]],
+              ["bound: best uniform / cheapest plan", r["pulse_ratio_vs_best_uniform_bound"]],
+              ["one option, importance layout / importance", r["pulse_ratio_fixed_layout"]],
+              ["naive / importance", r["naive_ratio"]]]
+    text += "\n\n" + format_table(["ratio", "value"], ratios)
+    if r.get("by_target"):
+        def setup(b: dict[str, Any] | None) -> str:
+            return f"{b['replicas']} × ±{b['tolerance_us']:g} µS cap {b['cap']}" if b else ""
+
+        curve = [[f"{t['margin_pp']:g} pp", t["accuracy_target_val"], whole(t["pulses_importance"]),
+                  whole(t["pulses_best_uniform"]), setup(t["best_uniform"]), t["pulse_ratio_vs_best_uniform"],
+                  t["cell_ratio_vs_best_uniform"], whole(t["pulses_fixed_layout"])] for t in r["by_target"]]
+        text += "\n\n" + format_table(
+            ["band", "val target", "importance", "best uniform", "its setup", "pulse ratio", "cell ratio",
+             "one option"], curve,
+            title=f"wider bands (validation; compressed model before storage {r['accuracy_compressed_val']:.2%}, "
+                  f"best stored mean {r['accuracy_stored_val_max']:.2%})")
+    return text
 
 
 def profile(rows: list[tuple], name: str) -> str:
