@@ -31,6 +31,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def sigint_handler_restored():
+    """Every test leaves Ctrl-C as it found it: a job or command that installs a SIGINT
+    handler (StopRequest, deferred_sigint) must restore it on every way out."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"the test left a SIGINT handler installed: {after!r}")
+
+
 @pytest.fixture
 def emulated() -> EmulatedChip:
     return EmulatedChip(SMALL, profile="pcm", seed=7)

@@ -167,7 +167,6 @@ def test_benchmark_budgets_ratio_is_against_the_best_all_uniform_setup() -> None
     for rows in r["trials"].values():
         assert all(t["reads"] >= t["cells"] and 0 <= t["accuracy_val"] <= 1 for t in rows)
     assert 0 < r["accuracy_test_importance"] <= 1 and 0 < r["accuracy_test_best_uniform"] <= 1
-    assert r["pulse_ratio_vs_best_uniform"] <= r["pulse_ratio_vs_best_uniform_bound"]
     assert r["accuracy_stored_val_max"] >= r["accuracy_val_best_uniform"]
     # the wider bands follow the same rule: the cheapest uniform setup reaching each band
     for row in r["by_target"]:

@@ -24,7 +24,9 @@ each averaging ``verify_read_averaging`` samples; the read-back after retention 
 counted), ``cells_X`` its cells (weights and reference cells). ``None`` where no setup
 reached the target. ``pulse_ratio_vs_best_uniform`` is best uniform pulses / importance
 pulses; ``pulse_ratio_vs_best_uniform_bound`` the same over the cheapest plan the options
-allow on the importance layout (no allocation of these options beats it).
+allow on the importance layout, in the noise model's expected pulses (no allocation of these
+options is expected to beat it; measured pulses scatter around the expectation, so a
+measured ratio can pass it).
 
 The band can lie above what storage can reach at all: ``accuracy_compressed_val`` is the
 compressed model before storage and ``accuracy_stored_val_max`` the best mean any setup

@@ -3,6 +3,8 @@ prints its result (a table, or ``--json``)."""
 from __future__ import annotations
 
 import argparse
+import json
+import threading
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -221,17 +223,25 @@ def study(args: argparse.Namespace) -> int:
 
 
 def emulate(args: argparse.Namespace) -> int:
-    import json
     import signal
-    import threading
-
-    from ..chip import Geometry
-    from ..emulator.instruments import VirtualBench
 
     ports = (0, 0, 0) if args.port == 0 else (args.port, args.port + 1, args.port + 2)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _serve(args, ports, stop)
+    finally:
+        for sig, handler in previous.items():  # an in-process caller gets its Ctrl-C back
+            signal.signal(sig, handler)
+    print("virtual bench stopped", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace, ports: tuple[int, int, int], stop: threading.Event) -> None:
+    """Serve the virtual bench until ``stop`` is set."""
+    from ..chip import Geometry
+    from ..emulator.instruments import VirtualBench
+
     geometry = Geometry(*args.geometry)
     faults = None
     if args.fault_rate > 0:
@@ -252,5 +262,3 @@ def emulate(args: argparse.Namespace) -> int:
                                                f"cells, profile {vb.chip.identity()['profile']}, seed {args.seed}); "
                                                "Ctrl-C to stop"), flush=True)
         stop.wait()
-    print("virtual bench stopped", file=sys.stderr)
-    return 0
