@@ -347,4 +347,44 @@ def _interval95(values: list[float]) -> list[float]:
     return [float(v.mean() - q * sem), float(v.mean() + q * sem)]
 
 
-__all__ = ["Candidate", "PlanConfig", "PlanResult", "SearchSpace", "budget_for", "plan_store", "simulated_medium"]
+
+def measured_beside(result: PlanResult, record: dict[str, Any]) -> dict[str, Any]:
+    """The plan's figures with what the store job measured on the chip beside them."""
+    out = result.as_dict()
+    pred = out["predicted_accuracy"]
+    out.update({
+        "run_id": record["run_id"], "measured_accuracy_mean": record["accuracy_stored_mean"],
+        "measured_accuracy_ci95": record["accuracy_stored_ci95"],
+        "measured_accuracy_programmings": record["accuracy_stored_programmings"],
+        "measured_accuracy_val_mean": record["accuracy_stored_val_mean"],
+        "measured_accuracy_val_ci95": record["accuracy_stored_val_ci95"],
+        "prediction_error_pp": None if pred is None else 100 * (pred - record["accuracy_stored_mean"]),
+        "measured_total_cells": record["total_cells"], "measured_analog_cells": record["analog_cells"],
+        "measured_side_bits": record["side_bits"], "measured_side_cells": record["side_cells"], "measured_cells_per_weight": record["cells_per_weight"],
+        "measured_digital_medium": record["digital_medium"], "measured_yield": record["yield"],
+        "measured_pulses": record["pulses"], "measured_drop_pp": 100 * (result.reference_test
+                                                                         - record["accuracy_stored_mean"]),
+        "best_digital_cells": record["baselines_cells"]["best_digital"],
+        "memory_reduction_vs_best_digital": record["memory_reduction"]["best_digital"],
+        "store_seconds": record["seconds"]})
+    return out
+
+
+def plan_and_store(chip: Any, noise: NoiseModel, store: Any, inputs: Inputs, base: dict[str, Any], cfg: PlanConfig,
+                   progress: Progress = _silent, stop: Callable[[], bool] | None = None,
+                   do_store: bool = True) -> dict[str, Any]:
+    """Plan with the noise model (no pulse), then store the chosen configuration on ``chip``
+    with the normal store job and set what it measured beside the prediction. Without a
+    configuration meeting the target, or with ``do_store`` False, only the plan."""
+    from .job import StoreConfig, run_store_job
+
+    result = plan_store(inputs, noise, base, cfg, progress)
+    if result.options is None or not do_store:
+        return {**result.as_dict(), "stored": False}
+    out = run_store_job(chip, noise, store, StoreConfig.from_options(**result.options), progress=progress, stop=stop,
+                        inputs=inputs)
+    return {**measured_beside(result, out.record), "stored": True}
+
+
+__all__ = ["Candidate", "PlanConfig", "PlanResult", "SearchSpace", "budget_for", "knobs", "measured_beside",
+           "plan_and_store", "plan_store", "simulated_medium"]
