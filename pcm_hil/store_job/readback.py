@@ -142,14 +142,13 @@ def predicted_accuracy(noise: NoiseModel, layout: Layout, model: nn.Module, name
                        train: Split, test: Split, cfg: ReadbackConfig, retention_s: float,
                        tolerance_us: float, max_pulses: int, seed: int = 0, draws: int = 3) -> float:
     """Accuracy after ``retention_s`` predicted by the noise model (no chip): the mean over
-    ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp)."""
+    ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp),
+    read back as the store job reads (:func:`simulate_reads`, :func:`decoded_from_reads`)."""
     rng = np.random.default_rng(seed)
-    ref = layout.reference
+    aim = noise.aim(layout.targets, tolerance_us)
     accs = []
     for _ in range(draws):
-        reads = noise.sample(noise.aim(layout.targets, tolerance_us), tolerance_us, max_pulses,
-                             elapsed_s=retention_s, seed=rng)
-        corr, _ = compensate(reads, layout.targets[ref], reads[ref])
-        decoded = decode_model(model, names, layout.encoded, code, corr, layout.tensor_of)
-        accs.append(accuracy(bn_recalibrated(decoded, train, cfg), test.x, test.y))
+        reads, verified = simulate_reads(noise, aim, tolerance_us, max_pulses, retention_s, rng)
+        decoded = decoded_from_reads(reads, model, names, layout, code, verified, train, cfg)
+        accs.append(accuracy(decoded, test.x, test.y))
     return float(np.mean(accs))
