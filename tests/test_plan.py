@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pcm_hil.chip import Geometry
+from pcm_hil.cli import main
 from pcm_hil.coding import CodeConfig
 from pcm_hil.emulator import EmulatedChip
 from pcm_hil.models import accuracy
@@ -116,17 +117,15 @@ def test_stuck_cells_hold_their_value_through_the_retention_time(noise) -> None:
     (["--max-accuracy-drop", "1", "--max-draws", "2"], "[4, 1000]"),
     ([], "--max-accuracy-drop"),
 ])
-def test_bad_plan_options_are_refused_before_any_pulse(tmp_path, args, says) -> None:
-    r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "plan", "--model", "mlp-digits", "--run-dir",
-                        str(tmp_path), *args], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and says in r.stderr, r.stderr
+def test_bad_plan_options_are_refused_before_any_pulse(tmp_path, capsys, args, says) -> None:
+    code = main(["plan", "--model", "mlp-digits", "--run-dir", str(tmp_path), *args])
+    assert code == 2 and says in capsys.readouterr().err
     assert not (tmp_path / "pcm-hil.sqlite").exists()  # no run store, no chip, no calibration
 
 
-def test_an_unknown_model_is_refused_before_any_pulse(tmp_path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "plan", "--model", "no-such-net", "--run-dir",
-                        str(tmp_path), "--max-accuracy-drop", "1"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "unknown model" in r.stderr
+def test_an_unknown_model_is_refused_before_any_pulse(tmp_path, capsys) -> None:
+    code = main(["plan", "--model", "no-such-net", "--run-dir", str(tmp_path), "--max-accuracy-drop", "1"])
+    assert code == 2 and "unknown model" in capsys.readouterr().err
     assert not (tmp_path / "pcm-hil.sqlite").exists()
 
 
