@@ -26,7 +26,7 @@ GEOM = Geometry(1, 128, 128)  # the store tests' chip (conftest's calibration si
 BASE = dict(model="mlp-digits", importance_samples=300, programmings=2, medium_cells=256, digital_baseline=False)
 SPACE = SearchSpace(sparsities=(0.0, 0.5), codes=("sign", "offset"), replicas=(1.0, 1.5, 2.0),
                     budget_tolerances_us=(None,))
-FAST = dict(space=SPACE, min_draws=4, max_draws=8, batch=4, final_draws=4)
+FAST = dict(space=SPACE, min_draws=4, reject_after=4, max_draws=8, batch=4, final_draws=4)
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,8 @@ def budget_list(text: str) -> tuple[float | None, ...]:
     one = float_in(0, 10, lo_open=True, shown="(0, 10] µS or 'default'")
     words = [w.strip() for w in text.split(",") if w.strip()]
     if not words:
-        raise argparse.ArgumentTypeError(f"expected comma-separated tolerances in (0, 10] µS or 'default', got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated tolerances in (0, 10] µS or 'default', "
+                                         f"got {text!r}")
     return tuple(dict.fromkeys(None if w == "default" else one(w) for w in words))
 
 

@@ -155,7 +155,11 @@ def plan(r: dict[str, Any]) -> str:
             f"({r['reference_val']:.2%} validation, {r['reference_test']:.2%} test); {r['candidates']} candidates, "
             f"{len(r['candidates_tried'])} drawn, {r['planning_seconds']:.0f} s")
     if r["configuration"] is None:
-        return head + "\nno configuration of the search space meets the target: allow a larger drop, more " \
+        best = max((c for c in r["candidates_tried"] if c["val_accuracy_mean"] is not None),
+                   key=lambda c: c["val_accuracy_mean"], default=None)
+        seen = "" if best is None else (f" (the best drawn: {best['val_accuracy_mean']:.2%} on validation, "
+                                        f"against {r['reference_val'] - r['max_accuracy_drop']:.2%} needed)")
+        return head + f"\nno configuration of the search space meets the target{seen}: allow a larger drop, more " \
                       "replicas or a lower sparsity"
     c = r["configuration"]
     budget = "store default" if c["pulse_budget"] is None else f"{c['pulse_budget']:,}"

@@ -15,8 +15,9 @@ re-estimation) on simulated programmings of its plan (:func:`.readback.simulate_
 each cell at its own aim, tolerance and cap, RESET-only cells at the floor), scored on the
 validation split. Candidates are tried in order of total cells; each is drawn in batches
 (a sequential test on the Student-t interval of the mean over draws) until the one-sided
-95 % lower bound of its mean validation accuracy clears ``reference − drop`` (accepted) or
-the upper bound falls below it (rejected). The first accepted is the plan. Draws are seeded
+95 % lower bound of its mean validation accuracy clears ``reference − drop`` (accepted,
+after at least ``min_draws``) or the upper bound falls below it (rejected, after at least
+``reject_after``). The first accepted is the plan. Draws are seeded
 per candidate, so a tighter target never accepts a candidate a looser one rejects: the
 plan's cells never fall when the target tightens.
 
@@ -48,8 +49,8 @@ from .layout import Layout
 from .readback import decoded_from_reads, simulate_reads
 
 Progress = Callable[[str, float, float], None]
-PLANNER_CODES = ("sign", "offset", "pair")
-KNOBS = ("sparsity", "code", "replicas_per_weight", "replicas_per", "pulse_budget")  # what the planner chooses  # the replicable codes (split and multilevel change compression)
+PLANNER_CODES = ("sign", "offset", "pair")  # the replicable codes (split and multilevel change compression)
+KNOBS = ("sparsity", "code", "replicas_per_weight", "replicas_per", "pulse_budget")  # what the planner chooses
 
 
 def _silent(stage: str, done: float, total: float) -> None:
@@ -92,7 +93,8 @@ class PlanConfig:
 
     max_accuracy_drop: float = 0.005
     space: SearchSpace = field(default_factory=SearchSpace)
-    min_draws: int = 8          # draws before a candidate may be accepted or rejected
+    min_draws: int = 8          # draws before a candidate may be accepted
+    reject_after: int = 4       # draws before a candidate may be rejected (a clear miss costs less)
     max_draws: int = 24         # draws at most per candidate (then accepted only if its bound clears)
     batch: int = 4              # draws between two looks
     final_draws: int = 24       # draws of the chosen configuration on the test set (the reported prediction)
@@ -103,8 +105,8 @@ class PlanConfig:
         if not (isinstance(self.max_accuracy_drop, (int, float)) and 0 <= self.max_accuracy_drop <= 0.5):
             raise ValueError(f"max_accuracy_drop must be in [0, 0.5] (a fraction; 0.005 = 0.5 pp), "
                              f"got {self.max_accuracy_drop!r}")
-        for name, lo, hi in (("min_draws", 2, 1000), ("max_draws", 2, 1000), ("batch", 1, 1000),
-                             ("final_draws", 2, 1000)):
+        for name, lo, hi in (("min_draws", 2, 1000), ("reject_after", 2, 1000), ("max_draws", 2, 1000),
+                             ("batch", 1, 1000), ("final_draws", 2, 1000)):
             v = getattr(self, name)
             if type(v) is not int or not lo <= v <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
@@ -271,7 +273,7 @@ def plan_store(inputs: Inputs, noise: NoiseModel, base: dict[str, Any], cfg: Pla
             lo, hi = _bounds(cand.val_accuracies, cfg.confidence)
             if len(cand.val_accuracies) >= cfg.min_draws and lo >= target:
                 cand.verdict = "accepted"
-            elif len(cand.val_accuracies) >= cfg.min_draws and hi < target:
+            elif len(cand.val_accuracies) >= cfg.reject_after and hi < target:
                 cand.verdict = "rejected"
             elif len(cand.val_accuracies) >= cfg.max_draws:
                 cand.verdict = "undecided"
@@ -311,7 +313,8 @@ def plan_store(inputs: Inputs, noise: NoiseModel, base: dict[str, Any], cfg: Pla
             "verify_flag_bits_mean": float(np.mean(flag_bits)),
             "cells_per_weight": cand.total_cells / cand.weights, "weights": cand.weights,
             "pulses_planned": b.plan.pulses}
-    return PlanResult(probe.network.name, configuration, options, ref_val, inputs.accuracy_reference, cfg.max_accuracy_drop,
+    return PlanResult(probe.network.name, configuration, options, ref_val, inputs.accuracy_reference,
+                      cfg.max_accuracy_drop,
                       cfg.confidence, predicted, medium,
                       [candidates[k].summary() for k in order if candidates[k].verdict != "not tried"],
                       len(candidates), time.monotonic() - t0)
@@ -360,7 +363,8 @@ def measured_beside(result: PlanResult, record: dict[str, Any]) -> dict[str, Any
         "measured_accuracy_val_ci95": record["accuracy_stored_val_ci95"],
         "prediction_error_pp": None if pred is None else 100 * (pred - record["accuracy_stored_mean"]),
         "measured_total_cells": record["total_cells"], "measured_analog_cells": record["analog_cells"],
-        "measured_side_bits": record["side_bits"], "measured_side_cells": record["side_cells"], "measured_cells_per_weight": record["cells_per_weight"],
+        "measured_side_bits": record["side_bits"], "measured_side_cells": record["side_cells"],
+        "measured_cells_per_weight": record["cells_per_weight"],
         "measured_digital_medium": record["digital_medium"], "measured_yield": record["yield"],
         "measured_pulses": record["pulses"], "measured_drop_pp": 100 * (result.reference_test
                                                                          - record["accuracy_stored_mean"]),
