@@ -306,12 +306,18 @@ class NoiseModel:
         return np.interp(targets_us, self.drift_.levels_us, self.drift_.growth_per_ln_t)
 
     def sample(self, targets_us: Any, tolerance_us: float, max_pulses: int, elapsed_s: float | None = None,
-               n_avg: int | None = None, seed: int | np.random.Generator | None = None) -> np.ndarray:
+               n_avg: int | None = None, seed: int | np.random.Generator | None = None,
+               return_converged: bool = False, stuck_hold: bool = False) -> Any:
         """Draw read-back conductances (µS) for cells programmed to ``targets_us``.
 
         ``elapsed_s``: time since programming (default t0); ``n_avg``: reads averaged per
         read-back (default: as calibrated). Cells that do not converge within the cap get
-        errors drawn from the measured failures.
+        errors drawn from the measured failures. ``return_converged``: also return which
+        cells verified, (reads, converged), as program-and-verify reports them.
+        ``stuck_hold``: a cell that did not verify is a stuck cell with the probability the
+        calibration measured (all stuck kinds over the failure rate of its level and
+        setting, at most 1), and a stuck cell holds its value: it neither drifts nor gathers
+        1/f noise, so the drift compensation at read time scales it away from where it sits.
         """
         self._check_fitted()
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -336,8 +342,15 @@ class NoiseModel:
         ell = math.log(max(elapsed, self.t0_s_) / self.t0_s_)
         if ell > 0:
             nu = np.abs(self.nu_mean(t) + self.nu_std(t) * rng.standard_normal(t.shape))
+            held = g.copy() if stuck_hold else None
             g = g * np.exp(-nu * ell + np.sqrt(self._growth(t) * ell) * rng.standard_normal(t.shape))
-        return g
+            if held is not None and (~conv).any():  # drawn after the rest: the other draws are unchanged
+                fail = 1.0 - self.p_converged(t[~conv], tolerance_us, max_pulses)
+                stuck_rate = sum(self.faults_.fractions.values())
+                stuck = rng.random(fail.size) < np.minimum(1.0, stuck_rate / np.maximum(fail, 1e-12))
+                idx = np.flatnonzero(~conv)[stuck]
+                g[idx] = held[idx]
+        return (g, conv) if return_converged else g
 
     # --------------------------------------------------------------------- I/O --------
     def to_dict(self) -> dict[str, Any]:

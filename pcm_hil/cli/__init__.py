@@ -10,8 +10,8 @@ from typing import Sequence
 
 from .. import __version__
 from . import commands
-from .options import (SECONDS_UP_TO_10_YEARS, SEED, Parser, chip_options, float_in, int_in, json_option,
-                      run_dir_option, seed_option)
+from .options import (SECONDS_UP_TO_10_YEARS, SEED, Parser, budget_list, chip_options, choice_list, float_in,
+                      float_list, int_in, json_option, run_dir_option, seed_option)
 
 
 def build_parser() -> Parser:
@@ -123,6 +123,41 @@ def build_parser() -> Parser:
     st.add_argument("--resume", metavar="RUN", help="continue a store run that was stopped or killed "
                                                      "(its settings are the run's own; other options are ignored)")
     st.set_defaults(func=commands.store, resume_command="pcm-hil store")
+
+    pl = sub.add_parser("plan", parents=[chip, rd, ow, js],
+                        help="the store configuration with the fewest total cells that keeps accuracy within a drop "
+                             "of the reference, chosen on the noise model (no pulses), then stored and measured")
+    pl.add_argument("--model", default="lenet5-fmnist", help="registry model (default lenet5-fmnist)")
+    pl.add_argument("--max-accuracy-drop", type=float_in(0, 50, shown="[0, 50] pp"), required=True, metavar="PP",
+                    help="accuracy the stored model may lose against the float reference, in percentage points "
+                         "(validation split; the lower 95 %% bound of the predicted mean must stay above it)")
+    pl.add_argument("--noise-model", help="calibrated noise model (default: calibrate now on the chip's last cells)")
+    pl.add_argument("--sparsities", type=float_list(0, 0.99), default=(0.0, 0.5, 0.75, 0.9), metavar="S,S,...",
+                    help="pruning fractions tried, each in [0, 0.99] (default 0,0.5,0.75,0.9)")
+    pl.add_argument("--codes", type=choice_list(("sign", "offset", "pair")), default=("sign", "offset"),
+                    metavar="CODE,...", help="codes tried, among sign, offset, pair (default sign,offset)")
+    pl.add_argument("--replicas", type=float_list(1, 8), default=(1.0, 1.25, 1.5, 2.0, 3.0), metavar="R,R,...",
+                    help="mean replicas per kept weight tried, each in [1, 8] (default 1,1.25,1.5,2,3)")
+    pl.add_argument("--replicas-per", type=choice_list(("channel", "weight")), default=("channel",),
+                    metavar="WHAT,...", help="replica maps tried: channel, weight (default channel)")
+    pl.add_argument("--budget-tolerances", type=budget_list, default=(None, 1.0), metavar="T,...",
+                    help="pulse budgets tried, as what uniform ±T µS windows (cap 20) would spend, T in (0, 10]; "
+                         "'default' is the store job's own budget (default: default,1)")
+    pl.add_argument("--max-draws", type=int_in(4, 1000), default=24,
+                    help="noise-model draws at most per candidate (default 24)")
+    pl.add_argument("--final-draws", type=int_in(2, 1000), default=24,
+                    help="draws of the chosen configuration that give the predicted test accuracy (default 24)")
+    pl.add_argument("--retention", type=SECONDS_UP_TO_10_YEARS, default=86400.0,
+                    help="seconds between programming and read-back")
+    pl.add_argument("--programmings", type=int_in(1, 100), default=5,
+                    help="programmings the measured accuracy is averaged over (default 5)")
+    pl.add_argument("--medium-cells", type=int_in(256, 1_000_000), default=16384,
+                    help="data cells per density of the digital-medium test (default 16384)")
+    pl.add_argument("--no-digital-baseline", action="store_true",
+                    help="skip the store job's search for the strongest digital competitor (faster)")
+    pl.add_argument("--no-store", action="store_true", help="only plan and predict: no store, no pulses "
+                                                             "(a calibration still runs without --noise-model)")
+    pl.set_defaults(func=commands.plan)
 
     ld = sub.add_parser("load", parents=[chip, rd, js], help="read a stored model back from the chip and evaluate it")
     ld.add_argument("run", help="run id of a store run")

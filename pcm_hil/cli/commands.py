@@ -165,6 +165,33 @@ def store(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan(args: argparse.Namespace) -> int:
+    from ..checkpoint import StopRequest
+    from ..models import own_model_name
+    from ..store_job import model_cache
+    from ..store_job.inputs import load_inputs
+    from ..store_job.job import StoreConfig
+    from ..store_job.plan import PlanConfig, SearchSpace, plan_and_store
+
+    space = SearchSpace(sparsities=args.sparsities, codes=args.codes, replicas=args.replicas,
+                        replicas_per=args.replicas_per, budget_tolerances_us=args.budget_tolerances)
+    cfg = PlanConfig(max_accuracy_drop=args.max_accuracy_drop / 100, space=space, max_draws=args.max_draws,
+                     min_draws=min(8, args.max_draws), final_draws=args.final_draws, seed=args.seed)
+    base = dict(model=own_model_name(args.model), retention_s=args.retention, programmings=args.programmings,
+                medium_cells=args.medium_cells, digital_baseline=not args.no_digital_baseline, seed=args.seed,
+                overwrite=args.overwrite)
+    StoreConfig.from_options(**base)  # refuses bad options before any pulse
+    inputs = load_inputs(StoreConfig.from_options(**base).network)  # checked before any pulse
+    model_cache.use(Path(args.run_dir) / "model-cache")  # the store job finds what the planner compressed
+    with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs) as chip, \
+            StopRequest() as stop, _bars(args) as bar:
+        noise = app.noise_model_for(chip, rs, args.noise_model, seed=args.seed, progress=bar, stop=stop,
+                                    purpose={"plan": {"model": args.model, "max_accuracy_drop": cfg.max_accuracy_drop}})
+        r = plan_and_store(chip, noise, rs, inputs, base, cfg, progress=bar, stop=stop, do_store=not args.no_store)
+    _emit(args, r, lambda: render.plan(r))
+    return 0 if r["configuration"] is not None else 1
+
+
 def _store_of_calibration(rs: Any, cal_id: str, given: Any) -> tuple[Any, str | None]:
     """For ``store --resume CAL``: the store config CAL was calibrated for (``given``, the
     options of this command, for a calibration that no store started), and the store run

@@ -43,6 +43,46 @@ def float_in(lo: float, hi: float, lo_open: bool = False, shown: str | None = No
     return parse
 
 
+def float_list(lo: float, hi: float) -> Callable[[str], tuple[float, ...]]:
+    """An argument type: comma-separated numbers, each in [lo, hi], at least one."""
+    one = float_in(lo, hi)
+
+    def parse(text: str) -> tuple[float, ...]:
+        words = [w for w in text.split(",") if w.strip()]
+        if not words:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [{lo:g}, {hi:g}], got {text!r}")
+        return tuple(sorted(set(one(w.strip()) for w in words)))
+
+    parse.__name__ = "list of numbers"
+    return parse
+
+
+def choice_list(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """An argument type: comma-separated names among ``choices``, at least one."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        words = [w.strip() for w in text.split(",") if w.strip()]
+        bad = [w for w in words if w not in choices]
+        if not words or bad:
+            raise argparse.ArgumentTypeError(f"expected comma-separated names among {', '.join(choices)}, got {text!r}")
+        return tuple(dict.fromkeys(words))
+
+    parse.__name__ = "list of names"
+    return parse
+
+
+def budget_list(text: str) -> tuple[float | None, ...]:
+    """An argument type: comma-separated tolerances in (0, 10] µS, or ``default``."""
+    one = float_in(0, 10, lo_open=True, shown="(0, 10] µS or 'default'")
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words:
+        raise argparse.ArgumentTypeError(f"expected comma-separated tolerances in (0, 10] µS or 'default', "
+                                         f"got {text!r}")
+    return tuple(dict.fromkeys(None if w == "default" else one(w) for w in words))
+
+
+budget_list.__name__ = "list of tolerances"
+
 SEED = int_in(0, 2**63 - 1)
 SECONDS_UP_TO_10_YEARS = float_in(0, 10 * 365 * 86400.0, shown="[0, 10 years] in s")
 

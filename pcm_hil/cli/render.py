@@ -192,6 +192,41 @@ def store(r: dict[str, Any]) -> str:
     return text
 
 
+def plan(r: dict[str, Any]) -> str:
+    head = (f"plan for {r['model']}: at most {r['max_accuracy_drop_pp']:g} pp below the float reference "
+            f"({r['reference_val']:.2%} validation, {r['reference_test']:.2%} test); {r['candidates']} candidates, "
+            f"{len(r['candidates_tried'])} drawn, {r['planning_seconds']:.0f} s")
+    if r["configuration"] is None:
+        best = max((c for c in r["candidates_tried"] if c["val_accuracy_mean"] is not None),
+                   key=lambda c: c["val_accuracy_mean"], default=None)
+        seen = "" if best is None else (f" (the best drawn: {best['val_accuracy_mean']:.2%} on validation, "
+                                        f"against {r['reference_val'] - r['max_accuracy_drop']:.2%} needed)")
+        return head + f"\nno configuration of the search space meets the target{seen}: allow a larger drop, more " \
+                      "replicas or a lower sparsity"
+    c = r["configuration"]
+    budget = "store default" if c["pulse_budget"] is None else f"{c['pulse_budget']:,}"
+    lo, hi = r["predicted_accuracy_ci95"]
+    rows = [["configuration", f"sparsity {c['sparsity']:g}, {c['code']} code, {c['replicas_per_weight']:g} replicas "
+                              f"per {c['replicas_per']}, pulse budget {budget}"]]
+    measured = r.get("stored")
+    rows.append(["accuracy, validation (chooses)", f"{r['predicted_accuracy_val']:.2%} predicted (lower "
+                                                    f"{r['confidence']:.0%} bound {r['predicted_accuracy_val_lower']:.2%})"
+                 + (f"; {r['measured_accuracy_val_mean']:.2%} measured" if measured else "")])
+    rows.append(["accuracy, test: predicted", f"{r['predicted_accuracy']:.2%} (95 % CI {lo:.2%} – {hi:.2%})"])
+    if measured:
+        mlo, mhi = r["measured_accuracy_ci95"]
+        rows += [["accuracy, test: measured", f"{r['measured_accuracy_mean']:.2%} (95 % CI {mlo:.2%} – {mhi:.2%}, "
+                                              f"{len(r['measured_accuracy_programmings'])} programmings, run "
+                                              f"{r['run_id']})"],
+                 ["prediction − measurement", f"{r['prediction_error_pp']:+.2f} pp"]]
+    rows.append(["total cells", f"{r['total_cells']:,.0f} predicted ({r['cells_per_weight']:.3f} per weight)"
+                 + (f"; {r['measured_total_cells']:,.0f} measured ({r['measured_cells_per_weight']:.3f})"
+                    if measured else "")])
+    if measured and r.get("memory_reduction_vs_best_digital") is not None:
+        rows.append(["reduction vs strongest digital", f"{r['memory_reduction_vs_best_digital']:.2f}×"])
+    return format_table(["", ""], rows, title=head)
+
+
 def load(r: dict[str, Any]) -> str:
     at_store = r["accuracy_stored_at_store_time"]
     return format_table(["", ""], [["accuracy read back now", f"{r['accuracy_loaded']:.2%}"],

@@ -21,7 +21,7 @@ def accuracy_curve(inputs: Inputs, compressed: Compressed, importance: dict, noi
                    replicas: tuple[float, ...] = REPLICA_BUDGETS) -> list[dict[str, float]]:
     """Per replica budget: cells per weight (all costs, side information on ``medium``) and
     the predicted accuracy, the mean of ``draws`` noise-model realizations at ±0.5 µS, cap 20
-    (decoding every replica: no verify flags in a simulation)."""
+    (decoding the replicas that verified in each draw, as the store job does)."""
     tol = 0.5 if 0.5 in noise.tolerances_us_ else noise.tolerances_us_[0]
     cap = min(20, noise.max_pulses_)
     out = []

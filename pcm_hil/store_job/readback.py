@@ -99,18 +99,56 @@ def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout
     return ReadBack(out, decoded, corrected)
 
 
+def simulate_reads(noise: NoiseModel, aim_us: np.ndarray, tolerance_us: np.ndarray, max_pulses: np.ndarray,
+                   retention_s: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """What the chip's part of a store gives, drawn from the noise model instead (no chip):
+    reads ``retention_s`` after program-and-verify of cells pointed at ``aim_us`` with each
+    cell's own tolerance and cap (an allocation :class:`~.allocation.Plan`'s arrays), and
+    which cells verified. A cell aimed at the RESET floor (the plan's RESET-only cells) is
+    only RESET: it reads the floor with read noise and drifts like the floor. A cell that
+    did not verify is stuck with the calibrated probability, and a stuck cell does not drift
+    (``NoiseModel.sample``'s ``stuck_hold``)."""
+    aim = np.asarray(aim_us, float)
+    tol = np.broadcast_to(np.asarray(tolerance_us, float), aim.shape)
+    cap = np.broadcast_to(np.asarray(max_pulses), aim.shape)
+    reads, verified = np.empty(aim.size), np.ones(aim.size, bool)
+    floor = noise.window_.g_floor_us
+    at_floor = aim <= floor
+    for t, c in sorted(set(zip(tol[~at_floor].tolist(), cap[~at_floor].tolist()))):
+        m = ~at_floor & (tol == t) & (cap == c)
+        reads[m], verified[m] = noise.sample(aim[m], t, int(c), elapsed_s=retention_s, seed=rng,
+                                             return_converged=True, stuck_hold=True)
+    if at_floor.any():
+        n = int(at_floor.sum())
+        read_sd = noise.read_sigma(floor) * noise.n_avg_ ** -noise.read_noise_.averaging_exponent
+        g = floor + read_sd * rng.standard_normal(n)
+        ell = np.log(max(retention_s, noise.t0_s_) / noise.t0_s_)
+        nu = np.abs(noise.nu_mean(floor) + noise.nu_std(floor) * rng.standard_normal(n))
+        reads[at_floor] = g * np.exp(-nu * ell)
+    return reads, verified
+
+
+def decoded_from_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout: Layout, code: CodeConfig,
+                       trusted: np.ndarray | None, train: Split, cfg: ReadbackConfig) -> nn.Module:
+    """The network :func:`evaluate_reads` scores: reads compensated with the reference cells,
+    decoded from the trusted replicas, batch-norm statistics re-estimated."""
+    ref = layout.reference
+    corrected, _ = compensate(reads, layout.targets[ref], reads[ref])
+    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
+    return bn_recalibrated(decoded, train, cfg) if batchnorms(decoded) else decoded
+
+
 def predicted_accuracy(noise: NoiseModel, layout: Layout, model: nn.Module, names: list[str], code: CodeConfig,
                        train: Split, test: Split, cfg: ReadbackConfig, retention_s: float,
                        tolerance_us: float, max_pulses: int, seed: int = 0, draws: int = 3) -> float:
     """Accuracy after ``retention_s`` predicted by the noise model (no chip): the mean over
-    ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp)."""
+    ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp),
+    read back as the store job reads (:func:`simulate_reads`, :func:`decoded_from_reads`)."""
     rng = np.random.default_rng(seed)
-    ref = layout.reference
+    aim = noise.aim(layout.targets, tolerance_us)
     accs = []
     for _ in range(draws):
-        reads = noise.sample(noise.aim(layout.targets, tolerance_us), tolerance_us, max_pulses,
-                             elapsed_s=retention_s, seed=rng)
-        corr, _ = compensate(reads, layout.targets[ref], reads[ref])
-        decoded = decode_model(model, names, layout.encoded, code, corr, layout.tensor_of)
-        accs.append(accuracy(bn_recalibrated(decoded, train, cfg), test.x, test.y))
+        reads, verified = simulate_reads(noise, aim, tolerance_us, max_pulses, retention_s, rng)
+        decoded = decoded_from_reads(reads, model, names, layout, code, verified, train, cfg)
+        accs.append(accuracy(decoded, test.x, test.y))
     return float(np.mean(accs))
