@@ -128,6 +128,33 @@ def test_without_confirming_reads_a_board_that_measures_wrong_passes_unseen() ->
     assert beyond > 0
 
 
+@pytest.mark.parametrize("confirm", [True, False])
+def test_an_smu_that_measures_wrong_in_well_formed_readings_is_caught_by_reading_twice(confirm: bool) -> None:
+    """SMU readings +1.5 µS off in well-formed replies (5 % of the SMU's lines) pass every
+    wire check; BenchChip reads each cell twice, and on a disagreement reads until three
+    agree, so every value it returns matches the SMU's own log of what it truly measured.
+    Without the confirming reads the wrong readings come back unseen (the check can fail).
+    (Two readings wrong the same way agree: at a fault rate p that is p² per cell.)"""
+    cells = np.arange(0, 48, 3)
+    plan = FaultPlan(rate=0.05, kinds=("offset",), seed=6)
+    with VirtualBench(GEOM, profile="pcm", seed=1, smu_faults=plan) as vb:
+        cfg = vb.bench_config()
+        cfg = replace(cfg, smu=replace(cfg.smu, confirm_reads=confirm))
+        with BenchChip(cfg, retry=RetryPolicy(attempts=3)) as chip:
+            program_verify(chip, cells, np.linspace(3.0, 18.0, cells.size), VCFG)
+            got = chip.read_smu(cells)
+        truth = {}  # the SMU's log: the cell routed and what it measured there, per reading
+        for cell, i, v in vb.smu.measurements:
+            truth.setdefault(cell, []).append(i / v * 1e6)
+        wrong = [abs(g - np.mean(truth[int(c)])) for g, c in zip(got, cells)]
+        assert vb.smu.offset_reads >= 1
+        if confirm:
+            assert max(wrong) < 0.3 and chip.reads_disputed >= 1
+            assert sum(e["what"] == "SMU read confirm" for e in chip.fault_log) == chip.reads_disputed
+        else:
+            assert max(wrong) > 1.0 and chip.reads_disputed == 0
+
+
 def test_giving_up_is_bounded_and_leaves_outputs_off() -> None:
     plan = FaultPlan(rate=0.0)
     with VirtualBench(GEOM, profile="pcm", seed=1, faults=plan, frame_timeout_s=1.0) as vb:

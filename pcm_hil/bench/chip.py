@@ -410,6 +410,40 @@ class BenchChip(Chip):
                              "raise smu.compliance_a or lower the read bias")
         return i / bias * 1e6
 
+    def smu_confirm_limit_us(self, g_us: float) -> float:
+        """How far two SMU readings of a cell reading ``g_us`` may differ (µS): ``smu.confirm_us``
+        plus ``smu.confirm_rel`` of G (read noise grows with G; a wrong reading within it is
+        indistinguishable from noise)."""
+        cfg = self.config.smu
+        return cfg.confirm_us + cfg.confirm_rel * abs(g_us)  # type: ignore[union-attr]
+
+    def _smu_confirmed(self, cell: int) -> float:
+        """One cell's SMU conductance (µS); with ``smu.confirm_reads`` two readings that must agree
+        within :meth:`smu_confirm_limit_us`, else more until three agree pairwise (their mean), at
+        most ``MAX_CONFIRM_READS``, then :class:`GaveUp`: a well-formed reading can still be wrong."""
+        def read() -> float:
+            return self._line_retry("SMU read", "smu", lambda: self._smu_read_cell(cell))
+
+        cfg = self.config.smu
+        reads = [read()]
+        if not cfg.confirm_reads:  # type: ignore[union-attr]
+            return reads[0]
+        reads.append(read())
+        limit = self.smu_confirm_limit_us(min(abs(reads[0]), abs(reads[1])))
+        if abs(reads[0] - reads[1]) <= limit:
+            return 0.5 * (reads[0] + reads[1])
+        self.reads_disputed += 1
+        self.fault_log.append({"what": "SMU read confirm", "error": "ReadsDisagree",
+                               "detail": f"cell {cell}: two SMU readings differ by {reads[0] - reads[1]:+.3g} µS "
+                                         f"(limit {limit:.3g} µS); read again", "attempt": 0, "time": time.time()})
+        while len(reads) < self.MAX_CONFIRM_READS:
+            reads.append(read())
+            for r in reads:
+                group = [q for q in reads if abs(q - r) <= limit]
+                if len(group) >= 3 and max(group) - min(group) <= limit:
+                    return float(np.mean(group))
+        raise GaveUp(f"SMU readings of cell {cell} disagree across {len(reads)} reads: the SMU measures wrong")
+
     def _smu_idle(self) -> None:
         """SMU output off (read back) and the cell disconnected."""
         def off() -> None:
@@ -435,7 +469,7 @@ class BenchChip(Chip):
         out = np.empty(idx.size, dtype=np.float64)
         try:
             for k, cell in enumerate(idx):
-                out[k] = self._line_retry("SMU read", "smu", lambda: self._smu_read_cell(int(cell)))
+                out[k] = self._smu_confirmed(int(cell))
         except BaseException as exc:
             try:
                 self._smu_idle()

@@ -13,6 +13,9 @@ Example (``pcm-hil emulate --bench-file bench.toml`` writes one for the virtual 
     resource = "TCPIP::127.0.0.1::5026::SOCKET"
     channel = "a"
     compliance_a = 1e-4
+    confirm_reads = true                     # every cell read twice; a third read settles a disagreement
+    confirm_us = 0.5                         # how far two reads of one cell may differ: 0.5 µS + 4 % of G
+    confirm_rel = 0.04
 
     [pulse_generator]                        # optional: externally shaped pulses
     resource = "TCPIP::127.0.0.1::5027::SOCKET"
@@ -64,6 +67,9 @@ class SMUConfig:
     compliance_a: float = 1e-4
     nplc: float = 1.0
     timeout_s: float = 5.0
+    confirm_reads: bool = True  # read each cell twice and compare (an SMU that measures wrong)
+    confirm_us: float = 0.5     # two reads of one cell farther apart than this (µS) ...
+    confirm_rel: float = 0.04   # ... plus this fraction of the conductance read: read again
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,8 @@ class BenchConfig:
                 raise ValueError(f"smu.channel must be 'a' or 'b', got {self.smu.channel!r}")
             _range("smu.compliance_a", self.smu.compliance_a, *keithley2600.CURRENT_LIMIT_RANGE_A)
             _range("smu.nplc", self.smu.nplc, *keithley2600.NPLC_RANGE)
+            _range("smu.confirm_us", self.smu.confirm_us, 0.001, 100.0)
+            _range("smu.confirm_rel", self.smu.confirm_rel, 0.0, 1.0)
         if self.pulse_generator:
             pg = self.pulse_generator
             if pg.channel not in (1, 2):

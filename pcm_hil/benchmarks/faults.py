@@ -21,10 +21,11 @@ same bench path with the same batch size, so the comparison isolates the faults:
 batches by themselves lower the yield (see ``notes``).
 
 The SMU and pulse-generator lines of the faulty bench get faults too (``line_rate``, every
-default kind but ``stuck``), and a precise-and-external phase follows on ``external_cells`` of
-the programmed cells (:func:`_external`): every stored SMU read is compared with the SMU's own
-log of what it measured, every cell verified reset through the pulse generator with its true
-conductance. The ``*_by_link`` figures count faults, driver errors, lost measurements and
+default kind but ``stuck``, and ``offset``: SMU readings that measure wrong in well-formed
+replies), and a precise-and-external phase follows on ``external_cells`` of the programmed
+cells (:func:`_external`): every stored SMU read is compared with the SMU's own log of what it
+measured (within the confirming reads' limit of the median of the readings it took of that
+cell), every cell verified reset through the pulse generator with its true conductance. The ``*_by_link`` figures count faults, driver errors, lost measurements and
 diverged cells per link (board, smu, pg).
 """
 from __future__ import annotations
@@ -50,7 +51,8 @@ from ..program import VerifyConfig, VerifyResult, program_verify
 from ..run_store import RunStore
 
 
-LINE_KINDS = tuple(k for k in FAULT_KINDS if k != "stuck")  # SMU and PG lines (stuck bursts: soaked on the board)
+# SMU and PG lines (stuck bursts: soaked on the board); offset: SMU readings that measure wrong, well formed
+LINE_KINDS = (*(k for k in FAULT_KINDS if k != "stuck"), "offset")
 RESET_MAX_US = 1.0  # the external phase's verify: a cell reads reset at or below this
 EXTERNAL_PASSES = 6  # RESET pulses through the pulse generator per cell at most
 
@@ -85,8 +87,11 @@ def _external(vb: VirtualBench, cells: np.ndarray, timeout_s: float, store: RunS
             mark = len(vb.smu.measurements)
             g = chip.read_smu(todo)
             store.append(run_id, "precise", pd.DataFrame({"cell": todo, "pass": n, "g_us": g}))
-            last = {c: i / v * 1e6 for c, i, v in vb.smu.measurements[mark:] if c is not None and v}
-            expected += [(n, int(c), last.get(int(c), np.nan)) for c in todo]
+            took: dict[int, list[float]] = {}  # what the SMU truly measured of each cell in this read (its log)
+            for c, i, v in vb.smu.measurements[mark:]:
+                if c is not None and v:
+                    took.setdefault(int(c), []).append(i / v * 1e6)
+            expected += [(n, int(c), float(np.median(took[int(c)])) if int(c) in took else np.nan) for c in todo]
             if n:
                 verified[~verified] = g <= RESET_MAX_US
         log = list(chip.fault_log)
@@ -97,8 +102,10 @@ def _external(vb: VirtualBench, cells: np.ndarray, timeout_s: float, store: RunS
     want = pd.DataFrame(expected, columns=["pass", "cell", "measured_us"])
     both = want.merge(stored, on=["pass", "cell"], how="left")
     unrecorded = int(both["g_us"].isna().sum()) + len(stored) - len(want)
-    # the SMU answers with 6 significant digits: a stored value is what was measured within that
-    misrecorded = int((~np.isclose(both["g_us"], both["measured_us"], rtol=1e-5, atol=1e-9)).sum())
+    # a stored value is what was measured: within the confirming reads' limit of the median of the
+    # readings the SMU truly took of that cell (BenchChip averages two or three agreeing readings)
+    limit = both["measured_us"].abs().map(chip.smu_confirm_limit_us)
+    misrecorded = int((~(np.abs(both["g_us"] - both["measured_us"]) <= limit)).sum())
     truth = vb.chip.truth_us[cells].astype(np.float64)  # at each cell's last read
     sigma = vb.chip.profile.read_sigma(np.full(cells.size, RESET_MAX_US)) / np.sqrt(16 * cfg.smu.nplc)
     return {"cells": int(cells.size), "smu_reads": len(want), "pg_pulses": pulses, "pg_pulses_uncertain": uncertain,

@@ -15,9 +15,11 @@ text links of the SMU and pulse generator as noted):
 - ``silent``: the board stops answering for ``silent_s`` (the command is lost);
 - ``stuck``: a burst of ``stuck_burst`` random cells becomes stuck where it is, then the
   command runs normally (a physical fault, invisible to the drivers);
-- ``offset`` (opt-in, not in the default kinds; board only): a conductance read comes back
-  ``offset_us`` off, in a well-formed frame with a valid CRC (a board that measures wrong:
-  invisible on the wire; ``BenchChip``'s confirming reads catch it);
+- ``offset`` (opt-in, not in the default kinds): a conductance read comes back ``offset_us``
+  off, in a well-formed frame with a valid CRC (a board that measures wrong: invisible on
+  the wire; ``BenchChip``'s confirming reads catch it); on the SMU link, the readings the
+  line takes report ``offset_us`` more conductance (a line that measures nothing is
+  unaffected); the pulse generator measures nothing, so there it does nothing;
 - ``dead`` (opt-in): the instrument dies for good: this and every later connection is closed
   at once.
 """

@@ -192,6 +192,8 @@ class Keithley2600Emulator:
         # ground truth for tests and the fault soak: every reading (measure.*) of the wired channel
         # as the instrument made it, before any wire fault: (routed cell or None, current A, voltage V)
         self.measurements: list[tuple[int | None, float, float]] = []
+        self.read_offset_us = 0.0  # fault injection: what the SMU adds to the conductance it reports
+        self.offset_reads = 0      # fault injection: readings that carried that offset
         self.globals = self._build_globals()
         self.interp = Interpreter(self.globals)
 
@@ -473,7 +475,10 @@ class Keithley2600Emulator:
     def _one_reading(self, s: SMUState, ch: str, what: str) -> list[float]:
         i, v = self._measure(s, ch)
         if ch == self.wired:
-            self.measurements.append((self.model.routed_cell("SMU"), i, v))
+            self.measurements.append((self.model.routed_cell("SMU"), i, v))  # what it truly measured
+            if self.read_offset_us and v:  # a reading that measures wrong, well formed (fault injection)
+                i += self.read_offset_us * 1e-6 * v
+                self.offset_reads += 1
         return {"i": [i], "v": [v], "r": [v / i if i else 9.91e37], "p": [v * i], "iv": [i, v]}[what]
 
     def _measure(self, s: SMUState, ch: str) -> tuple[float, float]:

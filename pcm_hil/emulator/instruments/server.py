@@ -165,7 +165,14 @@ class LineHandler(_Handler):
         if kind == "corrupt_request" and line:  # a flipped bit on the way in: the instrument runs what arrived
             i = len(line) // 2
             line = line[:i] + chr(ord(line[i]) ^ 0x40) + line[i + 1:]
-        reply = emu.handle(line)
+        offset = kind == "offset" and hasattr(emu, "read_offset_us")  # the SMU: a reading that measures wrong
+        if offset:
+            emu.read_offset_us = faults.plan.offset_us
+        try:
+            reply = emu.handle(line)
+        finally:
+            if offset:
+                emu.read_offset_us = 0.0
         if reply is None:
             return True
         data = reply.encode("latin-1", "replace") + b"\n"
