@@ -253,8 +253,9 @@ def tightest(opts: list[tuple[float, int]]) -> int:
 def plan_cells(noise: NoiseModel, targets_us: np.ndarray, importance: np.ndarray, reference: np.ndarray,
                cfg: AllocationConfig) -> Plan:
     """Every cell's program-and-verify setting: reference cells (``reference`` mask) always
-    the tightest (they calibrate every other read), weight cells by ``cfg`` under the budget
-    that is left."""
+    the tightest (they calibrate every other read), weight cells by ``cfg``: under the pulse
+    budget that is left, else the fewest pulses meeting the target loss (given, or the least
+    reachable plus ``loss_margin``)."""
     table = tables(noise, targets_us, options(noise, cfg.caps))
     opts = table.options
     tight = tightest(opts)
