@@ -588,3 +588,23 @@ def test_mixed_precision_competitor_is_never_costlier_and_still_passes() -> None
     assert lowered and all(max(o.layer_bits.values()) <= uniform.bits for o in lowered)
     # here fc1 takes a bit less than fc2 (measured: 2 and 3 bits, 30 % fewer bits than 3 everywhere)
     assert len(set(mixed.layer_bits.values())) > 1 and mixed.cells < uniform.cells
+
+
+def test_drift_compensation_can_be_switched_off_for_the_ablation() -> None:
+    """Reads that all drifted by the same factor come back on target with the reference
+    cells' correction, and as read with it switched off (``--no-drift-compensation``)."""
+    from pcm_hil.store_job.layout import REF_FRACTIONS, Layout
+    from pcm_hil.store_job.readback import ReadbackConfig, compensated
+
+    ref = np.repeat(np.array(REF_FRACTIONS) * 20.0, 4)
+    weights = np.linspace(1.0, 19.0, 50)
+    targets = np.concatenate([weights, ref])
+    tensor_of = np.concatenate([np.zeros(weights.size, int), np.full(ref.size, -1)])
+    layout = Layout([], targets, tensor_of.copy(), tensor_of, np.zeros(targets.size))
+    reads = 0.8 * targets
+    on, comp = compensated(reads, layout, ReadbackConfig())
+    off, _ = compensated(reads, layout, ReadbackConfig(drift_compensation=False))
+    assert np.allclose(on, targets) and np.allclose(comp["alpha"], 1.25)
+    assert np.array_equal(off, reads)
+    cfg = StoreConfig.from_options(model="mlp-digits", drift_compensation=False)
+    assert cfg.readback.drift_compensation is False and StoreConfig().readback.drift_compensation

@@ -83,7 +83,7 @@ def test_the_report_holds_the_tables_with_intervals(sweep, tmp_path) -> None:
     assert re.search(r"\| r1-s50 \| 1 \| 50% \| \d+\.\d\d % \(\d+\.\d\d–\d+\.\d\d\) \| 4 = 2 × 2 \|", text)
     assert "Digital options tried" in text and "| start | bits | sparsity | cells | validation | test |" in text
     assert "Iso-accuracy ratio" in text and "interpolated linearly" in text
-    assert re.search(r"\| 1 day \| pcm-seed0-1x128x256 \| ±[\d.]+ \| \d\.\d\d \|", text)  # capacity per chip
+    assert re.search(r"\| 1 day \| pcm-realistic-seed0-1x128x256 \| ±[\d.]+ \| \d\.\d\d \|", text)  # capacity per chip
     assert "**Verdict (mlp-digits, 1 day):**" in text
     assert Path(figures["plots"][0]).stat().st_size > 10_000
     iso = figures["models"]["mlp-digits"]["1 day"]["iso_accuracy"]
@@ -158,8 +158,8 @@ def test_cli_and_lab_script_run_the_same_code_and_estimate_first(tmp_path, capsy
     assert main(["study", "--quick", "--estimate-only", "--json", "--run-dir", str(tmp_path / "s")]) == 0
     out = capsys.readouterr()
     r = json.loads(out.out)
-    assert r["estimate"]["points"] == r["estimate"]["points_left"] == 18 and r["config"]["quick"]
-    assert out.err.startswith("study: 18 points (18 left) on ") and "estimated" in out.err
+    assert r["estimate"]["points"] == r["estimate"]["points_left"] == 20 and r["config"]["quick"]
+    assert out.err.startswith("study: 20 points (20 left) on ") and "estimated" in out.err
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "lab_scripts" / "study.py"))
     assert script["main"](["--quick", "--estimate-only", "--run-dir", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().err == out.err

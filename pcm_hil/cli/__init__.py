@@ -100,6 +100,9 @@ def build_parser() -> Parser:
     st.add_argument("--bn-samples", type=int_in(0, 100_000), default=1000,
                     help="training inputs that re-estimate batch-norm statistics after read-back, for models "
                          "with BN layers (default 1000; 0: keep the stored statistics)")
+    st.add_argument("--no-drift-compensation", dest="drift_compensation", action="store_false",
+                    help="decode the reads as read, without the reference cells' correction (an ablation; "
+                         "the reference cells are still programmed and counted)")
     st.add_argument("--replicas", type=float_in(1, 8), default=1.5, help="mean replicas per kept weight, by importance")
     st.add_argument("--replicas-per", default="channel", choices=["channel", "weight"],
                     help="one replica count per output channel (default; its map is nearly free) or per weight")

@@ -92,7 +92,8 @@ class StoreConfig:
         "allocation": ("allocation", "allocation"), "pulse_budget": ("allocation", "pulse_budget"),
         "target_loss": ("allocation", "target_loss"),
         "loss_margin": ("allocation", "loss_margin"), "caps": ("allocation", "caps"),
-        "bn_samples": ("readback", "bn_samples"), "digital_baseline": ("baselines", "search"),
+        "bn_samples": ("readback", "bn_samples"), "drift_compensation": ("readback", "drift_compensation"),
+        "digital_baseline": ("baselines", "search"),
         "programmings": ("evaluation", "programmings"), "medium_cells": ("medium", "cells_per_density"),
     }
 

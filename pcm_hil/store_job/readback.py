@@ -25,11 +25,21 @@ class ReadbackConfig:
     """What the read-back stage reads."""
 
     bn_samples: int = 1000  # training inputs that re-estimate batch-norm statistics (0: off)
+    drift_compensation: bool = True  # correct reads with the reference cells (off: an ablation)
     seed: int = 0           # which inputs
 
     def __post_init__(self) -> None:
         if type(self.bn_samples) is not int or not 0 <= self.bn_samples <= 100_000:
             raise ValueError(f"bn_samples must be an integer in [0, 100000], got {self.bn_samples!r}")
+
+
+def compensated(reads: np.ndarray, layout: Layout, cfg: ReadbackConfig) -> tuple[np.ndarray, dict]:
+    """``reads`` (layout order) corrected with the layout's reference cells, unless the
+    configuration switches drift compensation off."""
+    ref = layout.reference
+    if not cfg.drift_compensation:
+        return reads, {"off": True}
+    return compensate(reads, layout.targets[ref], reads[ref])
 
 
 def compensate(reads: np.ndarray, ref_targets: np.ndarray, ref_reads: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -79,7 +89,7 @@ def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout
     """Compensate, decode and score reads of every cell of ``layout`` (µS, layout order), on
     the test set (and on the validation split ``val``, which chooses settings)."""
     ref = layout.reference
-    corrected, comp = compensate(reads, layout.targets[ref], reads[ref])
+    corrected, comp = compensated(reads, layout, cfg)
     decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
     raw = decode_model(model, names, layout.encoded, code, reads, layout.tensor_of, trusted)
     every = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of)
@@ -132,8 +142,7 @@ def decoded_from_reads(reads: np.ndarray, model: nn.Module, names: list[str], la
                        trusted: np.ndarray | None, train: Split, cfg: ReadbackConfig) -> nn.Module:
     """The network :func:`evaluate_reads` scores: reads compensated with the reference cells,
     decoded from the trusted replicas, batch-norm statistics re-estimated."""
-    ref = layout.reference
-    corrected, _ = compensate(reads, layout.targets[ref], reads[ref])
+    corrected, _ = compensated(reads, layout, cfg)
     decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
     return bn_recalibrated(decoded, train, cfg) if batchnorms(decoded) else decoded
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ..emulator.profile import DEFAULT as DEFAULT_PROFILE
 from ..store_job import StoreConfig
 
 HOUR_S, DAY_S, YEAR_S = 3600.0, 86400.0, 365 * 86400.0
@@ -42,6 +43,7 @@ class Setting:
     allocation: str = "importance"        # program-and-verify settings: by importance, or one uniform setting
     replicas_per: str = "channel"         # one replica count per output channel, or per weight
     from_threshold: bool = True           # the sign code's window starts at the pruning threshold
+    drift_compensation: bool = True       # reads corrected with the reference cells before decoding
     ablation: str | None = None
 
     def store_options(self) -> dict[str, Any]:
@@ -49,7 +51,8 @@ class Setting:
         opts: dict[str, Any] = {"replicas_per_weight": self.replicas_per_weight, "sparsity": self.sparsity,
                                 "code": {"code": self.code, "redundancy": self.redundancy,
                                          "percentile": self.percentile, "from_threshold": self.from_threshold},
-                                "allocation": self.allocation, "replicas_per": self.replicas_per}
+                                "allocation": self.allocation, "replicas_per": self.replicas_per,
+                                "drift_compensation": self.drift_compensation}
         return opts
 
 
@@ -61,7 +64,7 @@ class Point:
     setting: Setting
     retention_s: float
     chip_seed: int
-    profile: str = "pcm"
+    profile: str = DEFAULT_PROFILE
     geometry: tuple[int, int, int] = (4, 512, 512)
     programmings: int = 5
     medium_cells: int = 16384
@@ -101,12 +104,12 @@ def ablations(base: Setting) -> tuple[list[Setting], list[dict[str, str]]]:
                 ablation="digital sign (→ offset code: the sign in the analog value)"),
         replace(base, name=f"{base.name} no-clipping", percentile=100.0,
                 ablation="clipping of the adaptive mapping (→ scale from max |w|, not the 99.5th percentile)"),
+        replace(base, name=f"{base.name} no-drift-compensation", drift_compensation=False,
+                ablation="drift compensation (→ reads decoded as read; the reference cells still counted)"),
     ]
     not_run = [{"strategy": "adaptive mapping: per-tensor scale",
                 "why": "the store job has no switch for one global scale (coding.scale_of is per tensor)"},
-               {"strategy": "drift compensation",
-                "why": "no switch; measured instead on the stored programming of each point "
-                       "(`accuracy_stored_uncompensated`: one programming per chip, no interval over programmings)"}]
+               ]
     run.insert(1, replace(base, name=f"{base.name} replicas-per-weight", replicas_per="weight",
                           ablation="replicas per output channel (→ per weight, its map paid for)"))
     run.insert(2, replace(base, name=f"{base.name} window-from-zero", from_threshold=False,
@@ -126,7 +129,7 @@ class StudyConfig:
     chip_seeds: tuple[int, ...] = (0, 1)
     programmings: int = 5
     medium_cells: int = 16384               # data cells per density of the digital-medium measurement
-    profile: str = "pcm"
+    profile: str = DEFAULT_PROFILE
     geometry: tuple[int, int, int] | None = None  # None: per model (GEOMETRY_OF, else 4 × 512 × 512)
     digital_baseline: bool = True
     seed: int = 0
