@@ -20,7 +20,8 @@ HOUR_S, DAY_S, YEAR_S = 3600.0, 86400.0, 365 * 86400.0
 RETENTION_NAMES = {HOUR_S: "1 hour", DAY_S: "1 day", YEAR_S: "1 year"}
 MODELS = ("lenet5-fmnist", "lenet5-mnist5k", "resnet20-fmnist32", "mlp-digits")
 # the emulated chip of each model: room for 5 programmings of its layout, the medium test and a calibration
-GEOMETRY_OF = {"mlp-digits": (1, 128, 256)}
+GEOMETRY_OF = {"mlp-digits": (1, 256, 512)}  # 5 programmings of r3 and a 16,384-cell medium test per density
+QUICK_GEOMETRY_OF = {"mlp-digits": (1, 128, 256)}  # --quick: 2 programmings, a 1,024-cell medium test
 DEFAULT_GEOMETRY = (4, 512, 512)
 
 
@@ -130,7 +131,7 @@ class StudyConfig:
     programmings: int = 5
     medium_cells: int = 16384               # data cells per density of the digital-medium measurement
     profile: str = DEFAULT_PROFILE
-    geometry: tuple[int, int, int] | None = None  # None: per model (GEOMETRY_OF, else 4 × 512 × 512)
+    geometry: tuple[int, int, int] | None = None  # None: per model (GEOMETRY_OF or QUICK_GEOMETRY_OF, else 4×512×512)
     digital_baseline: bool = True
     seed: int = 0
     quick: bool = False
@@ -163,7 +164,8 @@ class StudyConfig:
         common = {"profile": self.profile, "programmings": self.programmings,
                   "medium_cells": self.medium_cells, "digital_baseline": self.digital_baseline, "seed": self.seed}
         for m in self.models:
-            common["geometry"] = tuple(self.geometry or GEOMETRY_OF.get(m, DEFAULT_GEOMETRY))
+            per_model = QUICK_GEOMETRY_OF if self.quick else GEOMETRY_OF
+            common["geometry"] = tuple(self.geometry or per_model.get(m, DEFAULT_GEOMETRY))
             for r in self.retentions_s:
                 for s in self.settings:
                     for c in self.chip_seeds:
