@@ -108,14 +108,16 @@ def run(n_devices: int = 20, quick: bool = False, seed: int = 0, store: bool = F
 
 
 def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lenet5-fmnist",
-               progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
+               progress: Callable[[str, float, float], None] | None = None,
+               replicas: float | str = MAIN_JOB["replicas"]) -> dict[str, Any]:
     """A LeNet-5 store with the main job's options on ``profile`` (calibrating on the spot,
     no competitor search): its mean accuracy after a day against the reference."""
     from ..store_job import StoreConfig, run_store_job
     from ..store_job.inputs import load_inputs
 
-    cfg = StoreConfig.from_options(model=model, sparsity=MAIN_JOB["sparsity"],
-                                   replicas_per_weight=MAIN_JOB["replicas"], digital_baseline=False, seed=seed)
+    auto = replicas == "auto"
+    cfg = StoreConfig.from_options(model=model, sparsity=MAIN_JOB["sparsity"], replicas_per_weight=1.5 if auto else replicas,
+                                   replicas_auto=auto, digital_baseline=False, seed=seed)
     inputs = load_inputs(cfg.network)
     chip = EmulatedChip(profile=profile, seed=seed)
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as rs:
@@ -124,7 +126,7 @@ def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lene
                                                                seed=seed), progress=progress, from_end=True)
         rec = run_store_job(chip, noise, rs, cfg, progress=progress, inputs=inputs).record
     keys = ("accuracy_reference", "accuracy_compressed", "accuracy_stored_mean", "accuracy_stored_ci95", "programmings",
-            "pulses", "yield", "total_cells")
+            "pulses", "yield", "total_cells", "replicas_per_weight", "replica_choice")
     return {**{k: rec[k] for k in keys},
             "loss_pp": 100 * (rec["accuracy_reference"] - rec["accuracy_stored_mean"]),
             "storage_loss_pp": 100 * (rec["accuracy_compressed"] - rec["accuracy_stored_mean"])}

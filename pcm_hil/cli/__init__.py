@@ -10,7 +10,7 @@ from typing import Sequence
 
 from .. import __version__
 from . import commands
-from .options import (SECONDS_UP_TO_10_YEARS, SEED, Parser, budget_list, chip_options, choice_list, float_in,
+from .options import (SECONDS_UP_TO_10_YEARS, SEED, Parser, auto_or, budget_list, chip_options, choice_list, float_in,
                       float_list, int_in, json_option, run_dir_option, seed_option)
 
 
@@ -103,7 +103,13 @@ def build_parser() -> Parser:
     st.add_argument("--no-drift-compensation", dest="drift_compensation", action="store_false",
                     help="decode the reads as read, without the reference cells' correction (an ablation; "
                          "the reference cells are still programmed and counted)")
-    st.add_argument("--replicas", type=float_in(1, 8), default=1.5, help="mean replicas per kept weight, by importance")
+    st.add_argument("--replicas", type=auto_or(float_in(1, 8)), default=1.5,
+                    help="mean replicas per kept weight, placed by importance: a number in [1, 8], or 'auto': the "
+                         "fewest whose predicted loss on the calibrated chip is within --max-storage-loss "
+                         "(default 1.5)")
+    st.add_argument("--max-storage-loss", type=float_in(0, 100, lo_open=True), default=0.5, metavar="PP",
+                    help="--replicas auto: predicted validation accuracy loss allowed against the compressed "
+                         "model, pp (default 0.5)")
     st.add_argument("--replicas-per", default="channel", choices=["channel", "weight"],
                     help="one replica count per output channel (default; its map is nearly free) or per weight")
     st.add_argument("--importance", default="fisher", choices=["fisher", "hessian", "magnitude"])

@@ -25,6 +25,20 @@ def int_in(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def auto_or(parse: Callable[[str], float]) -> Callable[[str], float | str]:
+    """An argument type: the word ``auto``, or what ``parse`` accepts."""
+    def parse_auto(text: str) -> float | str:
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (or 'auto')") from None
+
+    parse_auto.__name__ = "auto or number"
+    return parse_auto
+
+
 def float_in(lo: float, hi: float, lo_open: bool = False, shown: str | None = None) -> Callable[[str], float]:
     """An argument type: a finite number in [lo, hi] (or (lo, hi] with ``lo_open``); ``shown``
     says the range in words where numbers would not (e.g. "[0, 10 years] in s")."""

@@ -42,6 +42,7 @@ from .inputs import Inputs, NetworkConfig, load_inputs
 from .layout import Layout, LayoutConfig
 from .prediction import accuracy_curve
 from .readback import ReadbackConfig
+from .replica_choice import ReplicaChoice, ReplicaChoiceConfig, choose_replicas
 
 Progress = Callable[[str, float, float], None]
 
@@ -58,6 +59,7 @@ class StoreConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
+    replica_choice: ReplicaChoiceConfig = field(default_factory=ReplicaChoiceConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     readback: ReadbackConfig = field(default_factory=ReadbackConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
@@ -89,6 +91,7 @@ class StoreConfig:
         "code": ("layout", "code"), "replicas_per_weight": ("layout", "replicas_per_weight"),
         "max_replicas": ("layout", "max_replicas"), "replicas_per": ("layout", "replicas_per"), "reference_cells_per_level": ("layout", "reference_cells_per_level"),
         "g_hi_fraction": ("layout", "g_hi_fraction"),
+        "replicas_auto": ("replica_choice", "auto"), "max_storage_loss_pp": ("replica_choice", "max_storage_loss_pp"),
         "allocation": ("allocation", "allocation"), "pulse_budget": ("allocation", "pulse_budget"),
         "target_loss": ("allocation", "target_loss"),
         "loss_margin": ("allocation", "loss_margin"), "caps": ("allocation", "caps"),
@@ -106,7 +109,7 @@ class StoreConfig:
         if unknown:
             raise ValueError(f"unknown store option(s): {', '.join(sorted(unknown))}")
         staged: dict[str, dict[str, Any]] = {"network": {}, "compression": {}, "importance": {}, "layout": {},
-                                              "allocation": {}, "readback": {}, "baselines": {}, "evaluation": {},
+                                              "replica_choice": {}, "allocation": {}, "readback": {}, "baselines": {}, "evaluation": {},
                                               "medium": {}}
         own = {}
         for k, v in options.items():
@@ -126,6 +129,7 @@ class StoreConfig:
         return cls(network=NetworkConfig(**staged["network"]),
                    compression=CompressionConfig(**staged["compression"], quantize_levels=levels, seed=seed),
                    importance=ImportanceConfig(**staged["importance"], seed=seed), layout=LayoutConfig(**lay),
+                   replica_choice=ReplicaChoiceConfig(**staged["replica_choice"]),
                    allocation=AllocationConfig(**staged["allocation"]),
                    readback=ReadbackConfig(**staged["readback"], seed=seed),
                    baselines=BaselineConfig(**staged["baselines"]),
@@ -141,13 +145,16 @@ class StoreConfig:
         lay["code"] = CodeConfig(**{"from_threshold": False, **lay["code"]})  # runs before it existed: off
         alloc = dict(d["allocation"])
         alloc["caps"] = tuple(alloc["caps"])
+        choice = dict(d.get("replica_choice", {}))  # runs recorded before the choice existed: off
+        if "candidates" in choice:
+            choice["candidates"] = tuple(choice["candidates"])
         base, medium = dict(d["baselines"]), dict(d.get("medium", {}))
         base.update({k: tuple(base[k]) for k in ("bits", "sparsities", "clips") if k in base})
         if "densities" in medium:
             medium["densities"] = tuple(medium["densities"])
         return cls(network=NetworkConfig(**d["network"]), compression=CompressionConfig(**d["compression"]),
                    importance=ImportanceConfig(**d["importance"]), layout=LayoutConfig(**lay),
-                   allocation=AllocationConfig(**alloc), readback=ReadbackConfig(**d["readback"]),
+                   replica_choice=ReplicaChoiceConfig(**choice), allocation=AllocationConfig(**alloc), readback=ReadbackConfig(**d["readback"]),
                    baselines=BaselineConfig(**base), evaluation=EvaluationConfig(**d.get("evaluation", {})),
                    medium=MediumConfig(**medium), **{k: d[k] for k in cls._OWN if k in d})
 
@@ -162,6 +169,7 @@ class Prepared:
     layout: Layout
     plan: Plan
     accuracy_compressed: float
+    replica_choice: ReplicaChoice | None = None  # with ``--replicas auto``: the candidates the noise model scored
 
 
 @dataclass
@@ -184,6 +192,11 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
     progress("prepare", 1, 4)
     imp = estimate(compressed.model, inputs.names, inputs.train, cfg.importance)
     progress("prepare", 2, 4)
+    choice = None
+    if cfg.replica_choice.auto:
+        choice = choose_replicas(inputs, noise, compressed, imp, cfg.layout, cfg.allocation, cfg.readback,
+                                 cfg.retention_s, cfg.replica_choice, cfg.seed)
+        cfg = chosen(cfg, choice)
     lay = layout_stage.encode(compressed.model, inputs.names, compressed.masks, imp, noise, cfg.layout,
                               cfg.retention_s)
     need = lay.targets.size + cells_needed(lay.targets.size, cfg.evaluation, cfg.medium)
@@ -192,7 +205,14 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
                          f"from cell {cfg.first_cell or 0}; the chip has {n_cells} cells")
     plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation)
     progress("prepare", 4, 4)
-    return Prepared(inputs, compressed, imp, lay, plan, acc_comp)
+    return Prepared(inputs, compressed, imp, lay, plan, acc_comp, choice)
+
+
+def chosen(cfg: StoreConfig, choice: ReplicaChoice | None) -> StoreConfig:
+    """``cfg`` with the replicas the choice made (unchanged without one)."""
+    if choice is None:
+        return cfg
+    return replace(cfg, layout=replace(cfg.layout, replicas_per_weight=choice.replicas_per_weight))
 
 
 def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConfig, progress: Progress | None = None,
@@ -209,6 +229,7 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
     torch.manual_seed(cfg.seed)
     inputs = inputs or load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, chip.geometry.n_cells, report)
+    cfg = chosen(cfg, prep.replica_choice)  # the run records the replicas it programs
     vcfg = replace(VerifyConfig.measured_with(noise), max_pulses=int(prep.plan.max_pulses.max()))
     settings = {"procedure": "store", "software": f"pcm-hil {__version__}", "chip": chip.identity(),
                 "chip_id": chip.chip_id(), "config": asdict(cfg), "verify": asdict(vcfg),
@@ -287,6 +308,8 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             "code": coding.describe(cfg.layout.code), "allocation": cfg.allocation.allocation,
             "sparsity": cfg.compression.sparsity, "accuracy_reference": inputs.accuracy_reference,
             "accuracy_compressed": prep.accuracy_compressed, "resumed": resumed,
+            "replicas_per_weight": cfg.layout.replicas_per_weight,
+            "replica_choice": store.stages(run_id)["layout"].get("replica_choice"),
             "yield": float(prog["converged"].mean())}
         report("evaluation", 0, 1)
         if "evaluation" not in store.stages(run_id):
@@ -342,7 +365,8 @@ def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarra
     store.append(run_id, "side", side)
     store.append(run_id, "layout", table, stage="layout", info={
         "accuracy_reference": prep.inputs.accuracy_reference, "accuracy_compressed": prep.accuracy_compressed,
-        "lagrange": prep.plan.lagrange})
+        "lagrange": prep.plan.lagrange,
+        "replica_choice": None if prep.replica_choice is None else prep.replica_choice.figures()})
 
 
 def _save_torch(obj: Any, path: Any) -> None:
