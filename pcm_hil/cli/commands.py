@@ -147,9 +147,8 @@ def store(args: argparse.Namespace) -> int:
     cfg = store_config(args)
     # fine-tunes are kept in the run directory (a rerun, or a store after a plan, reuses them);
     # those of the default main job come from the package's shipped layer
-    with model_cache.using(Path(args.run_dir) / "model-cache"), app.open_store(args.run_dir) as rs, \
-            app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
-            StopRequest() as stop, _bars(args) as bar:
+    with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
+            model_cache.using(Path(args.run_dir) / "model-cache"), StopRequest() as stop, _bars(args) as bar:
         if args.resume and rs.run(args.resume)["kind"] == "calibration":
             # killed while calibrating on the spot: finish that calibration, then the store it was for
             cfg, stored = _store_of_calibration(rs, args.resume, cfg)

@@ -1,11 +1,12 @@
 """A cache of compressed models, so that a sweep fine-tunes each one once.
 
-Compression (:func:`.compression.compress`) and the digital baselines' pruned starts
-(:func:`.compression.prune_and_finetune`) are deterministic given the network's weights,
-the tensors stored in cells, the training data and the settings. The key is the SHA-256
-of all of them (weights as raw bytes in state-dict order, data as raw bytes, settings as
-sorted JSON); the value is the resulting state dict and keep-masks, written atomically
-(temporary file, then rename) as ``<key>.pt`` in the cache directory.
+Compression (:func:`.compression.compress`), the digital baselines' pruned starts
+(:func:`.compression.prune_and_finetune`) and their quantization-aware fine-tunes are
+deterministic given the network's weights, the tensors stored in cells, the training data
+and the settings. The key is the SHA-256 of all of them (weights as raw bytes in
+state-dict order, data as raw bytes, settings as sorted JSON); the value is the resulting
+state dict and keep-masks (and the settings, for a reader), written atomically (temporary
+file, then rename) as ``<key>.pt`` in the cache directory.
 
 The writable cache is off until :func:`use` names a directory (the study and the CLI's
 ``store`` and ``plan`` do, in the run directory) or ``$PCM_HIL_MODEL_CACHE`` does. Below
