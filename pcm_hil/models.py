@@ -20,6 +20,18 @@ import torch.nn.functional as F
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 
 
+def max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """2×2 max pooling, stride 2 (``F.max_pool2d(x, 2)``). Without autograd it is taken as the
+    maximum of four strided views: the same values (a maximum rounds nothing), about 2.5× faster
+    on CPU, where evaluation spends most of its time pooling. With autograd it is
+    ``F.max_pool2d``, whose gradient goes to one input of a tie (training is unchanged)."""
+    if torch.is_grad_enabled():
+        return F.max_pool2d(x, 2)
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # an odd last row or column is dropped, as there
+    return torch.maximum(torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2]),
+                         torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
+
+
 class LeNet5(nn.Module):
     """LeNet-5 (LeCun 1998) with ReLU and max pooling, for 1×28×28 inputs: 61,706 parameters."""
 
@@ -32,8 +44,8 @@ class LeNet5(nn.Module):
         self.fc3 = nn.Linear(84, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = max_pool2(F.relu(self.conv1(x)))
+        x = max_pool2(F.relu(self.conv2(x)))
         x = x.flatten(1)
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
@@ -240,8 +252,9 @@ def recalibrate_batchnorm(model: nn.Module, x, batch: int = 250) -> bool:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x, y, batch: int = 2000) -> float:
-    """Top-1 accuracy on numpy arrays."""
+def accuracy(model: nn.Module, x, y, batch: int = 500) -> float:
+    """Top-1 accuracy on numpy arrays (batches of 500: a third less time than 2,000 on CPU, the
+    same outputs)."""
     model.eval()
     correct = 0
     for i in range(0, len(y), batch):

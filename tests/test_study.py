@@ -68,9 +68,13 @@ def test_a_second_run_recomputes_nothing(sweep) -> None:
 @pytest.mark.slow
 def test_each_model_is_fine_tuned_once_per_sweep(sweep) -> None:
     """The warm-up compresses the analog start and the 4 pruned digital starts (5 misses);
-    each of the 2 points then finds all 5 in the cache."""
+    each of the 2 points then finds all 5 in the cache. The competitor's quantization-aware
+    fine-tunes go through the cache too (one lookup each: a miss, or a hit when another point
+    made the same one first)."""
     _, first, _ = sweep
-    assert first.cache == {"hits": 10, "misses": 5}
+    qat = sum(o["training"] == "quantization-aware" for r in first.rows for o in r["record"]["digital_options_tried"])
+    assert first.cache["hits"] >= 10 and first.cache["misses"] >= 5
+    assert first.cache["hits"] - 10 + first.cache["misses"] - 5 == qat
 
 
 @pytest.mark.slow

@@ -123,15 +123,13 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def store(args: argparse.Namespace) -> int:
-    from ..calibrate import run_calibration
-    from ..checkpoint import StopRequest
+def store_config(args: argparse.Namespace) -> Any:
+    """The :class:`~pcm_hil.store_job.StoreConfig` of a ``store`` command line."""
     from ..coding import CodeConfig
     from ..models import own_model_name
-    from ..store_job import StoreConfig, resume_store_job, run_store_job
-    from ..store_job.inputs import load_inputs
+    from ..store_job import StoreConfig
 
-    cfg = StoreConfig.from_options(
+    return StoreConfig.from_options(
         model=own_model_name(args.model), checkpoint=_absolute(args.checkpoint), data_dir=_absolute(args.data_dir),
         code=CodeConfig(args.code, percentile=args.percentile), sparsity=args.sparsity, importance=args.importance,
         allocation=args.allocation, pulse_budget=args.pulse_budget, target_loss=args.target_loss,
@@ -139,8 +137,19 @@ def store(args: argparse.Namespace) -> int:
         max_storage_loss_pp=args.max_storage_loss, replicas_per=args.replicas_per, retention_s=args.retention,
         bn_samples=args.bn_samples, drift_compensation=args.drift_compensation, programmings=args.programmings, medium_cells=args.medium_cells, seed=args.seed,
         overwrite=args.overwrite, **({} if args.loss_margin is None else {"loss_margin": args.loss_margin}))
+
+
+def store(args: argparse.Namespace) -> int:
+    from ..calibrate import run_calibration
+    from ..checkpoint import StopRequest
+    from ..store_job import model_cache, resume_store_job, run_store_job
+    from ..store_job.inputs import load_inputs
+
+    cfg = store_config(args)
+    # fine-tunes are kept in the run directory (a rerun, or a store after a plan, reuses them);
+    # those of the default main job come from the package's shipped layer
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
-            StopRequest() as stop, _bars(args) as bar:
+            model_cache.using(Path(args.run_dir) / "model-cache"), StopRequest() as stop, _bars(args) as bar:
         if args.resume and rs.run(args.resume)["kind"] == "calibration":
             # killed while calibrating on the spot: finish that calibration, then the store it was for
             cfg, stored = _store_of_calibration(rs, args.resume, cfg)

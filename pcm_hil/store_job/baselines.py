@@ -25,12 +25,15 @@ import torch
 from torch import nn
 
 from ..models import accuracy
-from .compression import CompressionConfig, Perturb, finetune, quantize_levels
+from .compression import CompressionConfig, Perturb, quantize_levels
 from .digital_medium import Medium, slc_ecc_cells
 from .inputs import Inputs
-from .model_cache import cached_prune
+from .model_cache import cached_prune, cached_quantization_aware
 from .readback import ReadbackConfig, bn_recalibrated
 from .side_info import coded_bits, digital_parameters
+
+
+QAT_CLIP = 1.0  # quantization-aware fine-tuning rounds with the top level at each channel's max |w|
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,8 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
         for first, k in sorted(passing, key=lambda p: p[0].cells)[:cfg.qat_starts]:
             start, sparsity, net, start_masks = starts[k]
             for b in (b for b in sorted(cfg.bits, reverse=True) if b < first.bits):
-                trained = finetune(copy.deepcopy(net), start_masks, inputs.train.x, inputs.train.y, cfg.qat_epochs,
-                                   seed=compression.seed, perturb=fake_quantizer(b, 1.0))
+                trained = cached_quantization_aware(net, start_masks, inputs.train.x, inputs.train.y, b, QAT_CLIP,
+                                                    cfg.qat_epochs, compression.seed, fake_quantizer(b, QAT_CLIP))
                 if option(start, sparsity, trained, b, "quantization-aware").accuracy_val < target_val:
                     break  # fewer bits only do worse
     ok = [o for o in tried if o.accuracy_val >= target_val]
