@@ -116,8 +116,9 @@ def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lene
     from ..store_job.inputs import load_inputs
 
     auto = replicas == "auto"
-    cfg = StoreConfig.from_options(model=model, sparsity=MAIN_JOB["sparsity"], replicas_per_weight=1.5 if auto else replicas,
-                                   replicas_auto=auto, digital_baseline=False, seed=seed)
+    cfg = StoreConfig.from_options(model=model, sparsity=MAIN_JOB["sparsity"],
+                                   replicas_per_weight=1.5 if auto else replicas, replicas_auto=auto,
+                                   digital_baseline=False, seed=seed)
     inputs = load_inputs(cfg.network)
     chip = EmulatedChip(profile=profile, seed=seed)
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as rs:

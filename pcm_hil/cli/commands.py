@@ -135,7 +135,8 @@ def store_config(args: argparse.Namespace) -> Any:
         allocation=args.allocation, pulse_budget=args.pulse_budget, target_loss=args.target_loss,
         replicas_per_weight=1.5 if args.replicas == "auto" else args.replicas, replicas_auto=args.replicas == "auto",
         max_storage_loss_pp=args.max_storage_loss, replicas_per=args.replicas_per, retention_s=args.retention,
-        bn_samples=args.bn_samples, drift_compensation=args.drift_compensation, programmings=args.programmings, medium_cells=args.medium_cells, seed=args.seed,
+        bn_samples=args.bn_samples, drift_compensation=args.drift_compensation, programmings=args.programmings,
+        medium_cells=args.medium_cells, seed=args.seed,
         overwrite=args.overwrite, **({} if args.loss_margin is None else {"loss_margin": args.loss_margin}))
 
 

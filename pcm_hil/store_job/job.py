@@ -109,8 +109,8 @@ class StoreConfig:
         if unknown:
             raise ValueError(f"unknown store option(s): {', '.join(sorted(unknown))}")
         staged: dict[str, dict[str, Any]] = {"network": {}, "compression": {}, "importance": {}, "layout": {},
-                                              "replica_choice": {}, "allocation": {}, "readback": {}, "baselines": {}, "evaluation": {},
-                                              "medium": {}}
+                                              "replica_choice": {}, "allocation": {}, "readback": {}, "baselines": {},
+                                              "evaluation": {}, "medium": {}}
         own = {}
         for k, v in options.items():
             if k in cls._STAGE_OF:
