@@ -177,14 +177,20 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
 
 
 def _mean(enc: EncodedTensor, g: np.ndarray, role: int, trusted: np.ndarray) -> np.ndarray:
-    """Mean over each weight's replicas of ``role``, over its trusted replicas where it has any."""
+    """Mean over each weight's trusted replicas of ``role`` (0 where it has none)."""
     sel = enc.role == role
     owner, t = enc.owner[sel], trusted[sel].astype(np.float64)
-    n_trusted = np.bincount(owner, weights=t, minlength=enc.kept)
-    w = np.where(n_trusted[owner] > 0, t, 1.0)  # no trusted replica: the weight falls back to all of them
-    total = np.bincount(owner, weights=w * g[sel], minlength=enc.kept)
-    count = np.bincount(owner, weights=w, minlength=enc.kept)
-    return total / np.maximum(count, 1)
+    total = np.bincount(owner, weights=t * g[sel], minlength=enc.kept)
+    return total / np.maximum(np.bincount(owner, weights=t, minlength=enc.kept), 1)
+
+
+def _known(enc: EncodedTensor, trusted: np.ndarray) -> np.ndarray:
+    """Per kept weight: every part (role) it is stored in has a trusted replica."""
+    known = np.ones(enc.kept, bool)
+    for role in np.unique(enc.role):
+        sel = enc.role == role
+        known &= np.bincount(enc.owner[sel], weights=trusted[sel], minlength=enc.kept) > 0
+    return known
 
 
 def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: np.ndarray | None = None
@@ -193,7 +199,10 @@ def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: n
 
     ``trusted`` (per cell): replicas that verified. A weight's value is the mean of its
     trusted replicas, so a stuck or unconverged cell does not pull it off; a weight
-    with no trusted replica uses all of them.
+    with no trusted replica decodes as 0, the prior's centre: a cell that did not verify
+    may be stuck anywhere in the window, and a stuck-SET read would decode as the largest
+    weight of the tensor (measured on mlp-digits at one replica per weight, one
+    programming: 91.9 % with the reads used, 96.2 % with 0).
     """
     g = np.asarray(reads_us, dtype=np.float64).ravel()
     if g.size != enc.cells:
@@ -213,6 +222,7 @@ def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: n
     else:
         step = enc.g_hi / (cfg.levels - 1)
         v = np.clip(np.round(_mean(enc, g, MAGNITUDE, trusted) / step), 0, cfg.levels - 1) * step * s
+    v = np.where(_known(enc, trusted), v, 0.0)
     if enc.signs is not None:
         v = np.where(enc.signs, -v, v)
     out = np.zeros(enc.weights)

@@ -392,8 +392,14 @@ def test_decode_trusts_only_verified_replicas() -> None:
     assert np.allclose(decode(enc, reads, cfg, trusted), w)  # the verified replica alone decides
     assert not np.allclose(decode(enc, reads, cfg), w)  # averaging it in would pull weight 0 off
     lone = np.flatnonzero(enc.owner == 2)
-    trusted[lone] = False  # a weight with no verified replica still decodes from what it has
-    assert np.allclose(decode(enc, reads, cfg, trusted), w)
+    reads[lone] = 19.9  # weight 2's only replica did not verify: stuck high, it would read as the largest weight
+    trusted[lone] = False
+    assert np.allclose(decode(enc, reads, cfg, trusted), [0.5, -0.25, 0.0])  # it decodes as 0, the prior's centre
+    pair = CodeConfig("pair", percentile=100.0)
+    enc = encode("w", w, pair, 20.0, None, 1)
+    trusted = np.ones(enc.cells, bool)
+    trusted[np.flatnonzero(enc.owner == 1)[1]] = False  # weight 1's G− cell did not verify
+    assert np.allclose(decode(enc, enc.targets_us, pair, trusted), [0.5, 0.0, 1.0])
 
 
 TINY_NET = '''
