@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 CODES = ("sign", "pair", "offset", "split", "multilevel")
-MAGNITUDE, MINUS, COARSE, FINE = 0, 1, 2, 3
+MAGNITUDE, MINUS, COARSE, FINE, PRUNED = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,13 @@ class EncodedTensor:
     owner: np.ndarray         # per cell: kept-weight index
     role: np.ndarray          # per cell: MAGNITUDE, MINUS, COARSE or FINE
     gains: np.ndarray         # per cell: weight per µS
-    floor: float = 0.0        # |w| at G = 0 (the smallest kept |w| with ``from_threshold``)
+    floor: float = 0.0        # |w| at G = gap (the smallest kept |w| with ``from_threshold``)
+    gap: float = 0.0          # µS: kept weights start here (mask in cells), else 0
+    threshold: float | None = None  # µS: mask in cells, the read below which a position is pruned; None: coded mask
+
+    @property
+    def mask_in_cells(self) -> bool:
+        return self.threshold is not None
 
     @property
     def weights(self) -> int:
@@ -130,8 +136,11 @@ def magnitudes_us(v: np.ndarray, cfg: CodeConfig, g_hi: float, pruned: bool) -> 
 
 
 def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndarray | None = None,
-           replicas: np.ndarray | int | None = None) -> EncodedTensor:
-    """Cells for one tensor. ``g_hi``: top of the usable window (µS)."""
+           replicas: np.ndarray | int | None = None, gap: float | None = None, threshold: float | None = None
+           ) -> EncodedTensor:
+    """Cells for one tensor. ``g_hi``: top of the usable window (µS). ``gap`` and
+    ``threshold`` (µS, sign code on a pruned tensor): the mask in the cells (see
+    :func:`encode_mask_in_cells`)."""
     w = np.asarray(w, dtype=np.float64)
     if not np.all(np.isfinite(w)):
         raise ValueError(f"tensor {name} holds NaN or infinite weights")
@@ -139,6 +148,8 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
         raise ValueError(f"g_hi must be a positive number of µS, got {g_hi!r}")
     if mask is not None and np.asarray(mask).size != w.size:
         raise ValueError(f"mask of {name} has {np.asarray(mask).size} entries for {w.size} weights")
+    if gap is not None or threshold is not None:
+        return encode_mask_in_cells(name, w, cfg, g_hi, mask, replicas, gap, threshold)
     v = kept_values(w, mask)
     a, scale, floor = magnitudes_us(v, cfg, g_hi, mask is not None)  # µS, signed
     span = g_hi / 2 if cfg.code == "offset" else g_hi
@@ -176,6 +187,116 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
                          owner.astype(np.int64), role.astype(np.int8), np.asarray(gain, np.float64), floor)
 
 
+def check_gap(gap: float | None, threshold: float | None, g_hi: float) -> None:
+    """Refuses a mask gap or threshold outside the window: 0 < threshold < gap ≤ g_hi/2."""
+    if gap is None or threshold is None:
+        raise ValueError("the mask in the cells needs both a gap and a threshold (µS)")
+    if not (np.isfinite(threshold) and 0 < threshold < g_hi / 2):
+        raise ValueError(f"mask threshold must be in (0, {g_hi / 2:.3g}) µS (half the window), got {threshold!r}")
+    if not (np.isfinite(gap) and threshold < gap <= g_hi / 2):
+        raise ValueError(f"mask gap must be in ({threshold:.3g}, {g_hi / 2:.3g}] µS (above the threshold, at most "
+                         f"half the window), got {gap!r}")
+
+
+def encode_mask_in_cells(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndarray | None,
+                         replicas: np.ndarray | int | None, gap: float | None, threshold: float | None
+                         ) -> EncodedTensor:
+    """The sign code with the keep-mask in the cells: one cell per weight position, in
+    position order (a pruned weight's cell is only RESET, role ``PRUNED``, target 0 µS; a
+    kept weight's is its first replica), then the kept weights' other replicas in kept
+    order. Kept magnitudes span [gap, g_hi]: from the smallest kept |w| (``floor``) to the
+    clip. The decoder tells kept from pruned by the position cells' reads
+    (:func:`decoded_mask`); no coded mask is stored."""
+    check_gap(gap, threshold, g_hi)
+    if cfg.code != "sign":
+        raise ValueError(f"the mask in the cells needs the sign code, got {cfg.code!r}")
+    if mask is None:
+        raise ValueError(f"tensor {name}: the mask in the cells needs a pruned tensor (a keep-mask)")
+    keep = np.asarray(mask, bool).ravel()
+    v = w.ravel()[keep]
+    span = g_hi - gap
+    floor = floor_of(v, cfg, True)
+    scale = scale_of(v, cfg, span, floor)
+    a = gap + np.clip((np.abs(v) - floor) / scale, 0.0, span)
+    r = np.broadcast_to(np.asarray(cfg.redundancy if replicas is None else replicas), (v.size,)).astype(np.int64)
+    if r.size and (r.min() < 1 or r.max() > 64):
+        raise ValueError("replicas per weight must be in [1, 64]")
+    pos = np.flatnonzero(keep)
+    first_t, first_owner = np.zeros(keep.size), np.full(keep.size, -1, np.int64)
+    first_t[pos], first_owner[pos] = a, np.arange(v.size)
+    first_role = np.where(keep, MAGNITUDE, PRUNED)
+    extra = np.repeat(np.arange(v.size), r - 1)
+    owner = np.concatenate([first_owner, extra])
+    gain = np.where(owner >= 0, scale / r[np.maximum(owner, 0)], 0.0) if v.size else np.zeros(owner.size)
+    return EncodedTensor(name, tuple(w.shape), scale, g_hi, keep.reshape(w.shape), v < 0, r.copy(),
+                         np.concatenate([first_t, a[extra]]), owner,
+                         np.concatenate([first_role, np.full(extra.size, MAGNITUDE)]).astype(np.int8),
+                         np.asarray(gain, np.float64), floor, float(gap), float(threshold))
+
+
+def kept_per_row(enc: EncodedTensor) -> np.ndarray:
+    """Kept weights per output channel (first axis): what the decoder of a mask in the cells
+    reads beside them (counted as ``kept_counts``)."""
+    keep = np.ones(enc.weights, bool) if enc.mask is None else enc.mask.ravel()
+    return keep.reshape(enc.shape[0], -1).sum(axis=1)
+
+
+def decoded_mask(enc: EncodedTensor, reads_us: np.ndarray, trusted: np.ndarray | None = None) -> np.ndarray:
+    """The keep-mask a decoder reads from the position cells (mask in the cells): per output
+    channel, the positions with the highest reads, as many as the channel keeps
+    (:func:`kept_per_row`). A position cell that did not verify (``trusted`` False) counts as
+    reading the threshold: a pruned cell stuck high is not taken for a large weight, and it
+    is kept only where the channel's verified cells leave a place. Flat, position order."""
+    n = enc.weights
+    g = np.asarray(reads_us, np.float64).ravel()[:n]
+    ok = np.ones(n, bool) if trusted is None else np.asarray(trusted, bool).ravel()[:n]
+    score = np.where(ok, g, enc.threshold)
+    rows = np.arange(n) // (n // enc.shape[0])
+    order = np.lexsort((-score, rows))  # by channel, then highest read first (stable on ties)
+    r_sorted = rows[order]
+    rank = np.arange(n) - np.searchsorted(r_sorted, r_sorted, side="left")
+    keep = np.zeros(n, bool)
+    keep[order[rank < kept_per_row(enc)[r_sorted]]] = True
+    return keep
+
+
+def mask_errors(enc: EncodedTensor, reads_us: np.ndarray, trusted: np.ndarray | None = None) -> dict[str, int]:
+    """Decoding errors of a mask in the cells: position cells on the wrong side of the
+    threshold (pruned read high, kept read low: what a threshold alone would get wrong),
+    pruned position cells that did not verify, and positions the decoder
+    (:func:`decoded_mask`) still gets wrong."""
+    n = enc.weights
+    g = np.asarray(reads_us, np.float64).ravel()[:n]
+    ok = np.ones(n, bool) if trusted is None else np.asarray(trusted, bool).ravel()[:n]
+    keep = enc.mask.ravel()
+    return {"pruned_read_high": int(np.sum(~keep & (g >= enc.threshold))),
+            "kept_read_low": int(np.sum(keep & (g < enc.threshold))),
+            "pruned_unverified": int(np.sum(~keep & ~ok)), "kept_first_unverified": int(np.sum(keep & ~ok)),
+            "decoded_wrong": int(np.sum(decoded_mask(enc, g, ok) != keep))}
+
+
+def _mean_by(owner: np.ndarray, g: np.ndarray, trusted: np.ndarray, k: int) -> np.ndarray:
+    """Mean per owner (0..k−1; −1: none) of ``g`` over its trusted cells where it has any."""
+    sel = owner >= 0
+    owner, t, g = owner[sel], trusted[sel].astype(np.float64), g[sel]
+    n_trusted = np.bincount(owner, weights=t, minlength=k)
+    w = np.where(n_trusted[owner] > 0, t, 1.0)
+    return np.bincount(owner, weights=w * g, minlength=k) / np.maximum(np.bincount(owner, weights=w, minlength=k), 1)
+
+
+def _decode_mask_in_cells(enc: EncodedTensor, g: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    n = enc.weights
+    keep = decoded_mask(enc, g, trusted)
+    pos = np.flatnonzero(keep)  # the j-th kept weight as decoded: its sign, replicas and other cells are the j-th
+    owner = np.concatenate([np.full(n, -1, np.int64), enc.owner[n:]])
+    owner[pos] = np.arange(pos.size)
+    mag = _mean_by(owner, g, trusted, enc.kept)
+    v = np.maximum(enc.floor + (mag - enc.gap) * enc.scale, 0.0)
+    out = np.zeros(n)
+    out[pos] = np.where(enc.signs, -v, v)
+    return out.reshape(enc.shape)
+
+
 def _mean(enc: EncodedTensor, g: np.ndarray, role: int, trusted: np.ndarray) -> np.ndarray:
     """Mean over each weight's replicas of ``role``, over its trusted replicas where it has any."""
     sel = enc.role == role
@@ -199,6 +320,8 @@ def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: n
     if g.size != enc.cells:
         raise ValueError(f"{enc.name}: {g.size} reads for {enc.cells} cells")
     trusted = np.ones(g.size, bool) if trusted is None else np.asarray(trusted, bool).ravel()
+    if enc.mask_in_cells:
+        return _decode_mask_in_cells(enc, g, trusted)
     s = enc.scale
     if cfg.code == "sign":
         v = enc.floor + _mean(enc, g, MAGNITUDE, trusted) * s

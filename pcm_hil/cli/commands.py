@@ -137,7 +137,8 @@ def store(args: argparse.Namespace) -> int:
         allocation=args.allocation, pulse_budget=args.pulse_budget, target_loss=args.target_loss,
         replicas_per_weight=args.replicas, replicas_per=args.replicas_per, retention_s=args.retention,
         bn_samples=args.bn_samples, programmings=args.programmings, medium_cells=args.medium_cells, seed=args.seed,
-        overwrite=args.overwrite, **({} if args.loss_margin is None else {"loss_margin": args.loss_margin}))
+        overwrite=args.overwrite, mask_in_cells=args.mask_in_cells, mask_gap_us=args.mask_gap,
+        **({} if args.loss_margin is None else {"loss_margin": args.loss_margin}))
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
         if args.resume and rs.run(args.resume)["kind"] == "calibration":

@@ -88,7 +88,8 @@ class StoreConfig:
         "importance": ("importance", "method"), "importance_samples": ("importance", "samples"),
         "code": ("layout", "code"), "replicas_per_weight": ("layout", "replicas_per_weight"),
         "max_replicas": ("layout", "max_replicas"), "replicas_per": ("layout", "replicas_per"), "reference_cells_per_level": ("layout", "reference_cells_per_level"),
-        "g_hi_fraction": ("layout", "g_hi_fraction"),
+        "g_hi_fraction": ("layout", "g_hi_fraction"), "mask_in_cells": ("layout", "mask_in_cells"),
+        "mask_gap_us": ("layout", "mask_gap_us"), "mask_sigmas": ("layout", "mask_sigmas"),
         "allocation": ("allocation", "allocation"), "pulse_budget": ("allocation", "pulse_budget"),
         "target_loss": ("allocation", "target_loss"),
         "loss_margin": ("allocation", "loss_margin"), "caps": ("allocation", "caps"),
@@ -136,7 +137,8 @@ class StoreConfig:
         """The config a run recorded (``asdict`` of a StoreConfig, or the flat form of older runs)."""
         if "network" not in d:
             return cls.from_options(**d)
-        lay = {"replicas_per": "weight", **d["layout"]}  # runs recorded before the per-channel default
+        # runs recorded before the per-channel default, and before the mask could go in the cells
+        lay = {"replicas_per": "weight", "mask_in_cells": False, **d["layout"]}
         lay["code"] = CodeConfig(**{"from_threshold": False, **lay["code"]})  # runs before it existed: off
         alloc = dict(d["allocation"])
         alloc["caps"] = tuple(alloc["caps"])
@@ -189,7 +191,7 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
     if (cfg.first_cell or 0) + need > n_cells:
         raise ValueError(f"the model needs {lay.targets.size} cells and its evaluation {need - lay.targets.size} more "
                          f"from cell {cfg.first_cell or 0}; the chip has {n_cells} cells")
-    plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation)
+    plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation, lay.min_us)
     progress("prepare", 4, 4)
     return Prepared(inputs, compressed, imp, lay, plan, acc_comp)
 
@@ -286,7 +288,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             "code": coding.describe(cfg.layout.code), "allocation": cfg.allocation.allocation,
             "sparsity": cfg.compression.sparsity, "accuracy_reference": inputs.accuracy_reference,
             "accuracy_compressed": prep.accuracy_compressed, "resumed": resumed,
-            "yield": float(prog["converged"].mean())}
+            "yield": float(prog["converged"].mean()), "mask_in_cells": _mask_in_cells(lay)}
         report("evaluation", 0, 1)
         if "evaluation" not in store.stages(run_id):
             held = store.cells_of(run_id)
@@ -295,7 +297,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             ev = evaluate(chip, noise, held[cells.size:], lay, prep.plan, vcfg, inputs, prep.compressed.model,
                           cfg.layout.code, (back.figures["accuracy_stored"], back.figures["accuracy_stored_val"]),
                           cfg.retention_s, cfg.evaluation, cfg.medium, cfg.readback, cfg.layout.g_hi(noise), stop,
-                          run_id)
+                          run_id, back.figures.get("mask_decoding"))
             store.mark(run_id, "evaluation", ev.figures())
         record.update(store.stages(run_id)["evaluation"])
         medium = Medium(**record["digital_medium"])
@@ -315,6 +317,15 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
     per_cell = {"importance": lay.importance[~ref], "error_weight": (back.corrected_us - lay.targets)[~ref] * lay.gains,
                 "tolerance_us": prep.plan.tolerance_us[~ref]}
     return StoreOutcome(record, back.decoded, per_cell)
+
+
+def _mask_in_cells(lay: Layout) -> dict[str, Any]:
+    """Whether the keep-mask is in the cells, and if so its gap, threshold and cells."""
+    mic = [e for e in lay.encoded if e.mask_in_cells]
+    if not mic:
+        return {"on": False}
+    return {"on": True, "gap_us": mic[0].gap, "threshold_us": mic[0].threshold, "cells": lay.mask_cells,
+            "tensors": len(mic)}
 
 
 def _wait_retention(chip: Chip, t_chip_s: float, stop: Callable[[], bool] | None, run_id: str,

@@ -93,10 +93,24 @@ def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout
     out["accuracy_stored_uncompensated"] = accuracy(raw, test.x, test.y)
     out["accuracy_stored_all_replicas"] = accuracy(every, test.x, test.y)
     out["drift_compensation"] = comp
+    if any(e.mask_in_cells for e in layout.encoded):
+        out["mask_decoding"] = mask_decoding(layout, corrected, trusted)
     err = corrected[~ref] - layout.targets[~ref]
     out["error_us"] = {"rms": float(np.sqrt(np.mean(err ** 2))), "p50_abs": float(np.median(np.abs(err))),
                        "p99_abs": float(np.percentile(np.abs(err), 99))}
     return ReadBack(out, decoded, corrected)
+
+
+def mask_decoding(layout: Layout, corrected: np.ndarray, trusted: np.ndarray | None) -> dict[str, int]:
+    """Decoding errors of the masks in the cells (:func:`coding.mask_errors`), summed over tensors."""
+    trusted = np.ones(corrected.size, bool) if trusted is None else np.asarray(trusted, bool)
+    total: dict[str, int] = {}
+    for k, enc in enumerate(layout.encoded):
+        if enc.mask_in_cells:
+            sel = layout.tensor_of == k
+            for key, v in coding.mask_errors(enc, corrected[sel], trusted[sel]).items():
+                total[key] = total.get(key, 0) + v
+    return total
 
 
 def simulate_reads(noise: NoiseModel, aim_us: np.ndarray, tolerance_us: np.ndarray, max_pulses: np.ndarray,
