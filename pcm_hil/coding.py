@@ -7,21 +7,32 @@ the ``percentile`` of |w| (values beyond are clipped), ``span`` the usable windo
 below the pruning threshold are never stored, so the window starts there
 (``from_threshold``; measured on LeNet-5 at 75 % pruning: +1 pp at one replica per weight).
 
-=============  =====================================================  ===========================
-code           cells per weight (× replicas r_i)                      digital side information
-=============  =====================================================  ===========================
-``sign``       |w|/scale; replicas averaged on decode                 1 sign bit per kept weight
-``pair``       G+ = max(w,0)/scale, G− = max(−w,0)/scale              none
-``offset``     w/scale + g_hi/2 (zero at mid-window)                  none
-``split``      coarse a (levels) and fine K·(|w| − a), w = a + b/K    1 sign bit per kept weight
-``multilevel`` |w| quantised to ``levels`` levels, nearest on decode  1 sign bit per kept weight
-=============  =====================================================  ===========================
+=======================  =====================================================  ===============================
+code                     cells per weight (× replicas r_i)                      digital side information
+=======================  =====================================================  ===============================
+``sign``                 |w|/scale; replicas averaged on decode                 1 sign bit per kept weight
+``sign``, mask in cells  one per position: pruned RESET, kept gap + |w|/scale   signs; kept weights per channel
+``pair``                 G+ = max(w,0)/scale, G− = max(−w,0)/scale              none
+``offset``               w/scale + g_hi/2 (zero at mid-window)                  none
+``split``                coarse a (levels) and fine K·(|w| − a), w = a + b/K    1 sign bit per kept weight
+``multilevel``           |w| quantised to ``levels`` levels, nearest on decode  1 sign bit per kept weight
+=======================  =====================================================  ===============================
 
 Replicas (redundancy) may differ per weight: ``encode(..., replicas=r)`` with an array r
 (the allocator gives important weights more). Cells are flat arrays: ``owner`` says
 which kept weight each cell serves, ``role`` which part (0 magnitude or G+, 1 G−,
 2 coarse, 3 fine). Every cell has a gain |∂w/∂G| (weight per µS) for the allocator.
-Pruned weights (mask 0) take no cells; the mask costs one bit per weight.
+Pruned weights (mask 0) take no cells; the mask is range-coded on the digital medium.
+
+Mask in the cells (``encode(..., gap=, threshold=)``, sign code on a pruned tensor;
+``LayoutConfig.mask_in_cells``): every weight position has one cell, in position order, a
+pruned weight's only RESET (target 0 µS, role ``PRUNED``), a kept weight's its first
+replica, kept |w| from the smallest kept to the clip mapped on [gap, g_hi]; then the kept
+weights' other replicas. No coded mask: the decoder reads it from the position cells,
+keeping per output channel as many positions as the channel keeps (``kept_counts``, a
+few bits per channel, counted), the highest reads first, a cell that failed verify read
+as the threshold (:func:`decoded_mask`). The gap and threshold come from the calibrated
+noise model (``store_job.layout.mask_gap``).
 """
 from __future__ import annotations
 
@@ -87,7 +98,7 @@ class EncodedTensor:
     gains: np.ndarray         # per cell: weight per µS
     floor: float = 0.0        # |w| at G = gap (the smallest kept |w| with ``from_threshold``)
     gap: float = 0.0          # µS: kept weights start here (mask in cells), else 0
-    threshold: float | None = None  # µS: mask in cells, the read below which a position is pruned; None: coded mask
+    threshold: float | None = None  # µS, raw read: mask in cells, where pruned and kept reads part; None: coded mask
 
     @property
     def mask_in_cells(self) -> bool:
@@ -284,9 +295,10 @@ def _mean_by(owner: np.ndarray, g: np.ndarray, trusted: np.ndarray, k: int) -> n
     return np.bincount(owner, weights=w * g, minlength=k) / np.maximum(np.bincount(owner, weights=w, minlength=k), 1)
 
 
-def _decode_mask_in_cells(enc: EncodedTensor, g: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+def _decode_mask_in_cells(enc: EncodedTensor, g: np.ndarray, trusted: np.ndarray, mask_reads: np.ndarray
+                          ) -> np.ndarray:
     n = enc.weights
-    keep = decoded_mask(enc, g, trusted)
+    keep = decoded_mask(enc, mask_reads, trusted)
     pos = np.flatnonzero(keep)  # the j-th kept weight as decoded: its sign, replicas and other cells are the j-th
     owner = np.concatenate([np.full(n, -1, np.int64), enc.owner[n:]])
     owner[pos] = np.arange(pos.size)
@@ -308,9 +320,11 @@ def _mean(enc: EncodedTensor, g: np.ndarray, role: int, trusted: np.ndarray) -> 
     return total / np.maximum(count, 1)
 
 
-def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: np.ndarray | None = None
-           ) -> np.ndarray:
+def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: np.ndarray | None = None,
+           mask_reads_us: np.ndarray | None = None) -> np.ndarray:
     """Weights from the cells' read conductances (one per cell, in ``enc`` order).
+    ``mask_reads_us``: the reads the mask in the cells is decided on (the raw reads, before
+    drift compensation; default ``reads_us``).
 
     ``trusted`` (per cell): replicas that verified. A weight's value is the mean of its
     trusted replicas, so a stuck or unconverged cell does not pull it off; a weight
@@ -321,7 +335,7 @@ def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: n
         raise ValueError(f"{enc.name}: {g.size} reads for {enc.cells} cells")
     trusted = np.ones(g.size, bool) if trusted is None else np.asarray(trusted, bool).ravel()
     if enc.mask_in_cells:
-        return _decode_mask_in_cells(enc, g, trusted)
+        return _decode_mask_in_cells(enc, g, trusted, g if mask_reads_us is None else mask_reads_us)
     s = enc.scale
     if cfg.code == "sign":
         v = enc.floor + _mean(enc, g, MAGNITUDE, trusted) * s

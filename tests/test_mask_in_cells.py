@@ -144,9 +144,18 @@ def test_side_info_has_no_coded_mask_when_the_mask_is_in_the_cells(noise) -> Non
                              86400.0)
     off = layout_stage.encode(comp.model, inputs.names, comp.masks, imp, noise, LayoutConfig(), 86400.0)
     b_on, b_off = (side_bits(x, CFG, comp.model, inputs.names) for x in (on, off))
-    assert b_on["mask"] == 0 and b_off["mask"] > 0 and b_off["kept_counts"] == 0
+    assert b_on["mask"] == 0 and b_off["mask"] > 0 and "kept_counts" not in b_off
     weights = sum(m.size for m in comp.masks.values())
     kept = sum(int(m.sum()) for m in comp.masks.values())
     assert on.mask_cells == weights - kept and off.mask_cells == 0
     assert on.targets.size - off.targets.size == weights - kept  # one cell per pruned weight
     assert b_on["kept_counts"] < b_off["mask"] / 4  # a few bits per channel, not one per weight
+
+
+def test_cli_refuses_a_gap_outside_the_window_before_any_pulse(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--mask-in-cells",
+                          "--mask-gap", "15", "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "mask gap must be in (" in bad.stderr and "half the window" in bad.stderr

@@ -152,9 +152,9 @@ def encode(model: nn.Module, names: list[str], masks: dict[str, np.ndarray] | No
     g_hi = cfg.g_hi(noise)
     params = dict(model.named_parameters())
     tensors = {n: params[n].detach().numpy() for n in names}
-    replicas = _replicas(cfg, noise, g_hi, tensors, masks, importance, retention_s)
     in_cells = mask_in_cells(cfg, masks is not None)
     gap, thr = mask_gap(noise, g_hi, retention_s, cfg) if in_cells else (None, None)
+    replicas = _replicas(cfg, noise, g_hi, tensors, masks, importance, retention_s, gap)
     low = gap - float(np.min(noise.tolerances_us_)) if in_cells else -np.inf
     encoded, targets, weight_of, tensor_of, cell_imp, min_us = [], [], [], [], [], []
     for k, n in enumerate(names):
@@ -182,43 +182,47 @@ def mask_in_cells(cfg: LayoutConfig, pruned: bool) -> bool:
 
 def mask_gap(noise: NoiseModel, g_hi: float, retention_s: float, cfg: LayoutConfig) -> tuple[float, float]:
     """(gap, threshold) µS of the mask in the cells, from the calibrated noise model, on the
-    drift-compensated reads ``retention_s`` after programming: the threshold sits
-    ``mask_sigmas`` σ above what a RESET cell reads (floor, its drift and 1/f growth, read
-    noise; scaled by the compensation gain of the lowest reference level), and the gap is
-    the lowest level whose cells, programmed at the tightest calibrated tolerance (σ of the
-    loop, drift spread, 1/f growth, read noise), read ``mask_sigmas`` σ above the threshold.
-    ``cfg.mask_gap_us`` given: that gap (checked against the threshold and the window)."""
+    raw reads ``retention_s`` after programming (the mask is decided before drift
+    compensation): the RESET cells' upper read is their drifted floor plus ``mask_sigmas`` σ
+    (1/f growth, read noise); the gap is the lowest level whose cells, programmed at the
+    tightest calibrated tolerance, read (mean drift; σ of the loop, drift spread, 1/f
+    growth, read noise) ``mask_sigmas`` σ above it; the threshold lies halfway between that
+    upper read and the mean read of a cell at the gap. ``cfg.mask_gap_us`` given: that gap
+    (checked against the threshold and the window)."""
     z = cfg.mask_sigmas
     ell = math.log(max(retention_s, noise.t0_s_) / noise.t0_s_)
     k = noise.read_noise_.averaging_exponent
+
+    def drifted(g: np.ndarray) -> np.ndarray:  # mean raw read of cells programmed at g (µS)
+        return g * np.exp(-noise.nu_mean(g) * ell)
 
     def spread(g: np.ndarray) -> np.ndarray:  # σ² that drift spread, 1/f growth and read noise add (µS²)
         growth = np.interp(g, noise.drift_.levels_us, noise.drift_.growth_per_ln_t)
         return g ** 2 * (noise.nu_std(g) ** 2 * ell ** 2 + growth * ell) + (noise.read_sigma(g) * noise.n_avg_ ** -k) ** 2
 
     floor = np.array([noise.window_.g_floor_us])
-    alpha = math.exp(float(noise.nu_mean(REF_FRACTIONS[0] * g_hi)) * ell)  # compensation gain at the low end
-    pruned_mean = float(floor[0] * np.exp(-noise.nu_mean(floor)[0] * ell))
-    threshold = alpha * (pruned_mean + z * float(np.sqrt(spread(floor))[0]))
+    pruned_upper = float(drifted(floor)[0] + z * np.sqrt(spread(floor))[0])
     if cfg.mask_gap_us is not None:
         gap = float(cfg.mask_gap_us)
     else:
-        grid = np.linspace(threshold, g_hi / 2, 2001)
+        grid = np.linspace(floor[0], g_hi / 2, 2001)
         tol = float(np.min(noise.tolerances_us_))
-        sd = np.sqrt(noise.sigma(grid, tol) ** 2 + spread(grid))
-        ok = grid - z * sd >= threshold
+        sd = np.exp(-noise.nu_mean(grid) * ell) * np.sqrt(noise.sigma(grid, tol) ** 2 + spread(grid))
+        ok = drifted(grid) - z * sd >= pruned_upper
         if not ok.any():
             raise ValueError(f"no mask gap up to half the window ({g_hi / 2:.3g} µS) separates kept from pruned "
                              f"cells by {z:g} σ on this chip: lower mask_sigmas or store the coded mask")
         gap = float(grid[np.argmax(ok)])
+    threshold = 0.5 * (pruned_upper + float(drifted(np.array([gap]))[0]))
     coding.check_gap(gap, threshold, g_hi)
     return gap, threshold
 
 
 def _replicas(cfg: LayoutConfig, noise: NoiseModel, g_hi: float, tensors: dict[str, np.ndarray],
-              masks: dict[str, np.ndarray] | None, imp: dict[str, np.ndarray], retention_s: float
-              ) -> dict[str, np.ndarray | int]:
-    """Replicas per kept weight: uniform, or by importance × predicted error after retention."""
+              masks: dict[str, np.ndarray] | None, imp: dict[str, np.ndarray], retention_s: float,
+              gap: float | None = None) -> dict[str, np.ndarray | int]:
+    """Replicas per kept weight: uniform, or by importance × predicted error after retention
+    (``gap``: the mask in the cells, kept magnitudes on [gap, g_hi])."""
     code = cfg.code
     if not code.replicable or cfg.replicas_per_weight == 1.0:
         return {n: code.redundancy if code.replicable else 1 for n in tensors}
@@ -230,6 +234,8 @@ def _replicas(cfg: LayoutConfig, noise: NoiseModel, g_hi: float, tensors: dict[s
         v = coding.kept_values(w, None if masks is None else masks[n])
         a, s, _ = coding.magnitudes_us(v, code, g_hi, masks is not None)
         g = a + g_hi / 2 if code.code == "offset" else np.abs(a)
+        if gap is not None:  # the same magnitudes on the narrower window [gap, g_hi]
+            g, s = gap + g * (g_hi - gap) / g_hi, s * g_hi / (g_hi - gap)
         var.append(noise.sq_error_after(g, tol, cap, retention_s))
         keep = imp[n].ravel() if masks is None else imp[n].ravel()[masks[n].ravel()]
         weight.append(keep * s ** 2)

@@ -43,15 +43,20 @@ def compensate(reads: np.ndarray, ref_targets: np.ndarray, ref_reads: np.ndarray
 
 
 def decode_model(model: nn.Module, names: list[str], encoded: list[coding.EncodedTensor], code: CodeConfig,
-                 reads: np.ndarray, tensor_of: np.ndarray, trusted: np.ndarray | None = None) -> nn.Module:
+                 reads: np.ndarray, tensor_of: np.ndarray, trusted: np.ndarray | None = None,
+                 raw: np.ndarray | None = None) -> nn.Module:
     """A copy of ``model`` with its stored tensors decoded from ``reads`` (cells in layout
-    order); ``trusted`` marks the cells that verified (see :func:`coding.decode`)."""
+    order); ``trusted`` marks the cells that verified (see :func:`coding.decode`); ``raw``:
+    the reads before drift compensation, which a mask in the cells is decided on (the
+    compensation gain below the lowest reference level would scale up the RESET cells'
+    noise)."""
     out = copy.deepcopy(model)
     p = dict(out.named_parameters())
     trusted = np.ones(reads.size, bool) if trusted is None else np.asarray(trusted, bool)
     with torch.no_grad():
         for k, (n, enc) in enumerate(zip(names, encoded)):
-            w = coding.decode(enc, reads[tensor_of == k], code, trusted[tensor_of == k])
+            sel = tensor_of == k
+            w = coding.decode(enc, reads[sel], code, trusted[sel], None if raw is None else raw[sel])
             p[n].copy_(torch.from_numpy(w.astype(np.float32)))
     return out
 
@@ -80,9 +85,9 @@ def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout
     the test set (and on the validation split ``val``, which chooses settings)."""
     ref = layout.reference
     corrected, comp = compensate(reads, layout.targets[ref], reads[ref])
-    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
+    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted, reads)
     raw = decode_model(model, names, layout.encoded, code, reads, layout.tensor_of, trusted)
-    every = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of)
+    every = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, raw=reads)
     out: dict[str, Any] = {}
     if cfg.bn_samples and batchnorms(decoded):
         out["accuracy_stored_without_bn_recalibration"] = accuracy(decoded, test.x, test.y)
@@ -94,21 +99,22 @@ def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout
     out["accuracy_stored_all_replicas"] = accuracy(every, test.x, test.y)
     out["drift_compensation"] = comp
     if any(e.mask_in_cells for e in layout.encoded):
-        out["mask_decoding"] = mask_decoding(layout, corrected, trusted)
+        out["mask_decoding"] = mask_decoding(layout, reads, trusted)
     err = corrected[~ref] - layout.targets[~ref]
     out["error_us"] = {"rms": float(np.sqrt(np.mean(err ** 2))), "p50_abs": float(np.median(np.abs(err))),
                        "p99_abs": float(np.percentile(np.abs(err), 99))}
     return ReadBack(out, decoded, corrected)
 
 
-def mask_decoding(layout: Layout, corrected: np.ndarray, trusted: np.ndarray | None) -> dict[str, int]:
-    """Decoding errors of the masks in the cells (:func:`coding.mask_errors`), summed over tensors."""
-    trusted = np.ones(corrected.size, bool) if trusted is None else np.asarray(trusted, bool)
+def mask_decoding(layout: Layout, reads: np.ndarray, trusted: np.ndarray | None) -> dict[str, int]:
+    """Decoding errors of the masks in the cells (:func:`coding.mask_errors`) on the raw
+    ``reads``, summed over tensors."""
+    trusted = np.ones(reads.size, bool) if trusted is None else np.asarray(trusted, bool)
     total: dict[str, int] = {}
     for k, enc in enumerate(layout.encoded):
         if enc.mask_in_cells:
             sel = layout.tensor_of == k
-            for key, v in coding.mask_errors(enc, corrected[sel], trusted[sel]).items():
+            for key, v in coding.mask_errors(enc, reads[sel], trusted[sel]).items():
                 total[key] = total.get(key, 0) + v
     return total
 
@@ -148,7 +154,7 @@ def decoded_from_reads(reads: np.ndarray, model: nn.Module, names: list[str], la
     decoded from the trusted replicas, batch-norm statistics re-estimated."""
     ref = layout.reference
     corrected, _ = compensate(reads, layout.targets[ref], reads[ref])
-    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
+    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted, reads)
     return bn_recalibrated(decoded, train, cfg) if batchnorms(decoded) else decoded
 
 

@@ -50,8 +50,9 @@ def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[
               verified: np.ndarray | None = None) -> dict[str, int]:
     """Bits of every part the decoder reads (``verified``: per cell of the layout, whether it
     verified, when the decoder uses it)."""
-    parts = {"mask": 0, "kept_counts": 0, "signs": 0, "scales": 0, "replica_map": 0, "verify_flags": 0,
-             "digital_parameters": 0}
+    parts = {"mask": 0, "signs": 0, "scales": 0, "replica_map": 0, "verify_flags": 0, "digital_parameters": 0}
+    if any(e.mask_in_cells for e in layout.encoded):
+        parts["kept_counts"] = 0
     for enc in layout.encoded:
         if enc.mask_in_cells:
             parts["kept_counts"] += kept_count_bits(enc)
