@@ -165,7 +165,9 @@ def predicted_accuracy(noise: NoiseModel, layout: Layout, model: nn.Module, name
     ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp),
     read back as the store job reads (:func:`simulate_reads`, :func:`decoded_from_reads`)."""
     rng = np.random.default_rng(seed)
-    aim = noise.aim(layout.targets, tolerance_us)
+    # as the allocation plans them: a target within half the window of the floor is only RESET
+    floor = noise.window_.g_floor_us
+    aim = np.where(layout.targets <= floor + 0.5 * tolerance_us, floor, noise.aim(layout.targets, tolerance_us))
     accs = []
     for _ in range(draws):
         reads, verified = simulate_reads(noise, aim, tolerance_us, max_pulses, retention_s, rng)
