@@ -253,22 +253,34 @@ def kept_per_row(enc: EncodedTensor) -> np.ndarray:
 
 
 def decoded_mask(enc: EncodedTensor, reads_us: np.ndarray, trusted: np.ndarray | None = None) -> np.ndarray:
-    """The keep-mask a decoder reads from the position cells (mask in the cells): per output
-    channel, the positions with the highest reads, as many as the channel keeps
-    (:func:`kept_per_row`). A position cell that did not verify (``trusted`` False) counts as
-    reading the threshold: a pruned cell stuck high is not taken for a large weight, and it
-    is kept only where the channel's verified cells leave a place. Flat, position order."""
+    """The keep-mask a decoder reads from the position cells (mask in the cells). A position
+    cell that did not verify (``trusted`` False) is decided by its stored mask bit (the
+    ``unverified_mask`` part: one bit per such cell, written after programming, counted): a
+    pruned cell stuck high is never taken for a large weight, nor a kept cell stuck at
+    RESET for a pruned one. The verified ones fill the rest of each output channel: as many
+    as the channel keeps (:func:`kept_per_row`, counted as ``kept_counts``), the highest
+    reads first. Flat, position order."""
     n = enc.weights
     g = np.asarray(reads_us, np.float64).ravel()[:n]
     ok = np.ones(n, bool) if trusted is None else np.asarray(trusted, bool).ravel()[:n]
-    score = np.where(ok, g, enc.threshold)
+    truth = enc.mask.ravel()
     rows = np.arange(n) // (n // enc.shape[0])
+    slots = kept_per_row(enc) - np.bincount(rows[~ok & truth], minlength=enc.shape[0])
+    score = np.where(ok, g, -np.inf)
     order = np.lexsort((-score, rows))  # by channel, then highest read first (stable on ties)
     r_sorted = rows[order]
     rank = np.arange(n) - np.searchsorted(r_sorted, r_sorted, side="left")
     keep = np.zeros(n, bool)
-    keep[order[rank < kept_per_row(enc)[r_sorted]]] = True
+    keep[order[(rank < slots[r_sorted]) & ok[order]]] = True
+    keep[~ok] = truth[~ok]
     return keep
+
+
+def unverified_positions(enc: EncodedTensor, trusted: np.ndarray | None) -> int:
+    """Position cells of a mask in the cells that did not verify: one stored mask bit each."""
+    if not enc.mask_in_cells or trusted is None:
+        return 0
+    return int(np.count_nonzero(~np.asarray(trusted, bool).ravel()[:enc.weights]))
 
 
 def mask_errors(enc: EncodedTensor, reads_us: np.ndarray, trusted: np.ndarray | None = None) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Everything the decoder reads besides the analog cells, counted at a real coder's output.
 
 A store run's decoder needs, per stored tensor: its keep-mask (pruning; with the mask in the
-cells instead, the number of kept weights per output channel, ``kept_counts``), the signs of kept
+cells instead, the number of kept weights per output channel, ``kept_counts``, and the mask
+bit of each position cell that did not verify, ``unverified_mask``), the signs of kept
 weights (codes that store |w|), its scale and window top, how many replicas each kept
 weight has, which cells verified (the decoder prefers verified replicas), and the network's
 parameters kept digital (biases, norms) in fp32. Masks, replica maps and verify flags are
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..coding import CodeConfig, EncodedTensor, kept_per_row
+from ..coding import CodeConfig, EncodedTensor, kept_per_row, unverified_positions
 from .layout import Layout
 
 PROBABILITY_BITS = 16  # each symbol probability of a coded stream's model, stored beside it
@@ -65,6 +66,10 @@ def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[
         parts["replica_map"] += replica_map_bits(enc)
     if verified is not None:
         parts["verify_flags"] = coded_bits(np.asarray(verified, bool)[~layout.reference])
+        if "kept_counts" in parts:  # the mask bit of every position cell that did not verify
+            v = np.asarray(verified, bool)
+            parts["unverified_mask"] = sum(unverified_positions(e, v[layout.tensor_of == k])
+                                           for k, e in enumerate(layout.encoded))
     parts["digital_parameters"] = 32 * digital_parameters(network, names)
     return parts
 
