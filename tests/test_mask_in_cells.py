@@ -153,7 +153,8 @@ def test_side_info_has_no_coded_mask_when_the_mask_is_in_the_cells(noise) -> Non
     imp = {n: np.ones(tuple(p.shape)) for n, p in comp.model.named_parameters() if n in inputs.names}
     on = layout_stage.encode(comp.model, inputs.names, comp.masks, imp, noise, LayoutConfig(mask_in_cells=True),
                              86400.0)
-    off = layout_stage.encode(comp.model, inputs.names, comp.masks, imp, noise, LayoutConfig(), 86400.0)
+    off = layout_stage.encode(comp.model, inputs.names, comp.masks, imp, noise, LayoutConfig(mask_in_cells=False),
+                              86400.0)
     b_on, b_off = (side_bits(x, CFG, comp.model, inputs.names) for x in (on, off))
     assert b_on["mask"] == 0 and b_off["mask"] > 0 and "kept_counts" not in b_off
     weights = sum(m.size for m in comp.masks.values())
@@ -170,3 +171,19 @@ def test_cli_refuses_a_gap_outside_the_window_before_any_pulse(tmp_path) -> None
     bad = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "store", "--model", "mlp-digits", "--mask-in-cells",
                           "--mask-gap", "15", "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "mask gap must be in (" in bad.stderr and "half the window" in bad.stderr
+
+
+def test_the_mask_is_in_the_cells_by_default_and_old_runs_keep_theirs() -> None:
+    assert LayoutConfig().mask_in_cells and StoreConfig().layout.mask_in_cells
+    # a run recorded before the option read its coded mask: it still does
+    old = StoreConfig.from_dict({**_asdict_without_mask_option(), })
+    assert not old.layout.mask_in_cells
+
+
+def _asdict_without_mask_option() -> dict:
+    from dataclasses import asdict
+
+    d = asdict(StoreConfig())
+    for k in ("mask_in_cells", "mask_gap_us", "mask_sigmas"):
+        d["layout"].pop(k)
+    return d

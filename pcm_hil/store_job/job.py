@@ -119,6 +119,7 @@ class StoreConfig:
         lay = staged["layout"]
         if isinstance(lay.get("code"), dict):  # a flat record of an older run
             lay["code"] = CodeConfig(**{"from_threshold": False, **lay["code"]})
+            lay.setdefault("mask_in_cells", False)
         if "caps" in staged["allocation"]:
             staged["allocation"]["caps"] = tuple(staged["allocation"]["caps"])
         code = lay.get("code", CodeConfig())

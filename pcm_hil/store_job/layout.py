@@ -36,7 +36,7 @@ class LayoutConfig:
     g_hi_fraction: float = 1.0  # top of the used window, fraction of the calibrated top level
     # the keep-mask in the cells (sign code on a pruned model): a pruned weight's cell is only
     # RESET, kept weights start ``mask_gap_us`` above it; no coded mask (see coding.encode_mask_in_cells)
-    mask_in_cells: bool = False
+    mask_in_cells: bool = True
     mask_gap_us: float | None = None  # None: from the calibrated noise model (``mask_sigmas``)
     mask_sigmas: float = 3.0          # separation of the pruned and the lowest kept reads, in σ after retention
 
