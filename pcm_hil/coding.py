@@ -7,21 +7,32 @@ the ``percentile`` of |w| (values beyond are clipped), ``span`` the usable windo
 below the pruning threshold are never stored, so the window starts there
 (``from_threshold``; measured on LeNet-5 at 75 % pruning: +1 pp at one replica per weight).
 
-=============  =====================================================  ===========================
-code           cells per weight (× replicas r_i)                      digital side information
-=============  =====================================================  ===========================
-``sign``       |w|/scale; replicas averaged on decode                 1 sign bit per kept weight
-``pair``       G+ = max(w,0)/scale, G− = max(−w,0)/scale              none
-``offset``     w/scale + g_hi/2 (zero at mid-window)                  none
-``split``      coarse a (levels) and fine K·(|w| − a), w = a + b/K    1 sign bit per kept weight
-``multilevel`` |w| quantised to ``levels`` levels, nearest on decode  1 sign bit per kept weight
-=============  =====================================================  ===========================
+=======================  =====================================================  ===============================
+code                     cells per weight (× replicas r_i)                      digital side information
+=======================  =====================================================  ===============================
+``sign``                 |w|/scale; replicas averaged on decode                 1 sign bit per kept weight
+``sign``, mask in cells  one per position: pruned RESET, kept gap + |w|/scale   signs; kept weights per channel
+``pair``                 G+ = max(w,0)/scale, G− = max(−w,0)/scale              none
+``offset``               w/scale + g_hi/2 (zero at mid-window)                  none
+``split``                coarse a (levels) and fine K·(|w| − a), w = a + b/K    1 sign bit per kept weight
+``multilevel``           |w| quantised to ``levels`` levels, nearest on decode  1 sign bit per kept weight
+=======================  =====================================================  ===============================
 
 Replicas (redundancy) may differ per weight: ``encode(..., replicas=r)`` with an array r
 (the allocator gives important weights more). Cells are flat arrays: ``owner`` says
 which kept weight each cell serves, ``role`` which part (0 magnitude or G+, 1 G−,
 2 coarse, 3 fine). Every cell has a gain |∂w/∂G| (weight per µS) for the allocator.
-Pruned weights (mask 0) take no cells; the mask costs one bit per weight.
+Pruned weights (mask 0) take no cells; the mask is range-coded on the digital medium.
+
+Mask in the cells (``encode(..., gap=, threshold=)``, sign code on a pruned tensor;
+``LayoutConfig.mask_in_cells``): every weight position has one cell, in position order, a
+pruned weight's only RESET (target 0 µS, role ``PRUNED``), a kept weight's its first
+replica, kept |w| from the smallest kept to the clip mapped on [gap, g_hi]; then the kept
+weights' other replicas. No coded mask: the decoder reads it from the position cells,
+keeping per output channel as many positions as the channel keeps (``kept_counts``, a
+few bits per channel, counted), the highest reads first, a cell that failed verify read
+as the threshold (:func:`decoded_mask`). The gap and threshold come from the calibrated
+noise model (``store_job.layout.mask_gap``).
 """
 from __future__ import annotations
 
@@ -31,7 +42,7 @@ from typing import Any
 import numpy as np
 
 CODES = ("sign", "pair", "offset", "split", "multilevel")
-MAGNITUDE, MINUS, COARSE, FINE = 0, 1, 2, 3
+MAGNITUDE, MINUS, COARSE, FINE, PRUNED = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,13 @@ class EncodedTensor:
     owner: np.ndarray         # per cell: kept-weight index
     role: np.ndarray          # per cell: MAGNITUDE, MINUS, COARSE or FINE
     gains: np.ndarray         # per cell: weight per µS
-    floor: float = 0.0        # |w| at G = 0 (the smallest kept |w| with ``from_threshold``)
+    floor: float = 0.0        # |w| at G = gap (the smallest kept |w| with ``from_threshold``)
+    gap: float = 0.0          # µS: kept weights start here (mask in cells), else 0
+    threshold: float | None = None  # µS, raw read: mask in cells, where pruned and kept reads part; None: coded mask
+
+    @property
+    def mask_in_cells(self) -> bool:
+        return self.threshold is not None
 
     @property
     def weights(self) -> int:
@@ -130,8 +147,11 @@ def magnitudes_us(v: np.ndarray, cfg: CodeConfig, g_hi: float, pruned: bool) -> 
 
 
 def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndarray | None = None,
-           replicas: np.ndarray | int | None = None) -> EncodedTensor:
-    """Cells for one tensor. ``g_hi``: top of the usable window (µS)."""
+           replicas: np.ndarray | int | None = None, gap: float | None = None, threshold: float | None = None
+           ) -> EncodedTensor:
+    """Cells for one tensor. ``g_hi``: top of the usable window (µS). ``gap`` and
+    ``threshold`` (µS, sign code on a pruned tensor): the mask in the cells (see
+    :func:`encode_mask_in_cells`)."""
     w = np.asarray(w, dtype=np.float64)
     if not np.all(np.isfinite(w)):
         raise ValueError(f"tensor {name} holds NaN or infinite weights")
@@ -139,6 +159,8 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
         raise ValueError(f"g_hi must be a positive number of µS, got {g_hi!r}")
     if mask is not None and np.asarray(mask).size != w.size:
         raise ValueError(f"mask of {name} has {np.asarray(mask).size} entries for {w.size} weights")
+    if gap is not None or threshold is not None:
+        return encode_mask_in_cells(name, w, cfg, g_hi, mask, replicas, gap, threshold)
     v = kept_values(w, mask)
     a, scale, floor = magnitudes_us(v, cfg, g_hi, mask is not None)  # µS, signed
     span = g_hi / 2 if cfg.code == "offset" else g_hi
@@ -176,26 +198,147 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
                          owner.astype(np.int64), role.astype(np.int8), np.asarray(gain, np.float64), floor)
 
 
+def check_gap(gap: float | None, threshold: float | None, g_hi: float) -> None:
+    """Refuses a mask gap or threshold outside the window: 0 < threshold < gap ≤ g_hi/2."""
+    if gap is None or threshold is None:
+        raise ValueError("the mask in the cells needs both a gap and a threshold (µS)")
+    if not (np.isfinite(threshold) and 0 < threshold < g_hi / 2):
+        raise ValueError(f"mask threshold must be in (0, {g_hi / 2:.3g}) µS (half the window), got {threshold!r}")
+    if not (np.isfinite(gap) and threshold < gap <= g_hi / 2):
+        raise ValueError(f"mask gap must be in ({threshold:.3g}, {g_hi / 2:.3g}] µS (above the threshold, at most "
+                         f"half the window), got {gap!r}")
+
+
+def encode_mask_in_cells(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndarray | None,
+                         replicas: np.ndarray | int | None, gap: float | None, threshold: float | None
+                         ) -> EncodedTensor:
+    """The sign code with the keep-mask in the cells: one cell per weight position, in
+    position order (a pruned weight's cell is only RESET, role ``PRUNED``, target 0 µS; a
+    kept weight's is its first replica), then the kept weights' other replicas in kept
+    order. Kept magnitudes span [gap, g_hi]: from the smallest kept |w| (``floor``) to the
+    clip. The decoder tells kept from pruned by the position cells' reads
+    (:func:`decoded_mask`); no coded mask is stored."""
+    check_gap(gap, threshold, g_hi)
+    if cfg.code != "sign":
+        raise ValueError(f"the mask in the cells needs the sign code, got {cfg.code!r}")
+    if mask is None:
+        raise ValueError(f"tensor {name}: the mask in the cells needs a pruned tensor (a keep-mask)")
+    keep = np.asarray(mask, bool).ravel()
+    v = w.ravel()[keep]
+    span = g_hi - gap
+    floor = floor_of(v, cfg, True)
+    scale = scale_of(v, cfg, span, floor)
+    a = gap + np.clip((np.abs(v) - floor) / scale, 0.0, span)
+    r = np.broadcast_to(np.asarray(cfg.redundancy if replicas is None else replicas), (v.size,)).astype(np.int64)
+    if r.size and (r.min() < 1 or r.max() > 64):
+        raise ValueError("replicas per weight must be in [1, 64]")
+    pos = np.flatnonzero(keep)
+    first_t, first_owner = np.zeros(keep.size), np.full(keep.size, -1, np.int64)
+    first_t[pos], first_owner[pos] = a, np.arange(v.size)
+    first_role = np.where(keep, MAGNITUDE, PRUNED)
+    extra = np.repeat(np.arange(v.size), r - 1)
+    owner = np.concatenate([first_owner, extra])
+    gain = np.where(owner >= 0, scale / r[np.maximum(owner, 0)], 0.0) if v.size else np.zeros(owner.size)
+    return EncodedTensor(name, tuple(w.shape), scale, g_hi, keep.reshape(w.shape), v < 0, r.copy(),
+                         np.concatenate([first_t, a[extra]]), owner,
+                         np.concatenate([first_role, np.full(extra.size, MAGNITUDE)]).astype(np.int8),
+                         np.asarray(gain, np.float64), floor, float(gap), float(threshold))
+
+
+def kept_per_row(enc: EncodedTensor) -> np.ndarray:
+    """Kept weights per output channel (first axis): what the decoder of a mask in the cells
+    reads beside them (counted as ``kept_counts``)."""
+    keep = np.ones(enc.weights, bool) if enc.mask is None else enc.mask.ravel()
+    return keep.reshape(enc.shape[0], -1).sum(axis=1)
+
+
+def decoded_mask(enc: EncodedTensor, reads_us: np.ndarray, trusted: np.ndarray | None = None) -> np.ndarray:
+    """The keep-mask a decoder reads from the position cells (mask in the cells). A position
+    cell that did not verify (``trusted`` False) is decided by its stored mask bit (the
+    ``unverified_mask`` part: one bit per such cell, written after programming, counted): a
+    pruned cell stuck high is never taken for a large weight, nor a kept cell stuck at
+    RESET for a pruned one. The verified ones fill the rest of each output channel: as many
+    as the channel keeps (:func:`kept_per_row`, counted as ``kept_counts``), the highest
+    reads first. Flat, position order."""
+    n = enc.weights
+    g = np.asarray(reads_us, np.float64).ravel()[:n]
+    ok = np.ones(n, bool) if trusted is None else np.asarray(trusted, bool).ravel()[:n]
+    truth = enc.mask.ravel()
+    rows = np.arange(n) // (n // enc.shape[0])
+    slots = kept_per_row(enc) - np.bincount(rows[~ok & truth], minlength=enc.shape[0])
+    score = np.where(ok, g, -np.inf)
+    order = np.lexsort((-score, rows))  # by channel, then highest read first (stable on ties)
+    r_sorted = rows[order]
+    rank = np.arange(n) - np.searchsorted(r_sorted, r_sorted, side="left")
+    keep = np.zeros(n, bool)
+    keep[order[(rank < slots[r_sorted]) & ok[order]]] = True
+    keep[~ok] = truth[~ok]
+    return keep
+
+
+def unverified_positions(enc: EncodedTensor, trusted: np.ndarray | None) -> int:
+    """Position cells of a mask in the cells that did not verify: one stored mask bit each."""
+    if not enc.mask_in_cells or trusted is None:
+        return 0
+    return int(np.count_nonzero(~np.asarray(trusted, bool).ravel()[:enc.weights]))
+
+
+def mask_errors(enc: EncodedTensor, reads_us: np.ndarray, trusted: np.ndarray | None = None) -> dict[str, int]:
+    """Decoding errors of a mask in the cells: position cells on the wrong side of the
+    threshold (pruned read high, kept read low: what a threshold alone would get wrong),
+    pruned position cells that did not verify, and positions the decoder
+    (:func:`decoded_mask`) still gets wrong."""
+    n = enc.weights
+    g = np.asarray(reads_us, np.float64).ravel()[:n]
+    ok = np.ones(n, bool) if trusted is None else np.asarray(trusted, bool).ravel()[:n]
+    keep = enc.mask.ravel()
+    return {"pruned_read_high": int(np.sum(~keep & (g >= enc.threshold))),
+            "kept_read_low": int(np.sum(keep & (g < enc.threshold))),
+            "pruned_unverified": int(np.sum(~keep & ~ok)), "kept_first_unverified": int(np.sum(keep & ~ok)),
+            "decoded_wrong": int(np.sum(decoded_mask(enc, g, ok) != keep))}
+
+
+def _mean_by(owner: np.ndarray, g: np.ndarray, trusted: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per owner (0..k−1; −1: none): the mean of ``g`` over its trusted cells (0 where it has
+    none), and whether it has any."""
+    sel = owner >= 0
+    owner, t = owner[sel], trusted[sel].astype(np.float64)
+    n_trusted = np.bincount(owner, weights=t, minlength=k)
+    return np.bincount(owner, weights=t * g[sel], minlength=k) / np.maximum(n_trusted, 1), n_trusted > 0
+
+
+def _decode_mask_in_cells(enc: EncodedTensor, g: np.ndarray, trusted: np.ndarray, mask_reads: np.ndarray
+                          ) -> np.ndarray:
+    n = enc.weights
+    keep = decoded_mask(enc, mask_reads, trusted)
+    pos = np.flatnonzero(keep)  # the j-th kept weight as decoded: its sign, replicas and other cells are the j-th
+    owner = np.concatenate([np.full(n, -1, np.int64), enc.owner[n:]])
+    owner[pos] = np.arange(pos.size)
+    mag, known = _mean_by(owner, g, trusted, enc.kept)
+    v = np.where(known, np.maximum(enc.floor + (mag - enc.gap) * enc.scale, 0.0), 0.0)  # as in :func:`decode`
+    out = np.zeros(n)
+    out[pos] = np.where(enc.signs, -v, v)
+    return out.reshape(enc.shape)
+
+
 def _mean(enc: EncodedTensor, g: np.ndarray, role: int, trusted: np.ndarray) -> np.ndarray:
     """Mean over each weight's trusted replicas of ``role`` (0 where it has none)."""
-    sel = enc.role == role
-    owner, t = enc.owner[sel], trusted[sel].astype(np.float64)
-    total = np.bincount(owner, weights=t * g[sel], minlength=enc.kept)
-    return total / np.maximum(np.bincount(owner, weights=t, minlength=enc.kept), 1)
+    return _mean_by(np.where(enc.role == role, enc.owner, -1), g, trusted, enc.kept)[0]
 
 
 def _known(enc: EncodedTensor, trusted: np.ndarray) -> np.ndarray:
     """Per kept weight: every part (role) it is stored in has a trusted replica."""
     known = np.ones(enc.kept, bool)
     for role in np.unique(enc.role):
-        sel = enc.role == role
-        known &= np.bincount(enc.owner[sel], weights=trusted[sel], minlength=enc.kept) > 0
+        known &= _mean_by(np.where(enc.role == role, enc.owner, -1), trusted, trusted, enc.kept)[1]
     return known
 
 
-def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: np.ndarray | None = None
-           ) -> np.ndarray:
+def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: np.ndarray | None = None,
+           mask_reads_us: np.ndarray | None = None) -> np.ndarray:
     """Weights from the cells' read conductances (one per cell, in ``enc`` order).
+    ``mask_reads_us``: the reads the mask in the cells is decided on (the raw reads, before
+    drift compensation; default ``reads_us``).
 
     ``trusted`` (per cell): replicas that verified. A weight's value is the mean of its
     trusted replicas, so a stuck or unconverged cell does not pull it off; a weight
@@ -208,6 +351,8 @@ def decode(enc: EncodedTensor, reads_us: np.ndarray, cfg: CodeConfig, trusted: n
     if g.size != enc.cells:
         raise ValueError(f"{enc.name}: {g.size} reads for {enc.cells} cells")
     trusted = np.ones(g.size, bool) if trusted is None else np.asarray(trusted, bool).ravel()
+    if enc.mask_in_cells:
+        return _decode_mask_in_cells(enc, g, trusted, g if mask_reads_us is None else mask_reads_us)
     s = enc.scale
     if cfg.code == "sign":
         v = enc.floor + _mean(enc, g, MAGNITUDE, trusted) * s

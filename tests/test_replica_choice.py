@@ -55,7 +55,7 @@ def test_the_fewest_replicas_within_the_target_are_chosen(mlp, noise) -> None:
     assert strict.replicas_per_weight == best["replicas_per_weight"]
     assert len(losses) >= 2 and losses[0] > losses[-1]  # one replica loses more than two or four
     cells = [r["analog_cells"] for r in strict.rows]
-    assert cells == sorted(cells) and cells[1] > 1.7 * cells[0]
+    assert all(b > a for a, b in zip(cells, cells[1:]))  # more replicas, more cells
 
 
 def test_a_noisier_chip_gets_more_replicas(mlp, noise) -> None:

@@ -225,5 +225,6 @@ class _Layout:
         self.encoded, self.targets, self.tensor_of = layout.encoded, layout.targets, layout.tensor_of
         self.importance = layout.importance
         self.weights = ~layout.reference
-        self.table = allocation.tables(noise, self.targets, allocation.options(noise, cfg.allocation.caps))
+        self.table = allocation.tables(noise, self.targets, allocation.options(noise, cfg.allocation.caps),
+                                       layout.min_us)
         self.tight = allocation.tightest(self.table.options)

@@ -172,6 +172,10 @@ def store(r: dict[str, Any]) -> str:
         *([["  the same, keeping the stored BN statistics", f"{r['accuracy_stored_without_bn_recalibration']:.2%}"]]
           if "accuracy_stored_without_bn_recalibration" in r else []),
         ["weights / analog cells", f"{r['weights']:,} / {r['analog_cells']:,}"],
+        *([["  of them the mask in the cells (pruned weights)",
+            f"{m['cells']:,} (gap {m['gap_us']:.2f} µS, threshold {m['threshold_us']:.2f} µS; "
+            f"{r.get('mask_decoding', {}).get('decoded_wrong', 0)} positions decoded wrong)"]]
+          if (m := r.get("mask_in_cells") or {}).get("on") else []),
         ["side information (cells)", side],
         ["cells per weight (all costs)", f"{r['cells_per_weight']:.3f}"],
         ["pulses (SET + RESET), yield", f"{r['pulses']:,}, {r['yield']:.2%}"],

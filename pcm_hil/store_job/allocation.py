@@ -104,8 +104,15 @@ class Table:
                     self.options, choice, lam)
 
 
-def tables(model: NoiseModel, targets_us: np.ndarray, opts: list[tuple[float, int]]) -> Table:
-    """Expected error, pulses and aim of every option for every target."""
+EXCLUDED = 1e12  # error (µS²) and pulses of an option a cell may not take
+
+
+def tables(model: NoiseModel, targets_us: np.ndarray, opts: list[tuple[float, int]],
+           min_us: np.ndarray | None = None) -> Table:
+    """Expected error, pulses and aim of every option for every target. ``min_us`` (per
+    cell): the lowest bottom of the verify window (target − tolerance) the cell may have; an
+    option below it is excluded (a kept weight's cell of a mask in the cells must not land
+    where pruned cells read)."""
     t = np.asarray(targets_us, float)
     err2, pulses, aims = (np.empty((t.size, len(opts))) for _ in range(3))
     floor = model.window_.g_floor_us
@@ -118,6 +125,9 @@ def tables(model: NoiseModel, targets_us: np.ndarray, opts: list[tuple[float, in
         aims[reset_only, k] = floor
         err2[reset_only, k] = (floor - t[reset_only]) ** 2 + read_var
         pulses[reset_only, k] = 1.0
+        if min_us is not None:
+            out = t - tol < min_us
+            err2[out, k], pulses[out, k] = EXCLUDED, EXCLUDED
     return Table(list(opts), err2, pulses, aims)
 
 
@@ -155,7 +165,7 @@ def allocate_for_loss(weight: np.ndarray, table: Table, max_loss: float) -> Plan
     if not (np.isfinite(max_loss) and max_loss > 0):
         raise ValueError(f"target loss increase must be a positive number, got {max_loss!r}")
     loss = lambda plan: 0.5 * float((weight * plan.expected_sq_error).sum())  # noqa: E731
-    hi = float(table.pulses.max(axis=1).sum())
+    hi = float(np.where(table.pulses < EXCLUDED, table.pulses, 0.0).max(axis=1).sum())
     best = allocate(weight, table, hi)
     if loss(best) > max_loss:
         raise ValueError(f"target loss increase {max_loss:.3g} is out of reach: the tightest settings give "
@@ -251,12 +261,12 @@ def tightest(opts: list[tuple[float, int]]) -> int:
 
 
 def plan_cells(noise: NoiseModel, targets_us: np.ndarray, importance: np.ndarray, reference: np.ndarray,
-               cfg: AllocationConfig) -> Plan:
+               cfg: AllocationConfig, min_us: np.ndarray | None = None) -> Plan:
     """Every cell's program-and-verify setting: reference cells (``reference`` mask) always
     the tightest (they calibrate every other read), weight cells by ``cfg``: under the pulse
     budget that is left, else the fewest pulses meeting the target loss (given, or the least
-    reachable plus ``loss_margin``)."""
-    table = tables(noise, targets_us, options(noise, cfg.caps))
+    reachable plus ``loss_margin``); ``min_us``: see :func:`tables`."""
+    table = tables(noise, targets_us, options(noise, cfg.caps), min_us)
     opts = table.options
     tight = tightest(opts)
     pulses_ref = table.pulses[reference, tight].sum()

@@ -62,6 +62,7 @@ class Evaluation:
     accuracy_val: list[float]
     medium: Medium
     pulses: int                 # SET pulses + RESETs the extra programmings and the medium test spent
+    mask_decoding: list[dict[str, int]] | None = None  # per programming (the stored one first): mask in the cells
 
     def figures(self) -> dict[str, Any]:
         return {"programmings": len(self.accuracy_test), "accuracy_stored_programmings": self.accuracy_test,
@@ -69,13 +70,15 @@ class Evaluation:
                 "accuracy_stored_ci95": interval95(self.accuracy_test),
                 "accuracy_stored_val_mean": float(np.mean(self.accuracy_val)),
                 "accuracy_stored_val_ci95": interval95(self.accuracy_val),
-                "evaluation_pulses": self.pulses, "digital_medium": self.medium.as_dict()}
+                "evaluation_pulses": self.pulses, "digital_medium": self.medium.as_dict(),
+                **({"mask_decoding_programmings": self.mask_decoding} if self.mask_decoding else {})}
 
 
 def evaluate(chip: Chip, noise: NoiseModel, cells: np.ndarray, layout: Layout, plan: Plan, vcfg: VerifyConfig,
              inputs: Inputs, model: Any, code: CodeConfig, stored: tuple[float, float], retention_s: float,
              cfg: EvaluationConfig, medium_cfg: MediumConfig, readback: ReadbackConfig, g_hi_us: float,
-             stop: Callable[[], bool] | None = None, run_id: str = "") -> Evaluation:
+             stop: Callable[[], bool] | None = None, run_id: str = "",
+             stored_mask: dict[str, int] | None = None) -> Evaluation:
     """Program the copies and the medium pattern on ``cells`` (the run's cells after the
     model's, in order: one range or several), wait, read, score.
     ``stored``: (test, validation) accuracy of the stored programming."""
@@ -100,11 +103,14 @@ def evaluate(chip: Chip, noise: NoiseModel, cells: np.ndarray, layout: Layout, p
     wait_until(chip, chip.now() + retention_s, between)
     reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
     acc_test, acc_val = [stored[0]], [stored[1]]
+    masks = [stored_mask] if stored_mask is not None else None
     for k in range(copies):
         part = slice(k * n, (k + 1) * n)
         back = evaluate_reads(reads[part], model, inputs.names, layout, code, res.converged[part], inputs.train,
                               inputs.test, readback, inputs.val)
         acc_test.append(back.figures["accuracy_stored"])
         acc_val.append(back.figures["accuracy_stored_val"])
+        if masks is not None:
+            masks.append(back.figures["mask_decoding"])
     medium = digital_medium.choose(digital_medium.decode(pat, reads[copies * n:], medium_cfg), medium_cfg)
-    return Evaluation(acc_test, acc_val, medium, int(res.pulses.sum() + res.resets.sum() + cells.size))
+    return Evaluation(acc_test, acc_val, medium, int(res.pulses.sum() + res.resets.sum() + cells.size), masks)

@@ -90,7 +90,8 @@ class StoreConfig:
         "importance": ("importance", "method"), "importance_samples": ("importance", "samples"),
         "code": ("layout", "code"), "replicas_per_weight": ("layout", "replicas_per_weight"),
         "max_replicas": ("layout", "max_replicas"), "replicas_per": ("layout", "replicas_per"), "reference_cells_per_level": ("layout", "reference_cells_per_level"),
-        "g_hi_fraction": ("layout", "g_hi_fraction"),
+        "g_hi_fraction": ("layout", "g_hi_fraction"), "mask_in_cells": ("layout", "mask_in_cells"),
+        "mask_gap_us": ("layout", "mask_gap_us"), "mask_sigmas": ("layout", "mask_sigmas"),
         "replicas_auto": ("replica_choice", "auto"), "max_storage_loss_pp": ("replica_choice", "max_storage_loss_pp"),
         "allocation": ("allocation", "allocation"), "pulse_budget": ("allocation", "pulse_budget"),
         "target_loss": ("allocation", "target_loss"),
@@ -122,6 +123,7 @@ class StoreConfig:
         lay = staged["layout"]
         if isinstance(lay.get("code"), dict):  # a flat record of an older run
             lay["code"] = CodeConfig(**{"from_threshold": False, **lay["code"]})
+            lay.setdefault("mask_in_cells", False)
         if "caps" in staged["allocation"]:
             staged["allocation"]["caps"] = tuple(staged["allocation"]["caps"])
         code = lay.get("code", CodeConfig())
@@ -141,7 +143,8 @@ class StoreConfig:
         """The config a run recorded (``asdict`` of a StoreConfig, or the flat form of older runs)."""
         if "network" not in d:
             return cls.from_options(**d)
-        lay = {"replicas_per": "weight", **d["layout"]}  # runs recorded before the per-channel default
+        # runs recorded before the per-channel default, and before the mask could go in the cells
+        lay = {"replicas_per": "weight", "mask_in_cells": False, **d["layout"]}
         lay["code"] = CodeConfig(**{"from_threshold": False, **lay["code"]})  # runs before it existed: off
         alloc = dict(d["allocation"])
         alloc["caps"] = tuple(alloc["caps"])
@@ -203,7 +206,7 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
     if (cfg.first_cell or 0) + need > n_cells:
         raise ValueError(f"the model needs {lay.targets.size} cells and its evaluation {need - lay.targets.size} more "
                          f"from cell {cfg.first_cell or 0}; the chip has {n_cells} cells")
-    plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation)
+    plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation, lay.min_us)
     progress("prepare", 4, 4)
     return Prepared(inputs, compressed, imp, lay, plan, acc_comp, choice)
 
@@ -310,7 +313,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             "accuracy_compressed": prep.accuracy_compressed, "resumed": resumed,
             "replicas_per_weight": cfg.layout.replicas_per_weight,
             "replica_choice": store.stages(run_id)["layout"].get("replica_choice"),
-            "yield": float(prog["converged"].mean())}
+            "yield": float(prog["converged"].mean()), "mask_in_cells": _mask_in_cells(lay)}
         report("evaluation", 0, 1)
         if "evaluation" not in store.stages(run_id):
             held = store.cells_of(run_id)
@@ -319,7 +322,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             ev = evaluate(chip, noise, held[cells.size:], lay, prep.plan, vcfg, inputs, prep.compressed.model,
                           cfg.layout.code, (back.figures["accuracy_stored"], back.figures["accuracy_stored_val"]),
                           cfg.retention_s, cfg.evaluation, cfg.medium, cfg.readback, cfg.layout.g_hi(noise), stop,
-                          run_id)
+                          run_id, back.figures.get("mask_decoding"))
             store.mark(run_id, "evaluation", ev.figures())
         record.update(store.stages(run_id)["evaluation"])
         medium = Medium(**record["digital_medium"])
@@ -339,6 +342,15 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
     per_cell = {"importance": lay.importance[~ref], "error_weight": (back.corrected_us - lay.targets)[~ref] * lay.gains,
                 "tolerance_us": prep.plan.tolerance_us[~ref]}
     return StoreOutcome(record, back.decoded, per_cell)
+
+
+def _mask_in_cells(lay: Layout) -> dict[str, Any]:
+    """Whether the keep-mask is in the cells, and if so its gap, threshold and cells."""
+    mic = [e for e in lay.encoded if e.mask_in_cells]
+    if not mic:
+        return {"on": False}
+    return {"on": True, "gap_us": mic[0].gap, "threshold_us": mic[0].threshold, "cells": lay.mask_cells,
+            "tensors": len(mic)}
 
 
 def _wait_retention(chip: Chip, t_chip_s: float, stop: Callable[[], bool] | None, run_id: str,

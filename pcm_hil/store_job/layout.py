@@ -34,6 +34,11 @@ class LayoutConfig:
     replicas_per: str = "channel"  # "channel": one count per output channel (its map is nearly free); "weight"
     reference_cells_per_level: int = 32
     g_hi_fraction: float = 1.0  # top of the used window, fraction of the calibrated top level
+    # the keep-mask in the cells (sign code on a pruned model): a pruned weight's cell is only
+    # RESET, kept weights start ``mask_gap_us`` above it; no coded mask (see coding.encode_mask_in_cells)
+    mask_in_cells: bool = True
+    mask_gap_us: float | None = None  # None: from the calibrated noise model (``mask_sigmas``)
+    mask_sigmas: float = 3.0          # separation of the pruned and the lowest kept reads, in σ after retention
 
     def __post_init__(self) -> None:
         if type(self.max_replicas) is not int or not 1 <= self.max_replicas <= 64:
@@ -46,6 +51,13 @@ class LayoutConfig:
             raise ValueError("reference_cells_per_level must be an integer in [1, 10000]")
         if not 0 < self.g_hi_fraction <= 1:
             raise ValueError(f"g_hi_fraction must be in (0, 1], got {self.g_hi_fraction!r}")
+        if not isinstance(self.mask_in_cells, bool):
+            raise ValueError(f"mask_in_cells must be True or False, got {self.mask_in_cells!r}")
+        if self.mask_gap_us is not None and not (isinstance(self.mask_gap_us, (int, float))
+                                                 and math.isfinite(self.mask_gap_us) and self.mask_gap_us > 0):
+            raise ValueError(f"mask_gap_us must be a positive number of µS or None, got {self.mask_gap_us!r}")
+        if not (isinstance(self.mask_sigmas, (int, float)) and 1.0 <= self.mask_sigmas <= 8.0):
+            raise ValueError(f"mask_sigmas must be in [1, 8], got {self.mask_sigmas!r}")
 
     def g_hi(self, noise: NoiseModel) -> float:
         """Top of the used window (µS), from the calibrated levels."""
@@ -61,6 +73,7 @@ class Layout:
     weight_of: np.ndarray   # per cell: weight index within its tensor (−1 for reference cells)
     tensor_of: np.ndarray   # per cell: tensor index (−1 for reference cells)
     importance: np.ndarray  # per cell: F·gain² (0 for reference cells)
+    min_us: np.ndarray | None = None  # per cell: lowest verify-window bottom allowed (mask in cells), −inf: any
 
     @property
     def reference(self) -> np.ndarray:
@@ -78,8 +91,13 @@ class Layout:
 
     def tensor_info(self) -> list[dict[str, Any]]:
         """Per tensor: name, shape, scale and g_hi, as the run's settings record them."""
-        return [{"name": e.name, "shape": list(e.shape), "scale": e.scale, "g_hi": e.g_hi, "floor": e.floor}
-                for e in self.encoded]
+        return [{"name": e.name, "shape": list(e.shape), "scale": e.scale, "g_hi": e.g_hi, "floor": e.floor,
+                 **({"gap": e.gap, "threshold": e.threshold} if e.mask_in_cells else {})} for e in self.encoded]
+
+    @property
+    def mask_cells(self) -> int:
+        """Cells that hold pruned weights (mask in the cells)."""
+        return int(sum(np.count_nonzero(e.role == coding.PRUNED) for e in self.encoded))
 
     def to_tables(self, cells: np.ndarray, plan: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The ``side`` table (per weight: kept, sign, replicas) and the ``layout`` table (per
@@ -122,7 +140,8 @@ class Layout:
                 t["name"], tuple(t["shape"]), t["scale"], t["g_hi"], keep.reshape(t["shape"]) if pruned else None,
                 sd["negative"].to_numpy(bool)[keep] if code.sign_bits else None, sd["replicas"].to_numpy()[keep],
                 lay["target_us"].to_numpy(), lay["owner"].to_numpy(), lay["role"].to_numpy(),
-                lay["gain"].to_numpy() if "gain" in lay else np.ones(len(lay)), t.get("floor", 0.0)))
+                lay["gain"].to_numpy() if "gain" in lay else np.ones(len(lay)), t.get("floor", 0.0),
+                t.get("gap", 0.0), t.get("threshold")))
         return cls(encoded, layout["target_us"].to_numpy(), layout["weight"].to_numpy(),
                    layout["tensor"].to_numpy(), layout["importance"].to_numpy())
 
@@ -133,25 +152,77 @@ def encode(model: nn.Module, names: list[str], masks: dict[str, np.ndarray] | No
     g_hi = cfg.g_hi(noise)
     params = dict(model.named_parameters())
     tensors = {n: params[n].detach().numpy() for n in names}
-    replicas = _replicas(cfg, noise, g_hi, tensors, masks, importance, retention_s)
-    encoded, targets, weight_of, tensor_of, cell_imp = [], [], [], [], []
+    in_cells = mask_in_cells(cfg, masks is not None)
+    gap, thr = mask_gap(noise, g_hi, retention_s, cfg) if in_cells else (None, None)
+    replicas = _replicas(cfg, noise, g_hi, tensors, masks, importance, retention_s, gap)
+    low = gap - float(np.min(noise.tolerances_us_)) if in_cells else -np.inf
+    encoded, targets, weight_of, tensor_of, cell_imp, min_us = [], [], [], [], [], []
     for k, n in enumerate(names):
-        enc = coding.encode(n, tensors[n], cfg.code, g_hi, None if masks is None else masks[n], replicas[n])
+        enc = coding.encode(n, tensors[n], cfg.code, g_hi, None if masks is None else masks[n], replicas[n], gap, thr)
         encoded.append(enc)
         kept = np.flatnonzero(enc.mask.ravel()) if enc.mask is not None else np.arange(enc.weights)
         targets.append(enc.targets_us)
-        weight_of.append(kept[enc.owner])
+        own = np.maximum(enc.owner, 0)
+        where = np.concatenate([np.arange(enc.weights), kept[own[enc.weights:]]]) if enc.mask_in_cells else kept[own]
+        weight_of.append(where)
         tensor_of.append(np.full(enc.cells, k))
-        cell_imp.append(importance[n].ravel()[kept][enc.owner] * enc.gains ** 2)
+        cell_imp.append(np.where(enc.owner >= 0, importance[n].ravel()[kept][own] * enc.gains ** 2, 0.0))
+        min_us.append(np.where(enc.owner >= 0, low, -np.inf))
     ref = np.repeat(np.array(REF_FRACTIONS) * g_hi, cfg.reference_cells_per_level)
     return Layout(encoded, np.concatenate([*targets, ref]), np.concatenate([*weight_of, np.full(ref.size, -1)]),
-                  np.concatenate([*tensor_of, np.full(ref.size, -1)]), np.concatenate([*cell_imp, np.zeros(ref.size)]))
+                  np.concatenate([*tensor_of, np.full(ref.size, -1)]), np.concatenate([*cell_imp, np.zeros(ref.size)]),
+                  np.concatenate([*min_us, np.full(ref.size, -np.inf)]) if in_cells else None)
+
+
+def mask_in_cells(cfg: LayoutConfig, pruned: bool) -> bool:
+    """Whether the keep-mask goes in the cells: asked for, the sign code, a pruned model
+    (other codes and unpruned models keep the coded mask, or need none)."""
+    return cfg.mask_in_cells and pruned and cfg.code.code == "sign"
+
+
+def mask_gap(noise: NoiseModel, g_hi: float, retention_s: float, cfg: LayoutConfig) -> tuple[float, float]:
+    """(gap, threshold) µS of the mask in the cells, from the calibrated noise model, on the
+    raw reads ``retention_s`` after programming (the mask is decided before drift
+    compensation): the RESET cells' upper read is their drifted floor plus ``mask_sigmas`` σ
+    (1/f growth, read noise); the gap is the lowest level whose cells, programmed at the
+    tightest calibrated tolerance, read (mean drift; σ of the loop, drift spread, 1/f
+    growth, read noise) ``mask_sigmas`` σ above it; the threshold lies halfway between that
+    upper read and the mean read of a cell at the gap. ``cfg.mask_gap_us`` given: that gap
+    (checked against the threshold and the window)."""
+    z = cfg.mask_sigmas
+    ell = math.log(max(retention_s, noise.t0_s_) / noise.t0_s_)
+    k = noise.read_noise_.averaging_exponent
+
+    def drifted(g: np.ndarray) -> np.ndarray:  # mean raw read of cells programmed at g (µS)
+        return g * np.exp(-noise.nu_mean(g) * ell)
+
+    def spread(g: np.ndarray) -> np.ndarray:  # σ² that drift spread, 1/f growth and read noise add (µS²)
+        growth = np.interp(g, noise.drift_.levels_us, noise.drift_.growth_per_ln_t)
+        return g ** 2 * (noise.nu_std(g) ** 2 * ell ** 2 + growth * ell) + (noise.read_sigma(g) * noise.n_avg_ ** -k) ** 2
+
+    floor = np.array([noise.window_.g_floor_us])
+    pruned_upper = float(drifted(floor)[0] + z * np.sqrt(spread(floor))[0])
+    if cfg.mask_gap_us is not None:
+        gap = float(cfg.mask_gap_us)
+    else:
+        grid = np.linspace(floor[0], g_hi / 2, 2001)
+        tol = float(np.min(noise.tolerances_us_))
+        sd = np.exp(-noise.nu_mean(grid) * ell) * np.sqrt(noise.sigma(grid, tol) ** 2 + spread(grid))
+        ok = drifted(grid) - z * sd >= pruned_upper
+        if not ok.any():
+            raise ValueError(f"no mask gap up to half the window ({g_hi / 2:.3g} µS) separates kept from pruned "
+                             f"cells by {z:g} σ on this chip: lower mask_sigmas or store the coded mask")
+        gap = float(grid[np.argmax(ok)])
+    threshold = 0.5 * (pruned_upper + float(drifted(np.array([gap]))[0]))
+    coding.check_gap(gap, threshold, g_hi)
+    return gap, threshold
 
 
 def _replicas(cfg: LayoutConfig, noise: NoiseModel, g_hi: float, tensors: dict[str, np.ndarray],
-              masks: dict[str, np.ndarray] | None, imp: dict[str, np.ndarray], retention_s: float
-              ) -> dict[str, np.ndarray | int]:
-    """Replicas per kept weight: uniform, or by importance × predicted error after retention."""
+              masks: dict[str, np.ndarray] | None, imp: dict[str, np.ndarray], retention_s: float,
+              gap: float | None = None) -> dict[str, np.ndarray | int]:
+    """Replicas per kept weight: uniform, or by importance × predicted error after retention
+    (``gap``: the mask in the cells, kept magnitudes on [gap, g_hi])."""
     code = cfg.code
     if not code.replicable or cfg.replicas_per_weight == 1.0:
         return {n: code.redundancy if code.replicable else 1 for n in tensors}
@@ -163,6 +234,8 @@ def _replicas(cfg: LayoutConfig, noise: NoiseModel, g_hi: float, tensors: dict[s
         v = coding.kept_values(w, None if masks is None else masks[n])
         a, s, _ = coding.magnitudes_us(v, code, g_hi, masks is not None)
         g = a + g_hi / 2 if code.code == "offset" else np.abs(a)
+        if gap is not None:  # the same magnitudes on the narrower window [gap, g_hi]
+            g, s = gap + g * (g_hi - gap) / g_hi, s * g_hi / (g_hi - gap)
         var.append(noise.sq_error_after(g, tol, cap, retention_s))
         keep = imp[n].ravel() if masks is None else imp[n].ravel()[masks[n].ravel()]
         weight.append(keep * s ** 2)

@@ -249,7 +249,8 @@ def plan_store(inputs: Inputs, noise: NoiseModel, base: dict[str, Any], cfg: Pla
             options["pulse_budget"] = round(budget_for(noise, lay, bt, sc.allocation.caps))
             sc = StoreConfig.from_options(**options)
         try:
-            plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, sc.allocation)
+            plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, sc.allocation,
+                                         lay.min_us)
         except ValueError:
             continue
         # the verify flags the decoder will read: from one simulated programming (the candidate's first draw)

@@ -53,15 +53,20 @@ def compensate(reads: np.ndarray, ref_targets: np.ndarray, ref_reads: np.ndarray
 
 
 def decode_model(model: nn.Module, names: list[str], encoded: list[coding.EncodedTensor], code: CodeConfig,
-                 reads: np.ndarray, tensor_of: np.ndarray, trusted: np.ndarray | None = None) -> nn.Module:
+                 reads: np.ndarray, tensor_of: np.ndarray, trusted: np.ndarray | None = None,
+                 raw: np.ndarray | None = None) -> nn.Module:
     """A copy of ``model`` with its stored tensors decoded from ``reads`` (cells in layout
-    order); ``trusted`` marks the cells that verified (see :func:`coding.decode`)."""
+    order); ``trusted`` marks the cells that verified (see :func:`coding.decode`); ``raw``:
+    the reads before drift compensation, which a mask in the cells is decided on (the
+    compensation gain below the lowest reference level would scale up the RESET cells'
+    noise)."""
     out = copy.deepcopy(model)
     p = dict(out.named_parameters())
     trusted = np.ones(reads.size, bool) if trusted is None else np.asarray(trusted, bool)
     with torch.no_grad():
         for k, (n, enc) in enumerate(zip(names, encoded)):
-            w = coding.decode(enc, reads[tensor_of == k], code, trusted[tensor_of == k])
+            sel = tensor_of == k
+            w = coding.decode(enc, reads[sel], code, trusted[sel], None if raw is None else raw[sel])
             p[n].copy_(torch.from_numpy(w.astype(np.float32)))
     return out
 
@@ -90,9 +95,9 @@ def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout
     the test set (and on the validation split ``val``, which chooses settings)."""
     ref = layout.reference
     corrected, comp = compensated(reads, layout, cfg)
-    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
+    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted, reads)
     raw = decode_model(model, names, layout.encoded, code, reads, layout.tensor_of, trusted)
-    every = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of)
+    every = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, raw=reads)
     out: dict[str, Any] = {}
     if cfg.bn_samples and batchnorms(decoded):
         out["accuracy_stored_without_bn_recalibration"] = accuracy(decoded, test.x, test.y)
@@ -103,10 +108,25 @@ def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout
     out["accuracy_stored_uncompensated"] = accuracy(raw, test.x, test.y)
     out["accuracy_stored_all_replicas"] = accuracy(every, test.x, test.y)
     out["drift_compensation"] = comp
+    if any(e.mask_in_cells for e in layout.encoded):
+        out["mask_decoding"] = mask_decoding(layout, reads, trusted)
     err = corrected[~ref] - layout.targets[~ref]
     out["error_us"] = {"rms": float(np.sqrt(np.mean(err ** 2))), "p50_abs": float(np.median(np.abs(err))),
                        "p99_abs": float(np.percentile(np.abs(err), 99))}
     return ReadBack(out, decoded, corrected)
+
+
+def mask_decoding(layout: Layout, reads: np.ndarray, trusted: np.ndarray | None) -> dict[str, int]:
+    """Decoding errors of the masks in the cells (:func:`coding.mask_errors`) on the raw
+    ``reads``, summed over tensors."""
+    trusted = np.ones(reads.size, bool) if trusted is None else np.asarray(trusted, bool)
+    total: dict[str, int] = {}
+    for k, enc in enumerate(layout.encoded):
+        if enc.mask_in_cells:
+            sel = layout.tensor_of == k
+            for key, v in coding.mask_errors(enc, reads[sel], trusted[sel]).items():
+                total[key] = total.get(key, 0) + v
+    return total
 
 
 def simulate_reads(noise: NoiseModel, aim_us: np.ndarray, tolerance_us: np.ndarray, max_pulses: np.ndarray,
@@ -143,7 +163,7 @@ def decoded_from_reads(reads: np.ndarray, model: nn.Module, names: list[str], la
     """The network :func:`evaluate_reads` scores: reads compensated with the reference cells,
     decoded from the trusted replicas, batch-norm statistics re-estimated."""
     corrected, _ = compensated(reads, layout, cfg)
-    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted)
+    decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted, reads)
     return bn_recalibrated(decoded, train, cfg) if batchnorms(decoded) else decoded
 
 
@@ -154,7 +174,9 @@ def predicted_accuracy(noise: NoiseModel, layout: Layout, model: nn.Module, name
     ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp),
     read back as the store job reads (:func:`simulate_reads`, :func:`decoded_from_reads`)."""
     rng = np.random.default_rng(seed)
-    aim = noise.aim(layout.targets, tolerance_us)
+    # as the allocation plans them: a target within half the window of the floor is only RESET
+    floor = noise.window_.g_floor_us
+    aim = np.where(layout.targets <= floor + 0.5 * tolerance_us, floor, noise.aim(layout.targets, tolerance_us))
     accs = []
     for _ in range(draws):
         reads, verified = simulate_reads(noise, aim, tolerance_us, max_pulses, retention_s, rng)

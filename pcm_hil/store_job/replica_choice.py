@@ -76,7 +76,7 @@ def choose_replicas(inputs: Inputs, noise: NoiseModel, compressed: Compressed, i
         lay_cfg = replace(layout_cfg, replicas_per_weight=r)
         lay = layout_stage.encode(compressed.model, inputs.names, compressed.masks, importance, noise, lay_cfg,
                                   retention_s)
-        plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, alloc)
+        plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, alloc, lay.min_us)
         rng = np.random.default_rng([seed, int(round(r * 1000))])
         vals = []
         for _ in range(cfg.draws):

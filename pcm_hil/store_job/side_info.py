@@ -1,6 +1,8 @@
 """Everything the decoder reads besides the analog cells, counted at a real coder's output.
 
-A store run's decoder needs, per stored tensor: its keep-mask (pruning), the signs of kept
+A store run's decoder needs, per stored tensor: its keep-mask (pruning; with the mask in the
+cells instead, the number of kept weights per output channel, ``kept_counts``, and the mask
+bit of each position cell that did not verify, ``unverified_mask``), the signs of kept
 weights (codes that store |w|), its scale and window top, how many replicas each kept
 weight has, which cells verified (the decoder prefers verified replicas), and the network's
 parameters kept digital (biases, norms) in fp32. Masks, replica maps and verify flags are
@@ -12,11 +14,13 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..coding import CodeConfig, EncodedTensor
+from ..coding import CodeConfig, EncodedTensor, kept_per_row, unverified_positions
 from .layout import Layout
 
 PROBABILITY_BITS = 16  # each symbol probability of a coded stream's model, stored beside it
 SCALE_BITS = 96        # per tensor: scale, window top and floor, fp32 each
+MASK_SCALE_BITS = 64   # per tensor with the mask in the cells: its gap and threshold, fp32 each
+COUNT_HEADER_BITS = 32  # per tensor with the mask in the cells: the smallest count and the width, 16 bits each
 FORMAT_BITS = 1        # per tensor: whether its replica map is per output channel or per weight
 
 
@@ -48,8 +52,13 @@ def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[
     """Bits of every part the decoder reads (``verified``: per cell of the layout, whether it
     verified, when the decoder uses it)."""
     parts = {"mask": 0, "signs": 0, "scales": 0, "replica_map": 0, "verify_flags": 0, "digital_parameters": 0}
+    if any(e.mask_in_cells for e in layout.encoded):
+        parts["kept_counts"] = 0
     for enc in layout.encoded:
-        if enc.mask is not None:
+        if enc.mask_in_cells:
+            parts["kept_counts"] += kept_count_bits(enc)
+            parts["scales"] += MASK_SCALE_BITS
+        elif enc.mask is not None:
             parts["mask"] += coded_bits(enc.mask.ravel())
         if code.sign_bits:
             parts["signs"] += enc.kept  # signs of trained weights do not compress
@@ -57,8 +66,21 @@ def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[
         parts["replica_map"] += replica_map_bits(enc)
     if verified is not None:
         parts["verify_flags"] = coded_bits(np.asarray(verified, bool)[~layout.reference])
+        if "kept_counts" in parts:  # the mask bit of every position cell that did not verify
+            v = np.asarray(verified, bool)
+            parts["unverified_mask"] = sum(unverified_positions(e, v[layout.tensor_of == k])
+                                           for k, e in enumerate(layout.encoded))
     parts["digital_parameters"] = 32 * digital_parameters(network, names)
     return parts
+
+
+def kept_count_bits(enc: EncodedTensor) -> int:
+    """Bits of one tensor's kept weights per output channel (mask in the cells): each count
+    less the smallest, in a fixed width that holds the largest, after a header with the
+    smallest and the width."""
+    counts = kept_per_row(enc)
+    width = int(counts.max() - counts.min()).bit_length()
+    return COUNT_HEADER_BITS + width * counts.size
 
 
 def replica_map_bits(enc: EncodedTensor) -> int:

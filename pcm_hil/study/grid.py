@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ..emulator.profile import DEFAULT as DEFAULT_PROFILE
+from ..app import ChipOptions
 from ..store_job import StoreConfig
 
 HOUR_S, DAY_S, YEAR_S = 3600.0, 86400.0, 365 * 86400.0
@@ -65,7 +65,7 @@ class Point:
     setting: Setting
     retention_s: float
     chip_seed: int
-    profile: str = DEFAULT_PROFILE
+    profile: str = ChipOptions.profile  # the emulator's default device
     geometry: tuple[int, int, int] = (4, 512, 512)
     programmings: int = 5
     medium_cells: int = 16384
@@ -130,7 +130,7 @@ class StudyConfig:
     chip_seeds: tuple[int, ...] = (0, 1)
     programmings: int = 5
     medium_cells: int = 16384               # data cells per density of the digital-medium measurement
-    profile: str = DEFAULT_PROFILE
+    profile: str = ChipOptions.profile  # the emulator's default device
     geometry: tuple[int, int, int] | None = None  # None: per model (GEOMETRY_OF or QUICK_GEOMETRY_OF, else 4×512×512)
     digital_baseline: bool = True
     seed: int = 0
