@@ -313,7 +313,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             "accuracy_compressed": prep.accuracy_compressed, "resumed": resumed,
             "replicas_per_weight": cfg.layout.replicas_per_weight,
             "replica_choice": store.stages(run_id)["layout"].get("replica_choice"),
-            "yield": float(prog["converged"].mean()), "mask_in_cells": _mask_in_cells(lay)}
+            "yield": float(prog["converged"].mean()), "mask_in_cells": _mask_in_cells(lay, cfg.layout, cfg.compression.sparsity > 0)}
         report("evaluation", 0, 1)
         if "evaluation" not in store.stages(run_id):
             held = store.cells_of(run_id)
@@ -344,10 +344,13 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
     return StoreOutcome(record, back.decoded, per_cell)
 
 
-def _mask_in_cells(lay: Layout) -> dict[str, Any]:
+def _mask_in_cells(lay: Layout, cfg: LayoutConfig, pruned: bool) -> dict[str, Any]:
     """Whether the keep-mask is in the cells, and if so its gap, threshold and cells."""
     mic = [e for e in lay.encoded if e.mask_in_cells]
     if not mic:
+        if layout_stage.mask_in_cells(cfg, pruned):
+            return {"on": False, "why": f"the calibrated gap is above {cfg.mask_max_gap_fraction:g} of the window "
+                                        "on this chip: the coded mask"}
         return {"on": False}
     return {"on": True, "gap_us": mic[0].gap, "threshold_us": mic[0].threshold, "cells": lay.mask_cells,
             "tensors": len(mic)}
