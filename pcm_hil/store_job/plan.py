@@ -64,7 +64,8 @@ class SearchSpace:
     default budget)."""
 
     sparsities: tuple[float, ...] = (0.0, 0.5, 0.75, 0.9)
-    codes: tuple[str, ...] = ("sign", "offset")
+    # the offset code is predicted 0.7–1.1 pp high (mlp-digits, lenet5-mnist5k): opt-in until that is fixed
+    codes: tuple[str, ...] = ("sign",)
     replicas: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 3.0)
     replicas_per: tuple[str, ...] = ("channel",)
     budget_tolerances_us: tuple[float | None, ...] = (None, 1.0)
