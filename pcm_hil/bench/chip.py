@@ -397,11 +397,17 @@ class BenchChip(Chip):
     def _smu_read_cell(self, cell: int) -> float:
         ch, bias = self._smu_channel, self.config.chip.read_bias_v
         if not self._smu_on:
-            ch.compliance_current_a = self.config.smu.compliance_a  # type: ignore[union-attr]
+            limit = self.config.smu.compliance_a  # type: ignore[union-attr]
+            ch.compliance_current_a = limit
             ch.source_voltage_v = bias
             ch.output_enabled = True
-            if not ch.output_enabled:  # a lost command would measure an open circuit
+            # every setting read back: a lost command would measure an open circuit, or at 0 V
+            # (a zero current every confirming read agrees with)
+            if not ch.output_enabled:
                 raise ProtocolError("the SMU output did not turn on (command lost?)")
+            if not (math.isclose(ch.source_voltage_v, bias, rel_tol=1e-5, abs_tol=1e-9)
+                    and math.isclose(ch.compliance_current_a, limit, rel_tol=1e-5)):
+                raise ProtocolError("the SMU did not take its read bias or compliance (command lost?)")
             self._smu_on = True
         self._route(cell, "SMU")
         i = ch.measure_current()
