@@ -46,7 +46,7 @@ from .digital_medium import Medium
 from .importance import estimate
 from .inputs import Inputs
 from .layout import Layout
-from .readback import decoded_from_reads, simulate_reads
+from .readback import simulate_reads, simulated_readbacks
 
 Progress = Callable[[str, float, float], None]
 PLANNER_CODES = ("sign", "offset", "pair")  # the replicable codes (split and multilevel change compression)
@@ -327,10 +327,9 @@ def _draw(noise: NoiseModel, inputs: Inputs, b: _Built, rng: np.random.Generator
     """One simulated programming of the candidate's plan, read after the retention time and
     scored as the store job scores a read-back: (test accuracy or NaN, validation accuracy,
     verified cells)."""
-    reads, verified = simulate_reads(noise, b.plan.aim_us, b.plan.tolerance_us, b.plan.max_pulses,
-                                     b.cfg.retention_s, rng)
-    decoded = decoded_from_reads(reads, b.compressed.model, inputs.names, b.layout, b.cfg.layout.code, verified,
-                                 inputs.train, b.cfg.readback)
+    decoded, verified = next(simulated_readbacks(noise, b.plan.aim_us, b.plan.tolerance_us, b.plan.max_pulses,
+                                                 b.cfg.retention_s, b.layout, b.compressed.model, inputs.names,
+                                                 b.cfg.layout.code, inputs.train, b.cfg.readback, rng))
     acc_test = accuracy(decoded, inputs.test.x, inputs.test.y) if test else math.nan
     return acc_test, accuracy(decoded, inputs.val.x, inputs.val.y), verified
 

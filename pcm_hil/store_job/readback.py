@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -167,19 +167,27 @@ def decoded_from_reads(reads: np.ndarray, model: nn.Module, names: list[str], la
     return bn_recalibrated(decoded, train, cfg) if batchnorms(decoded) else decoded
 
 
+def simulated_readbacks(noise: NoiseModel, aim_us: np.ndarray, tolerance_us: np.ndarray | float,
+                        max_pulses: np.ndarray | int, retention_s: float, layout: Layout, model: nn.Module,
+                        names: list[str], code: CodeConfig, train: Split, cfg: ReadbackConfig,
+                        rng: np.random.Generator, draws: int = 1) -> Iterator[tuple[nn.Module, np.ndarray]]:
+    """``draws`` programmings of ``layout`` drawn from the noise model (:func:`simulate_reads`
+    with each cell's aim, tolerance and cap), each read back as the store job reads
+    (:func:`decoded_from_reads`): (decoded network, verified cells) per draw. The planner,
+    the replica choice and :func:`predicted_accuracy` all score these."""
+    for _ in range(draws):
+        reads, verified = simulate_reads(noise, aim_us, tolerance_us, max_pulses, retention_s, rng)
+        yield decoded_from_reads(reads, model, names, layout, code, verified, train, cfg), verified
+
+
 def predicted_accuracy(noise: NoiseModel, layout: Layout, model: nn.Module, names: list[str], code: CodeConfig,
                        train: Split, test: Split, cfg: ReadbackConfig, retention_s: float,
                        tolerance_us: float, max_pulses: int, seed: int = 0, draws: int = 3) -> float:
     """Accuracy after ``retention_s`` predicted by the noise model (no chip): the mean over
-    ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp),
-    read back as the store job reads (:func:`simulate_reads`, :func:`decoded_from_reads`)."""
-    rng = np.random.default_rng(seed)
+    ``draws`` simulated programmings of every cell at one setting (one scatters by ±0.3 pp)."""
     # as the allocation plans them: a target within half the window of the floor is only RESET
     floor = noise.window_.g_floor_us
     aim = np.where(layout.targets <= floor + 0.5 * tolerance_us, floor, noise.aim(layout.targets, tolerance_us))
-    accs = []
-    for _ in range(draws):
-        reads, verified = simulate_reads(noise, aim, tolerance_us, max_pulses, retention_s, rng)
-        decoded = decoded_from_reads(reads, model, names, layout, code, verified, train, cfg)
-        accs.append(accuracy(decoded, test.x, test.y))
-    return float(np.mean(accs))
+    runs = simulated_readbacks(noise, aim, tolerance_us, max_pulses, retention_s, layout, model, names, code, train,
+                               cfg, np.random.default_rng(seed), draws)
+    return float(np.mean([accuracy(decoded, test.x, test.y) for decoded, _ in runs]))

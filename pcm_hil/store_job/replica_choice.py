@@ -6,7 +6,7 @@ loses accuracy on the first (``pcm-hil bench devices --store``). Before any puls
 candidate mean (ascending) gets its layout and program-and-verify plan, and ``draws``
 noise-model programmings of that plan are read after the retention time and scored on the
 validation split, exactly as the store job scores a read-back
-(:func:`.readback.simulate_reads`, :func:`.readback.decoded_from_reads`). The first
+(:func:`.readback.simulated_readbacks`). The first
 candidate whose predicted loss against the compressed model stays within
 ``max_storage_loss_pp`` is chosen; when none does, the one with the least predicted loss.
 """
@@ -26,7 +26,7 @@ from .allocation import AllocationConfig
 from .compression import Compressed
 from .inputs import Inputs
 from .layout import LayoutConfig
-from .readback import ReadbackConfig, decoded_from_reads, simulate_reads
+from .readback import ReadbackConfig, simulated_readbacks
 
 
 @dataclass(frozen=True)
@@ -78,12 +78,10 @@ def choose_replicas(inputs: Inputs, noise: NoiseModel, compressed: Compressed, i
                                   retention_s)
         plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, alloc, lay.min_us)
         rng = np.random.default_rng([seed, int(round(r * 1000))])
-        vals = []
-        for _ in range(cfg.draws):
-            reads, verified = simulate_reads(noise, plan.aim_us, plan.tolerance_us, plan.max_pulses, retention_s, rng)
-            decoded = decoded_from_reads(reads, compressed.model, inputs.names, lay, layout_cfg.code, verified,
-                                         inputs.train, readback)
-            vals.append(accuracy(decoded, inputs.val.x, inputs.val.y))
+        runs = simulated_readbacks(noise, plan.aim_us, plan.tolerance_us, plan.max_pulses, retention_s, lay,
+                                   compressed.model, inputs.names, layout_cfg.code, inputs.train, readback, rng,
+                                   cfg.draws)
+        vals = [accuracy(decoded, inputs.val.x, inputs.val.y) for decoded, _ in runs]
         loss = 100 * (acc_val - float(np.mean(vals)))
         rows.append({"replicas_per_weight": r, "analog_cells": int(lay.targets.size), "pulses_planned": plan.pulses,
                      "predicted_val_mean": float(np.mean(vals)), "predicted_loss_pp": loss})
