@@ -618,3 +618,66 @@ def test_drift_compensation_can_be_switched_off_for_the_ablation() -> None:
     assert np.array_equal(off, reads)
     cfg = StoreConfig.from_options(model="mlp-digits", drift_compensation=False)
     assert cfg.readback.drift_compensation is False and StoreConfig().readback.drift_compensation
+
+
+def test_nm_masks_keep_the_largest_n_of_every_m_and_cost_their_enumerative_code() -> None:
+    """N:M masks: in every output channel, each group of M consecutive weights keeps its N
+    largest |w| (a last group of r < M keeps ceil(N·r/M)); the mask costs log2 C(M, N) bits
+    per group, fewer than the entropy code of an unstructured mask at the same sparsity."""
+    import math
+
+    from torch import nn
+
+    from pcm_hil.store_job.compression import nm_mask_bits, nm_masks
+    from pcm_hil.store_job.side_info import coded_bits
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(10, 5))  # 27 and 10 inputs per channel: a partial last group
+    names = ["0.weight", "1.weight"]
+    masks = nm_masks(net, names, 1, 4)
+    for name in names:
+        w = dict(net.named_parameters())[name].detach().abs().numpy()
+        rows, keep = w.reshape(w.shape[0], -1), masks[name].reshape(w.shape[0], -1)
+        for r in range(rows.shape[0]):
+            for g in range(0, rows.shape[1], 4):
+                seg_w, seg_k = rows[r, g:g + 4], keep[r, g:g + 4]
+                assert seg_k.sum() == 1 and seg_k[np.argmax(seg_w)], (name, r, g)
+    assert nm_mask_bits(masks["1.weight"], 1, 4) == math.ceil(5 * (2 + 2 + 1))  # groups of 4, 4, 2 keep 1 each
+    big = nm_masks(nn.Sequential(nn.Linear(4000, 4)), ["0.weight"], 1, 4)["0.weight"]
+    assert nm_mask_bits(big, 1, 4) == 4 * 1000 * 2 < coded_bits(big.ravel())  # 2 bits per group < H(0.25) × 4
+    with pytest.raises(ValueError, match="1 <= N < M <= 16"):
+        nm_masks(net, names, 4, 4)
+
+
+def test_competitor_tries_nm_starts_and_counts_their_mask_as_groups() -> None:
+    """With ``nm_patterns`` the competitor also quantizes an N:M pruned, fine-tuned start: its
+    options are named by the pattern, and each tensor costs the cheaper of the N:M groups'
+    code plus the coded kept values and the code of every value (mlp-digits: at 2 bits many
+    kept weights round to 0 and the plain code wins; at 4 bits the N:M code does)."""
+    from pcm_hil.models import accuracy
+    from pcm_hil.store_job.baselines import BaselineConfig, _strongest_digital, quantized
+    from pcm_hil.store_job.compression import CompressionConfig, nm_mask_bits
+    from pcm_hil.store_job.digital_medium import Medium
+    from pcm_hil.store_job.model_cache import cached_prune_nm
+    from pcm_hil.store_job.readback import ReadbackConfig
+    from pcm_hil.store_job.side_info import coded_bits, digital_parameters
+
+    inp = load_inputs(NetworkConfig(name="mlp-digits"))
+    medium = Medium(1, 0.0, 0.0, "none", 1, 1, 1.0, 0, 0, [])
+    target = accuracy(inp.network, inp.val.x, inp.val.y) - 0.05
+    cfg = BaselineConfig(sparsities=(), clips=(1.0,), qat_epochs=0, mixed_precision=False, nm_patterns=((2, 4),))
+    _, tried = _strongest_digital(inp, inp.network, None, medium, target, CompressionConfig(), ReadbackConfig(), cfg)
+    nm = [o for o in tried if o.start == "pruned 2:4"]
+    assert nm and all(o.sparsity == 0.5 for o in nm)
+    net, masks = cached_prune_nm(inp.network, inp.names, 2, 4, inp.train.x, inp.train.y, 3, seed=0)
+    assert all(m.sum() * 2 == m.size for m in masks.values())  # every 4 inputs keep 2 (fc sizes divisible by 4)
+    first = nm[0]  # 2 bits, post-training, clip 1.0
+    _, bits = quantized(net, inp.names, first.bits, 1.0, ((2, 4), masks))
+    _, unstructured = quantized(net, inp.names, first.bits, 1.0)
+    assert first.bits_total == bits + 32 * digital_parameters(inp.network, inp.names)
+    mask_bits = sum(nm_mask_bits(m, 2, 4) for m in masks.values())
+    assert mask_bits < sum(coded_bits(m.ravel()) for m in masks.values()) and bits <= unstructured
+    _, bits4 = quantized(net, inp.names, 4, 1.0, ((2, 4), masks))
+    assert bits4 < quantized(net, inp.names, 4, 1.0)[1]
+    with pytest.raises(ValueError, match="N:M"):
+        BaselineConfig(nm_patterns=((4, 2),))

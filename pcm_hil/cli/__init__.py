@@ -11,7 +11,7 @@ from typing import Sequence
 from .. import __version__
 from . import commands
 from .options import (SECONDS_UP_TO_10_YEARS, SEED, Parser, auto_or, budget_list, chip_options, choice_list, float_in,
-                      float_list, int_in, json_option, run_dir_option, seed_option)
+                      float_list, int_in, json_option, nm_list, run_dir_option, seed_option)
 
 
 def build_parser() -> Parser:
@@ -134,6 +134,9 @@ def build_parser() -> Parser:
                          "(default 5: the stored one and 4 copies on free cells after it)")
     st.add_argument("--medium-cells", type=int_in(256, 1_000_000), default=16384,
                     help="data cells per density of the digital-medium test (default 16384)")
+    st.add_argument("--digital-nm", type=nm_list, default=(), metavar="N:M,...",
+                    help="also give the digital competitor N:M structured starts (e.g. 2:4,1:4; mask coded as N:M "
+                         "groups); off by default: on lenet5-fmnist they never won")
     st.add_argument("--report", default=None, help="PNG report path (default RUN_DIR/RUN.png; 'none' to skip)")
     st.add_argument("--resume", metavar="RUN", help="continue a store run that was stopped or killed "
                                                      "(its settings are the run's own; other options are ignored)")

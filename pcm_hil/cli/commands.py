@@ -136,7 +136,7 @@ def store_config(args: argparse.Namespace) -> Any:
         replicas_per_weight=1.5 if args.replicas == "auto" else args.replicas, replicas_auto=args.replicas == "auto",
         max_storage_loss_pp=args.max_storage_loss, replicas_per=args.replicas_per, retention_s=args.retention,
         bn_samples=args.bn_samples, drift_compensation=args.drift_compensation, programmings=args.programmings,
-        medium_cells=args.medium_cells, seed=args.seed,
+        medium_cells=args.medium_cells, digital_nm=args.digital_nm, seed=args.seed,
         overwrite=args.overwrite, mask_in_cells=args.mask_in_cells, mask_gap_us=args.mask_gap,
         **({} if args.loss_margin is None else {"loss_margin": args.loss_margin}))
 

@@ -57,6 +57,22 @@ def float_in(lo: float, hi: float, lo_open: bool = False, shown: str | None = No
     return parse
 
 
+def nm_list(text: str) -> tuple[tuple[int, int], ...]:
+    """An argument type: comma-separated N:M patterns (``2:4,1:4``), integers 1 <= N < M <= 16."""
+    out = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        try:
+            n, m = (int(v) for v in word.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected N:M patterns such as 2:4,1:4, got {text!r}") from None
+        if not 1 <= n < m <= 16:
+            raise argparse.ArgumentTypeError(f"N:M needs integers 1 <= N < M <= 16, got {word!r}")
+        out.append((n, m))
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected N:M patterns such as 2:4,1:4, got {text!r}")
+    return tuple(sorted(set(out)))
+
+
 def float_list(lo: float, hi: float) -> Callable[[str], tuple[float, ...]]:
     """An argument type: comma-separated numbers, each in [lo, hi], at least one."""
     one = float_in(lo, hi)

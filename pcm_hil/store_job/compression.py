@@ -32,6 +32,44 @@ def magnitude_masks(model: nn.Module, names: list[str], sparsity: float) -> dict
     return {n: params[n].detach().abs().numpy() > thr for n in names}
 
 
+def nm_groups(size: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """N:M groups along one output channel of ``size`` weights: each weight's group and each
+    group's kept count (``n`` of every ``m`` consecutive weights; a last group of r < m keeps
+    ceil(n·r/m))."""
+    group = np.arange(size) // m
+    lengths = np.bincount(group)
+    return group, np.minimum(lengths, -(-n * lengths // m))
+
+
+def nm_masks(model: nn.Module, names: list[str], n: int, m: int) -> dict[str, np.ndarray]:
+    """Keep-masks with N:M structure: in each output channel, the ``n`` largest |w| of every
+    ``m`` consecutive weights (in the tensor's row-major order of its inputs)."""
+    if not (type(n) is int and type(m) is int and 1 <= n < m <= 16):
+        raise ValueError(f"N:M sparsity needs integers 1 <= N < M <= 16, got {n}:{m}")
+    params = dict(model.named_parameters())
+    out = {}
+    for name in names:
+        w = params[name].detach().abs().numpy()
+        rows = w.reshape(w.shape[0], -1)
+        group, keep = nm_groups(rows.shape[1], n, m)
+        # rank of each weight within its group, largest first (stable: ties keep the earlier weight)
+        order = np.lexsort((-rows, np.broadcast_to(group, rows.shape)), axis=1)
+        first = np.searchsorted(group, group)  # index of each position's group start
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(rows.shape[1]) - first, axis=1)
+        out[name] = (rank < keep[group]).reshape(w.shape)
+    return out
+
+
+def nm_mask_bits(mask: np.ndarray, n: int, m: int) -> int:
+    """Bits of an N:M mask, enumeratively coded: log2 C(r, k) per group of r weights keeping k."""
+    rows = mask.reshape(mask.shape[0], -1)
+    _, keep = nm_groups(rows.shape[1], n, m)
+    lengths = np.bincount(np.arange(rows.shape[1]) // m)
+    per_row = sum(math.log2(math.comb(int(r), int(k))) for r, k in zip(lengths, keep))
+    return math.ceil(per_row * rows.shape[0])
+
+
 Perturb = Callable[[str, torch.Tensor, torch.Generator], torch.Tensor]
 
 

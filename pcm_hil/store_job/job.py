@@ -97,7 +97,7 @@ class StoreConfig:
         "target_loss": ("allocation", "target_loss"),
         "loss_margin": ("allocation", "loss_margin"), "caps": ("allocation", "caps"),
         "bn_samples": ("readback", "bn_samples"), "drift_compensation": ("readback", "drift_compensation"),
-        "digital_baseline": ("baselines", "search"),
+        "digital_baseline": ("baselines", "search"), "digital_nm": ("baselines", "nm_patterns"),
         "programmings": ("evaluation", "programmings"), "medium_cells": ("medium", "cells_per_density"),
     }
 
@@ -153,6 +153,7 @@ class StoreConfig:
             choice["candidates"] = tuple(choice["candidates"])
         base, medium = dict(d["baselines"]), dict(d.get("medium", {}))
         base.update({k: tuple(base[k]) for k in ("bits", "sparsities", "clips") if k in base})
+        base["nm_patterns"] = tuple(tuple(p) for p in base.get("nm_patterns", ()))
         if "densities" in medium:
             medium["densities"] = tuple(medium["densities"])
         return cls(network=NetworkConfig(**d["network"]), compression=CompressionConfig(**d["compression"]),

@@ -125,6 +125,8 @@ def _code(stage: str) -> str:
     tuning = (compression.prune_and_finetune, compression.finetune, compression.magnitude_masks)
     return code_digest(*{"compress": (compression.compress, compression.quantized_copy, *tuning),
                          "prune_and_finetune": tuning,
+                         "prune_nm_and_finetune": (compression.nm_masks, compression.nm_groups, compression.finetune,
+                                                   cached_prune_nm),
                          "quantization_aware": (compression.finetune, compression.quantize_levels,
                                                 baselines.fake_quantizer)}[stage])
 
@@ -225,6 +227,12 @@ def prune_settings(sparsity: float, epochs: int = 1, seed: int = 0) -> dict[str,
             "code": _code("prune_and_finetune")}
 
 
+def prune_nm_settings(n: int, m: int, epochs: int = 1, seed: int = 0) -> dict[str, Any]:
+    """The settings part of :func:`cached_prune_nm`'s key."""
+    return {"stage": "prune_nm_and_finetune", "n": n, "m": m, "epochs": epochs, "seed": seed,
+            "code": _code("prune_nm_and_finetune")}
+
+
 def quantization_aware_settings(masks: dict[str, np.ndarray], bits: int, clip: float, epochs: int, seed: int = 0
                                 ) -> dict[str, Any]:
     """The settings part of :func:`cached_quantization_aware`'s key."""
@@ -237,6 +245,20 @@ def cached_prune(network: nn.Module, names: list[str], sparsity: float, x: np.nd
     """:func:`.compression.prune_and_finetune` (no training noise, default rate and batch), from the cache."""
     model, masks = _cached(network, names, x, y, prune_settings(sparsity, epochs, seed),
                            lambda: prune_and_finetune(network, names, sparsity, x, y, epochs, seed=seed))
+    assert masks is not None
+    return model, masks
+
+
+def cached_prune_nm(network: nn.Module, names: list[str], n: int, m: int, x: np.ndarray, y: np.ndarray,
+                    epochs: int = 1, seed: int = 0) -> tuple[nn.Module, dict[str, np.ndarray]]:
+    """N:M magnitude pruning (:func:`.compression.nm_masks`) and fine-tuning with the masks
+    held fixed (:func:`.compression.finetune`, default rate and batch), from the cache."""
+    def compute() -> tuple[nn.Module, dict[str, np.ndarray]]:
+        pruned = copy.deepcopy(network)
+        masks = compression.nm_masks(pruned, names, n, m)
+        return finetune(pruned, masks, x, y, epochs, seed=seed), masks
+
+    model, masks = _cached(network, names, x, y, prune_nm_settings(n, m, epochs, seed), compute)
     assert masks is not None
     return model, masks
 
