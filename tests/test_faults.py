@@ -198,3 +198,19 @@ def test_fault_soak_figures() -> None:
     assert ext["smu_reads"] >= 2 * ext["cells"] and ext["pg_pulses"] >= ext["cells"] - ext["cells_made_stuck"]
     assert ext["cells_verified"] >= ext["cells"] - ext["cells_made_stuck"] - 2
     assert r["driver_errors_logged_by_link"]["smu"] >= 0.5 * injected["smu"]
+
+
+def test_confirming_reads_raise_no_false_alarm_at_the_default_profiles_read_noise() -> None:
+    """On a clean bench, the two half-reads of a batch differ by read noise alone, and read
+    noise grows with G (``pcm-realistic``: 3 % of G + 0.13 µS per read). Cells programmed
+    near 18 µS, read 400 times in batches of 8: no batch is disputed. With a limit that
+    ignores G (1 µS for two 4-read halves, set for ``pcm``), about 1 in 150 batches was
+    (2.7σ of the batch mean's noise at 18 µS)."""
+    with VirtualBench(GEOM, profile="pcm-realistic", seed=1, faults=FaultPlan(rate=0.0)) as vb:
+        with BenchChip(vb.bench_config()) as chip:
+            cells = np.arange(64)
+            res = program_verify(chip, cells, np.full(cells.size, 18.0), VerifyConfig(tolerance_us=1.0, max_pulses=40))
+            assert res.converged.mean() > 0.8
+            for k in range(400):
+                chip.read(cells[8 * (k % 8):8 * (k % 8) + 8], n_avg=8)
+            assert chip.reads_disputed == 0

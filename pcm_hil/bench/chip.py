@@ -306,8 +306,9 @@ class BenchChip(Chip):
 
         ``n_avg`` ≥ 2 reads are split into two halves, each its own transaction, and averaged
         (as many reads as asked, the same noise); one read is confirmed by a second. Two
-        transactions that differ on average by more than ``confirm_us`` (scaled to their noise
-        and to the size of the chunk), or in one cell by six times that, mean one of them
+        transactions that differ on average by more than ``confirm_us`` plus ``confirm_rel`` of
+        the mean G (scaled to their noise and to the size of the chunk), or in one cell by six
+        times that at the cell's G, mean one of them
         measured wrong (a CRC-valid reply can still be off): the chunk is read again until
         three transactions agree, and their average is the value (at most
         ``MAX_CONFIRM_READS`` transactions, then :class:`GaveUp`).
@@ -319,35 +320,38 @@ class BenchChip(Chip):
         m = board_cells.size
         reads = [(self._bulk_read(board_cells, h1).astype(np.float64), h1),
                  (self._bulk_read(board_cells, h2).astype(np.float64), h2)]
-        if m == 0 or self._agree(reads[0], reads[1], m):
+        if m == 0 or self._agree(reads[0], reads[1]):
             (a, _), (b, _) = reads
             return (a if n_avg == 1 else (a * h1 + b * h2) / n_avg).astype(np.float32)
         self.reads_disputed += 1
         d = reads[0][0] - reads[1][0]
         self.fault_log.append({"what": "BULK:MEAS:G? confirm", "error": "ReadsDisagree",
                                "detail": f"two read transactions of {m} cells differ by {float(d.mean()):+.3g} µS on "
-                                         f"average (limit {self._limit(h1, h2, m):.3g} µS); read again",
+                                         f"average (limit {float(self._limit(h1, h2, reads[0][0]).mean()):.3g} µS); "
+                                         "read again",
                                "attempt": 0, "time": time.time()})
         while len(reads) < self.MAX_CONFIRM_READS:
             h = (h1, h2)[len(reads) % 2]
             reads.append((self._bulk_read(board_cells, h).astype(np.float64), h))
             for r in reads:  # the first group of three transactions that all agree with each other
-                group = [q for q in reads if q is r or self._agree(r, q, m)]
-                if len(group) >= 3 and all(self._agree(p, q, m) for k, p in enumerate(group) for q in group[k + 1:]):
+                group = [q for q in reads if q is r or self._agree(r, q)]
+                if len(group) >= 3 and all(self._agree(p, q) for k, p in enumerate(group) for q in group[k + 1:]):
                     w = np.array([q[1] for q in group], np.float64)
                     return (np.stack([q[0] for q in group]).T @ w / w.sum()).astype(np.float32)
         raise GaveUp(f"reads of {m} cells disagree across {len(reads)} transactions: the board measures wrong")
 
-    def _limit(self, n1: int, n2: int, m: int) -> float:
-        """How far two read transactions of ``n1`` and ``n2`` averaged reads of ``m`` cells may
-        differ on average: ``confirm_us`` for two 4-read halves of 8 or more cells, scaled."""
-        return (self.config.board.confirm_us * 0.5 * math.sqrt((1 / n1 + 1 / n2) / 0.5)
-                * max(1.0, math.sqrt(8 / max(m, 1))))
+    def _limit(self, n1: int, n2: int, g_us: np.ndarray) -> np.ndarray:
+        """Per cell read as ``g_us``, how far two read transactions of ``n1`` and ``n2`` averaged
+        reads of those cells may differ on average: half of ``confirm_us`` + ``confirm_rel`` × G
+        for two 4-read halves of 8 or more cells, scaled to other sizes."""
+        b = self.config.board
+        return ((b.confirm_us + b.confirm_rel * np.abs(g_us)) * 0.5 * math.sqrt((1 / n1 + 1 / n2) / 0.5)
+                * max(1.0, math.sqrt(8 / max(g_us.size, 1))))
 
-    def _agree(self, r: tuple[np.ndarray, int], q: tuple[np.ndarray, int], m: int) -> bool:
-        limit = self._limit(r[1], q[1], m)
+    def _agree(self, r: tuple[np.ndarray, int], q: tuple[np.ndarray, int]) -> bool:
+        limit = self._limit(r[1], q[1], 0.5 * (r[0] + q[0]))
         d = r[0] - q[0]
-        return abs(float(d.mean())) <= limit and float(np.abs(d).max()) <= 6 * limit
+        return abs(float(d.mean())) <= float(limit.mean()) and bool(np.all(np.abs(d) <= 6 * limit))
 
     def now(self) -> float:
         return self._transact("SYST:CLK?", lambda: self.board.clock_s, idempotent=True)

@@ -7,7 +7,8 @@ Example (``pcm-hil emulate --bench-file bench.toml`` writes one for the virtual 
     timeout_s = 5.0
     lease_s = 5.0                            # heartbeat: outputs off this long after the host goes silent
     confirm_reads = true                     # every read in two transactions, compared
-    confirm_us = 1.0                         # how far two halves of an 8-read average may differ (µS)
+    confirm_us = 1.0                         # how far two halves of an 8-read average may differ: 1 µS + 4 % of G
+    confirm_rel = 0.04
 
     [smu]                                    # optional: precise reads
     resource = "TCPIP::127.0.0.1::5026::SOCKET"
@@ -57,7 +58,8 @@ class BoardConfig:
     max_batch: int = 1 << 18
     lease_s: float = 5.0  # the board's heartbeat lease: its output turns off this long after the host fell silent
     confirm_reads: bool = True  # read each batch in two transactions and compare (a board that measures wrong)
-    confirm_us: float = 1.0  # two halves of an 8-read average farther apart than this on average: re-read
+    confirm_us: float = 1.0  # two halves of an 8-read average farther apart than this on average ...
+    confirm_rel: float = 0.04  # ... plus this fraction of the conductance read (read noise grows with G): re-read
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class BenchConfig:
         _range("board.max_batch", self.board.max_batch, 1, pcm_board.MAX_BULK_CELLS)
         _range("board.lease_s", self.board.lease_s, 0.05, pcm_board.LEASE_RANGE_S[1])
         _range("board.confirm_us", self.board.confirm_us, 0.01, 100.0)
+        _range("board.confirm_rel", self.board.confirm_rel, 0.0, 1.0)
         _range("chip.read_bias_v", self.chip.read_bias_v, *pcm_board.READ_BIAS_RANGE_V)
         _range("chip.pulse_compliance_a", self.chip.pulse_compliance_a, *pcm_board.COMPLIANCE_RANGE_A)
         if self.chip.read_bias_v > self.limits.max_read_bias_v:

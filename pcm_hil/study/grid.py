@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..app import ChipOptions
+from ..coding import CodeConfig
 from ..store_job import StoreConfig
 
 HOUR_S, DAY_S, YEAR_S = 3600.0, 86400.0, 365 * 86400.0
@@ -45,16 +46,17 @@ class Setting:
     replicas_per: str = "channel"         # one replica count per output channel, or per weight
     from_threshold: bool = True           # the sign code's window starts at the pruning threshold
     drift_compensation: bool = True       # reads corrected with the reference cells before decoding
+    mask_in_cells: bool = True            # the pruning mask in the cells (sign code), else range-coded
     ablation: str | None = None
 
     def store_options(self) -> dict[str, Any]:
-        """The flat store options of this setting (:meth:`StoreConfig.from_options`)."""
-        opts: dict[str, Any] = {"replicas_per_weight": self.replicas_per_weight, "sparsity": self.sparsity,
-                                "code": {"code": self.code, "redundancy": self.redundancy,
-                                         "percentile": self.percentile, "from_threshold": self.from_threshold},
-                                "allocation": self.allocation, "replicas_per": self.replicas_per,
-                                "drift_compensation": self.drift_compensation}
-        return opts
+        """The flat store options of this setting (:meth:`StoreConfig.from_options`); every
+        other option is the store job's default."""
+        code = CodeConfig(self.code, redundancy=self.redundancy, percentile=self.percentile,
+                          from_threshold=self.from_threshold)
+        return {"replicas_per_weight": self.replicas_per_weight, "sparsity": self.sparsity, "code": code,
+                "allocation": self.allocation, "replicas_per": self.replicas_per,
+                "drift_compensation": self.drift_compensation, "mask_in_cells": self.mask_in_cells}
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ def ablations(base: Setting) -> tuple[list[Setting], list[dict[str, str]]]:
                 ablation="clipping of the adaptive mapping (→ scale from max |w|, not the 99.5th percentile)"),
         replace(base, name=f"{base.name} no-drift-compensation", drift_compensation=False,
                 ablation="drift compensation (→ reads decoded as read; the reference cells still counted)"),
+        replace(base, name=f"{base.name} coded-mask", mask_in_cells=False,
+                ablation="the mask in the cells (→ the range-coded mask on the digital medium)"),
     ]
     not_run = [{"strategy": "adaptive mapping: per-tensor scale",
                 "why": "the store job has no switch for one global scale (coding.scale_of is per tensor)"},
