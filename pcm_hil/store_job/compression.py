@@ -64,9 +64,8 @@ def nm_masks(model: nn.Module, names: list[str], n: int, m: int) -> dict[str, np
 def nm_mask_bits(mask: np.ndarray, n: int, m: int) -> int:
     """Bits of an N:M mask, enumeratively coded: log2 C(r, k) per group of r weights keeping k."""
     rows = mask.reshape(mask.shape[0], -1)
-    _, keep = nm_groups(rows.shape[1], n, m)
-    lengths = np.bincount(np.arange(rows.shape[1]) // m)
-    per_row = sum(math.log2(math.comb(int(r), int(k))) for r, k in zip(lengths, keep))
+    group, keep = nm_groups(rows.shape[1], n, m)
+    per_row = sum(math.log2(math.comb(int(r), int(k))) for r, k in zip(np.bincount(group), keep))
     return math.ceil(per_row * rows.shape[0])
 
 
