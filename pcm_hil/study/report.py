@@ -240,9 +240,10 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
       f"{cfg.seed}. Every point is one store job on a fresh copy of its chip, in its own run store under the "
       "study's run directory; plots beside this file in "
       f"`{plot_dir.name}/`.\n")
-    w("**How to read it.** *Cells* are everything the decoder reads: analog cells (replicas and reference cells) "
-      "plus the side information (mask, signs, replica map, verify flags, scales, digital parameters) on the "
-      "digital medium measured on the same chip. *Stored accuracy* pools every programming on every chip: mean "
+    w("**How to read it.** *Cells* are everything the decoder reads: analog cells (replicas, reference cells "
+      "and, with the mask in the cells, one RESET-only cell per pruned weight) plus the side information (the "
+      "coded mask or the kept counts per channel, signs, replica map, verify flags, scales, digital "
+      "parameters) on the digital medium measured on the same chip. *Stored accuracy* pools every programming on every chip: mean "
       "and 95 % Student-t interval over programmings × chips (test set). *Ratio* = digital cells / analog "
       "cells at the same accuracy: above 1 analog storage needs fewer cells (wins), below 1 it loses. Digital "
       "options are chosen and compared on the validation split (held out of the training data); the store job "
