@@ -210,3 +210,44 @@ def test_a_window_too_narrow_for_the_gap_keeps_the_coded_mask(noise) -> None:
         assert (side_bits(lay, CFG, comp.model, inputs.names)["mask"] > 0) is not in_cells
     with pytest.raises(ValueError, match=r"mask_max_gap_fraction must be in \(0, 0.5\]"):
         LayoutConfig(mask_max_gap_fraction=0.9)
+
+
+def test_the_mask_goes_where_it_takes_fewer_cells(noise) -> None:
+    """One RESET-only cell per pruned weight against the range-coded mask on the medium: at
+    75 % sparsity on a 1-bit medium (1.15 cells per bit) the cells win (0.75 against ~0.93
+    cells per weight); at 90 % the coded mask does (H(0.1) = 0.47 bits per weight), and at
+    75 % too on a 2-bit medium (0.56 cells per bit). The job's layout follows, and says why."""
+    from dataclasses import replace
+
+    from pcm_hil.store_job import layout as layout_stage
+    from pcm_hil.store_job import model_cache
+    from pcm_hil.store_job.compression import CompressionConfig
+    from pcm_hil.store_job.digital_medium import Medium
+    from pcm_hil.store_job.inputs import load_inputs
+    from pcm_hil.store_job.job import placed_mask
+    from pcm_hil.store_job.side_info import mask_cells_each_way
+
+    def medium(bits_per_cell: int, cells_per_bit: float) -> Medium:
+        return Medium(bits_per_cell, 0.0, 0.0, "none", 1, 1, cells_per_bit, 0, 0, [])
+
+    inputs = load_inputs(StoreConfig.from_options(model="mlp-digits").network)
+    slc, mlc = medium(1, 1.15), medium(2, 0.56)
+    for sparsity, med, in_cells in ((0.75, slc, True), (0.9, slc, False), (0.75, mlc, False)):
+        comp = model_cache.cached_compress(inputs.network, inputs.names, inputs.train.x, inputs.train.y,
+                                           CompressionConfig(sparsity=sparsity))
+        cells, coded = mask_cells_each_way(comp.masks, med)
+        weights = sum(m.size for m in comp.masks.values())
+        pruned = sum(int((~m).sum()) for m in comp.masks.values())
+        assert pruned == pytest.approx(sparsity * weights, abs=1) and pruned < cells < pruned + med.cells(600)
+        assert (cells <= coded) is in_cells, (sparsity, med.cells_per_bit, cells, coded)
+        cfg = StoreConfig.from_options(model="mlp-digits", sparsity=sparsity)
+        placed, why = placed_mask(cfg, comp.masks, noise, med)
+        assert placed.layout.mask_in_cells is in_cells and (why is None) is in_cells
+        if not in_cells:
+            assert "coded mask takes fewer cells" in why and placed == replace(
+                cfg, layout=replace(cfg.layout, mask_in_cells=False))
+            imp = {n: np.ones(m.shape) for n, m in comp.masks.items()}
+            lay = layout_stage.encode(comp.model, inputs.names, comp.masks, imp, noise, placed.layout, 86400.0)
+            assert lay.mask_cells == 0 and side_bits(lay, CFG, comp.model, inputs.names)["mask"] > 0
+    unpruned = StoreConfig.from_options(model="mlp-digits")
+    assert placed_mask(unpruned, None, noise, slc) == (unpruned, None)

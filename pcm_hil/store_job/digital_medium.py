@@ -20,6 +20,8 @@ from scipy import stats
 
 from pcm_hil_noisemodel import NoiseModel
 
+from .readback import simulate_reads
+
 BCH_M = 13  # GF(2^13): codewords up to 8,191 bits
 MAX_T = 64  # the largest t the BCH library (bchlib, the Linux kernel code) builds at m = 13
 
@@ -207,6 +209,15 @@ def choose(per_density: list[dict[str, Any]], cfg: MediumConfig) -> Medium:
     name = f"BCH(n={n}, k={k}, t={t}) over GF(2^{BCH_M})" if t else "none (no error measured)"
     return Medium(r["bits_per_cell"], r["raw_ber"], r["raw_ber_upper95"], name, n, k, cells_per_bit,
                   check["blocks"], check["blocks_failed"], rows, target_met)
+
+
+def predicted(noise: NoiseModel, g_hi_us: float, retention_s: float, cfg: MediumConfig, seed: int = 0) -> Medium:
+    """The medium the evaluation stage would measure, drawn from the noise model before any
+    pulse: the same test pattern, read after the retention time, decoded and sized the same way."""
+    pat = pattern(noise, g_hi_us, cfg)
+    reads, _ = simulate_reads(noise, pat.aims_us, pat.tolerance_us, pat.max_pulses, retention_s,
+                              np.random.default_rng(seed))
+    return choose(decode(pat, reads, cfg), cfg)
 
 
 def slc_ecc_cells(bits: float) -> float:

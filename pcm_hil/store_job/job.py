@@ -31,7 +31,7 @@ from ..models import accuracy, load_state_dict
 from ..program import VerifyConfig, program_verify
 from ..cells import check_unchanged, record_writes
 from ..run_store import CellClaim, RunStore
-from . import allocation, baselines, layout as layout_stage, model_cache, readback, side_info
+from . import allocation, baselines, digital_medium, layout as layout_stage, model_cache, readback, side_info
 from .allocation import AllocationConfig, Plan
 from .baselines import BaselineConfig
 from .compression import Compressed, CompressionConfig
@@ -174,6 +174,7 @@ class Prepared:
     plan: Plan
     accuracy_compressed: float
     replica_choice: ReplicaChoice | None = None  # with ``--replicas auto``: the candidates the noise model scored
+    mask_why: str | None = None  # why the mask is not in the cells where the configuration asks for it
 
 
 @dataclass
@@ -196,6 +197,7 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
     progress("prepare", 1, 4)
     imp = estimate(compressed.model, inputs.names, inputs.train, cfg.importance)
     progress("prepare", 2, 4)
+    cfg, mask_why = placed_mask(cfg, compressed.masks, noise)
     choice = None
     if cfg.replica_choice.auto:
         choice = choose_replicas(inputs, noise, compressed, imp, cfg.layout, cfg.allocation, cfg.readback,
@@ -209,7 +211,30 @@ def prepare(inputs: Inputs, noise: NoiseModel, cfg: StoreConfig, n_cells: int, p
                          f"from cell {cfg.first_cell or 0}; the chip has {n_cells} cells")
     plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, cfg.allocation, lay.min_us)
     progress("prepare", 4, 4)
-    return Prepared(inputs, compressed, imp, lay, plan, acc_comp, choice)
+    if mask_why is None and layout_stage.mask_in_cells(cfg.layout, compressed.masks is not None) \
+            and not lay.mask_cells:
+        mask_why = (f"the calibrated gap is above {cfg.layout.mask_max_gap_fraction:g} of the window on this chip: "
+                    "the coded mask")
+    return Prepared(inputs, compressed, imp, lay, plan, acc_comp, choice, mask_why)
+
+
+def placed_mask(cfg: StoreConfig, masks: dict[str, np.ndarray] | None, noise: NoiseModel,
+                medium: Medium | None = None) -> tuple[StoreConfig, str | None]:
+    """``cfg`` with the keep-mask where it takes fewer cells, and why when that is not in the
+    cells as asked: one RESET-only cell per pruned weight against the range-coded mask on the
+    digital medium the noise model predicts (``medium``, else :func:`.digital_medium.predicted`).
+    At 75 % sparsity the cells win unless the medium holds 2 bits per cell; at 90 % the
+    coded mask (H(0.1) = 0.47 bits per weight) wins on any medium."""
+    if not layout_stage.mask_in_cells(cfg.layout, masks is not None):
+        return cfg, None
+    assert masks is not None
+    medium = medium or digital_medium.predicted(noise, cfg.layout.g_hi(noise), cfg.retention_s, cfg.medium, cfg.seed)
+    in_cells, coded = side_info.mask_cells_each_way(masks, medium)
+    if in_cells <= coded:
+        return cfg, None
+    why = (f"the coded mask takes fewer cells on the predicted medium ({medium.bits_per_cell} bit/cell): "
+           f"{coded:,.0f} against {in_cells:,.0f} in the cells")
+    return replace(cfg, layout=replace(cfg.layout, mask_in_cells=False)), why
 
 
 def chosen(cfg: StoreConfig, choice: ReplicaChoice | None) -> StoreConfig:
@@ -314,7 +339,8 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             "accuracy_compressed": prep.accuracy_compressed, "resumed": resumed,
             "replicas_per_weight": cfg.layout.replicas_per_weight,
             "replica_choice": store.stages(run_id)["layout"].get("replica_choice"),
-            "yield": float(prog["converged"].mean()), "mask_in_cells": _mask_in_cells(lay, cfg.layout, cfg.compression.sparsity > 0)}
+            "yield": float(prog["converged"].mean()),
+            "mask_in_cells": _mask_in_cells(lay, store.stages(run_id)["layout"].get("mask_why"))}
         report("evaluation", 0, 1)
         if "evaluation" not in store.stages(run_id):
             held = store.cells_of(run_id)
@@ -345,14 +371,12 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
     return StoreOutcome(record, back.decoded, per_cell)
 
 
-def _mask_in_cells(lay: Layout, cfg: LayoutConfig, pruned: bool) -> dict[str, Any]:
-    """Whether the keep-mask is in the cells, and if so its gap, threshold and cells."""
+def _mask_in_cells(lay: Layout, why: str | None) -> dict[str, Any]:
+    """Whether the keep-mask is in the cells, and if so its gap, threshold and cells; if not,
+    why (where the configuration asked for it)."""
     mic = [e for e in lay.encoded if e.mask_in_cells]
     if not mic:
-        if layout_stage.mask_in_cells(cfg, pruned):
-            return {"on": False, "why": f"the calibrated gap is above {cfg.mask_max_gap_fraction:g} of the window "
-                                        "on this chip: the coded mask"}
-        return {"on": False}
+        return {"on": False, **({"why": why} if why else {})}
     return {"on": True, "gap_us": mic[0].gap, "threshold_us": mic[0].threshold, "cells": lay.mask_cells,
             "tensors": len(mic)}
 
@@ -381,7 +405,7 @@ def _write_layout(store: RunStore, run_id: str, prep: Prepared, cells: np.ndarra
     store.append(run_id, "side", side)
     store.append(run_id, "layout", table, stage="layout", info={
         "accuracy_reference": prep.inputs.accuracy_reference, "accuracy_compressed": prep.accuracy_compressed,
-        "lagrange": prep.plan.lagrange,
+        "lagrange": prep.plan.lagrange, "mask_why": prep.mask_why,
         "replica_choice": None if prep.replica_choice is None else prep.replica_choice.figures()})
 
 

@@ -175,16 +175,6 @@ def knobs(options: dict[str, Any]) -> dict[str, Any]:
     return {k: j.get(k) for k in KNOBS}
 
 
-def simulated_medium(noise: NoiseModel, g_hi_us: float, retention_s: float, cfg: digital_medium.MediumConfig,
-                     seed: int = 0) -> Medium:
-    """The digital medium the evaluation stage would measure, drawn from the noise model:
-    the same test pattern, read after the retention time, decoded and sized the same way."""
-    pat = digital_medium.pattern(noise, g_hi_us, cfg)
-    reads, _ = simulate_reads(noise, pat.aims_us, pat.tolerance_us, pat.max_pulses, retention_s,
-                              np.random.default_rng(seed))
-    return digital_medium.choose(digital_medium.decode(pat, reads, cfg), cfg)
-
-
 def budget_for(noise: NoiseModel, lay: Layout, tolerance_us: float, caps: tuple[int, ...]) -> float:
     """The pulse budget (SET pulses + RESETs) that uniform ±``tolerance_us`` windows at cap 20
     would spend on the weight cells, plus the reference cells at the tightest option (as the
@@ -217,7 +207,7 @@ def plan_store(inputs: Inputs, noise: NoiseModel, base: dict[str, Any], cfg: Pla
     """Search ``cfg.space`` around the store options ``base`` (``StoreConfig.from_options``
     names; the planner sets sparsity, code, replicas_per_weight, replicas_per and
     pulse_budget) for the fewest total cells meeting the target; no chip."""
-    from .job import StoreConfig
+    from .job import StoreConfig, placed_mask
 
     t0 = time.monotonic()
     space = cfg.space
@@ -227,7 +217,7 @@ def plan_store(inputs: Inputs, noise: NoiseModel, base: dict[str, Any], cfg: Pla
     probe = StoreConfig.from_options(**base)
     ref_val = accuracy(inputs.network, inputs.val.x, inputs.val.y)
     target = ref_val - cfg.max_accuracy_drop
-    medium = simulated_medium(noise, probe.layout.g_hi(noise), probe.retention_s, probe.medium, seed=cfg.seed)
+    medium = digital_medium.predicted(noise, probe.layout.g_hi(noise), probe.retention_s, probe.medium, seed=cfg.seed)
 
     built: dict[int, _Built] = {}
     candidates: list[Candidate] = []
@@ -245,10 +235,11 @@ def plan_store(inputs: Inputs, noise: NoiseModel, base: dict[str, Any], cfg: Pla
                                                sc.compression)
             per_sparsity[s] = (comp, estimate(comp.model, inputs.names, inputs.train, sc.importance))
         comp, imp = per_sparsity[s]
+        sc, _ = placed_mask(sc, comp.masks, noise, medium)  # where the store job will put the mask
         lay = layout_stage.encode(comp.model, inputs.names, comp.masks, imp, noise, sc.layout, sc.retention_s)
         if bt is not None:
             options["pulse_budget"] = round(budget_for(noise, lay, bt, sc.allocation.caps))
-            sc = StoreConfig.from_options(**options)
+            sc = replace(sc, allocation=StoreConfig.from_options(**options).allocation)
         try:
             plan = allocation.plan_cells(noise, lay.targets, lay.importance, lay.reference, sc.allocation,
                                          lay.min_us)
@@ -392,4 +383,4 @@ def plan_and_store(chip: Any, noise: NoiseModel, store: Any, inputs: Inputs, bas
 
 
 __all__ = ["Candidate", "PlanConfig", "PlanResult", "SearchSpace", "budget_for", "knobs", "measured_beside",
-           "plan_and_store", "plan_store", "simulated_medium"]
+           "plan_and_store", "plan_store"]

@@ -15,6 +15,7 @@ import numpy as np
 from torch import nn
 
 from ..coding import CodeConfig, EncodedTensor, kept_per_row, unverified_positions
+from .digital_medium import Medium
 from .layout import Layout
 
 PROBABILITY_BITS = 16  # each symbol probability of a coded stream's model, stored beside it
@@ -78,9 +79,24 @@ def kept_count_bits(enc: EncodedTensor) -> int:
     """Bits of one tensor's kept weights per output channel (mask in the cells): each count
     less the smallest, in a fixed width that holds the largest, after a header with the
     smallest and the width."""
-    counts = kept_per_row(enc)
-    width = int(counts.max() - counts.min()).bit_length()
-    return COUNT_HEADER_BITS + width * counts.size
+    return _count_bits(kept_per_row(enc))
+
+
+def _count_bits(counts: np.ndarray) -> int:
+    return COUNT_HEADER_BITS + int(counts.max() - counts.min()).bit_length() * counts.size
+
+
+def mask_cells_each_way(masks: dict[str, np.ndarray], medium: Medium) -> tuple[float, float]:
+    """Cells the keep-masks take (in cells of a chip whose medium is ``medium``): in the cells
+    (one RESET-only cell per pruned weight, plus kept counts and the gap per tensor on the
+    medium), and range-coded on the medium."""
+    pruned, in_bits, coded = 0, 0, 0
+    for m in masks.values():
+        rows = np.asarray(m, bool).reshape(m.shape[0], -1)
+        pruned += int(rows.size - rows.sum())
+        in_bits += _count_bits(rows.sum(axis=1)) + MASK_SCALE_BITS
+        coded += coded_bits(rows.ravel())
+    return pruned + medium.cells(in_bits), medium.cells(coded)
 
 
 def replica_map_bits(enc: EncodedTensor) -> int:
