@@ -164,8 +164,8 @@ def test_cli_and_lab_script_run_the_same_code_and_estimate_first(tmp_path, capsy
     assert main(["study", "--quick", "--estimate-only", "--json", "--run-dir", str(tmp_path / "s")]) == 0
     out = capsys.readouterr()
     r = json.loads(out.out)
-    assert r["estimate"]["points"] == r["estimate"]["points_left"] == 20 and r["config"]["quick"]
-    assert out.err.startswith("study: 20 points (20 left) on ") and "estimated" in out.err
+    assert r["estimate"]["points"] == r["estimate"]["points_left"] == 22 and r["config"]["quick"]
+    assert out.err.startswith("study: 22 points (22 left) on ") and "estimated" in out.err
     script = runpy.run_path(str(Path(__file__).resolve().parents[1] / "lab_scripts" / "study.py"))
     assert script["main"](["--quick", "--estimate-only", "--run-dir", str(tmp_path / "s")]) == 0
     assert capsys.readouterr().err == out.err
