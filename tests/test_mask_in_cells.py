@@ -173,8 +173,8 @@ def test_cli_refuses_a_gap_outside_the_window_before_any_pulse(tmp_path) -> None
     assert bad.returncode == 2 and "mask gap must be in (" in bad.stderr and "half the window" in bad.stderr
 
 
-def test_the_mask_is_in_the_cells_by_default_and_old_runs_keep_theirs() -> None:
-    assert LayoutConfig().mask_in_cells and StoreConfig().layout.mask_in_cells
+def test_the_mask_is_coded_by_default_and_old_runs_keep_theirs() -> None:
+    assert not LayoutConfig().mask_in_cells and not StoreConfig().layout.mask_in_cells
     # a run recorded before the option read its coded mask: it still does
     old = StoreConfig.from_dict({**_asdict_without_mask_option(), })
     assert not old.layout.mask_in_cells
@@ -205,7 +205,7 @@ def test_a_window_too_narrow_for_the_gap_keeps_the_coded_mask(noise) -> None:
     fraction = gap / noise.levels_us_[-1]
     for limit, in_cells in ((fraction * 1.05, True), (fraction * 0.95, False)):
         lay = layout_stage.encode(comp.model, inputs.names, comp.masks, imp, noise,
-                                  LayoutConfig(mask_max_gap_fraction=limit), 86400.0)
+                                  LayoutConfig(mask_in_cells=True, mask_max_gap_fraction=limit), 86400.0)
         assert (lay.mask_cells > 0) is in_cells
         assert (side_bits(lay, CFG, comp.model, inputs.names)["mask"] > 0) is not in_cells
     with pytest.raises(ValueError, match=r"mask_max_gap_fraction must be in \(0, 0.5\]"):
@@ -240,7 +240,7 @@ def test_the_mask_goes_where_it_takes_fewer_cells(noise) -> None:
         pruned = sum(int((~m).sum()) for m in comp.masks.values())
         assert pruned == pytest.approx(sparsity * weights, abs=1) and pruned < cells < pruned + med.cells(600)
         assert (cells <= coded) is in_cells, (sparsity, med.cells_per_bit, cells, coded)
-        cfg = StoreConfig.from_options(model="mlp-digits", sparsity=sparsity)
+        cfg = StoreConfig.from_options(model="mlp-digits", sparsity=sparsity, mask_in_cells=True)
         placed, why = placed_mask(cfg, comp.masks, noise, med)
         assert placed.layout.mask_in_cells is in_cells and (why is None) is in_cells
         if not in_cells:

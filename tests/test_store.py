@@ -368,11 +368,9 @@ def test_cli_store_json(tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out["memory_reduction"]) == {"fp32_slc_ecc", "compressed_fp32_on_medium", "best_digital"}
-    # the mask in the cells by default: no coded mask, the kept weights per channel and the
-    # stored mask bits of the position cells that failed verify instead
-    assert set(out["side_cells"]) == {"mask", "kept_counts", "unverified_mask", "signs", "scales", "replica_map",
-                                      "verify_flags", "digital_parameters"}
-    assert out["side_cells"]["mask"] == 0 and out["mask_in_cells"]["on"]
+    # the coded mask by default (the mask in the cells is opt-in)
+    assert set(out["side_cells"]) == {"mask", "signs", "scales", "replica_map", "verify_flags", "digital_parameters"}
+    assert out["side_cells"]["mask"] > 0 and not out["mask_in_cells"]["on"]
     assert out["programmings"] == 5 and out["accuracy_stored_ci95"][0] <= out["accuracy_stored_mean"]
     assert (tmp_path / "r.png").stat().st_size > 10_000
     r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "load", out["run_id"], "--run-dir", str(tmp_path),

@@ -46,7 +46,7 @@ class Setting:
     replicas_per: str = "channel"         # one replica count per output channel, or per weight
     from_threshold: bool = True           # the sign code's window starts at the pruning threshold
     drift_compensation: bool = True       # reads corrected with the reference cells before decoding
-    mask_in_cells: bool = True            # the pruning mask in the cells (sign code), else range-coded
+    mask_in_cells: bool = True            # the pruning mask in the cells (sign code; the store job's opt-in), else coded
     ablation: str | None = None
 
     def store_options(self) -> dict[str, Any]:
