@@ -2,6 +2,7 @@
 any stage, preparation included (it took 317 s there)."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pcm_hil.run_store import RunStore
+from pcm_hil.store_job import model_cache
 
 from .processes import wait_for_journal
 
@@ -27,10 +29,11 @@ def lab(tmp_path_factory) -> Path:
     return d
 
 
-def _store(d: Path, model: str) -> subprocess.Popen:
+def _store(d: Path, model: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([*PCM_HIL, "store", "--model", model, "--noise-model", str(d / "noise.json"),
                              "--run-dir", str(d), "--report", "none", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=None if env is None else {**os.environ, **env})
 
 
 @pytest.mark.slow
@@ -54,8 +57,10 @@ def test_ctrl_c_during_preparation_acts_within_two_seconds(lab) -> None:
     db = lab / "pcm-hil.sqlite"
     with RunStore(db) as store:
         runs_before = len(store.runs())
-    p = _store(lab, "lenet5-fmnist")
-    time.sleep(12)  # inputs loaded, preparing (the whole preparation takes about a minute here)
+    # without the shipped fine-tunes the preparation takes minutes; with them it can end in
+    # under 12 s, and the Ctrl-C would land in program-and-verify instead
+    p = _store(lab, "lenet5-fmnist", {model_cache.SHIPPED_ENV: "off"})
+    time.sleep(12)  # inputs loaded, preparing
     assert p.poll() is None
     with RunStore(db) as store:
         assert len(store.runs()) == runs_before  # still preparing: no run yet
