@@ -173,9 +173,9 @@ def test_cli_and_lab_script_run_the_same_code_and_estimate_first(tmp_path, capsy
 
 def test_a_study_point_stores_as_the_main_job_does_but_for_what_its_setting_names() -> None:
     """A point with every strategy on is the ``pcm-hil store`` command line's config with its
-    replicas, sparsity and the mask in the cells (the study once ran with the coded mask
-    because its code options read as an old run's record); each ablation differs from its
-    base in the one stage option it names."""
+    replicas and sparsity (the study once ran with the coded mask where the store job put
+    the mask in the cells, because its code options read as an old run's record); each
+    ablation differs from its base in the one stage option it names."""
     from dataclasses import asdict
 
     from pcm_hil.cli import build_parser
@@ -186,11 +186,11 @@ def test_a_study_point_stores_as_the_main_job_does_but_for_what_its_setting_name
     base = next(s for s in cfg.settings if s.name == cfg.ablation_base)
     point = Point("lenet5-fmnist", base, DAY_S, 0)
     args = build_parser().parse_args(["store", "--model", "lenet5-fmnist", "--replicas", str(base.replicas_per_weight),
-                                      "--sparsity", str(base.sparsity), "--mask-in-cells"])
+                                      "--sparsity", str(base.sparsity)])
     cli = replace(store_config(args), baselines=point.store_config().baselines,
                   evaluation=point.store_config().evaluation, medium=point.store_config().medium)
     assert point.store_config() == cli
-    assert point.store_config().layout.mask_in_cells
+    assert not point.store_config().layout.mask_in_cells
     for s in cfg.ablation_settings()[0]:
         a, b = asdict(Point("lenet5-fmnist", s, DAY_S, 0).store_config()), asdict(point.store_config())
         changed = [(stage, k) for stage in a if isinstance(a[stage], dict)

@@ -46,7 +46,7 @@ class Setting:
     replicas_per: str = "channel"         # one replica count per output channel, or per weight
     from_threshold: bool = True           # the sign code's window starts at the pruning threshold
     drift_compensation: bool = True       # reads corrected with the reference cells before decoding
-    mask_in_cells: bool = True            # the pruning mask in the cells (sign code; the store job's opt-in), else coded
+    mask_in_cells: bool = False           # the pruning mask in the cells (sign code; the store job's opt-in), else coded
     ablation: str | None = None
 
     def store_options(self) -> dict[str, Any]:
@@ -109,8 +109,8 @@ def ablations(base: Setting) -> tuple[list[Setting], list[dict[str, str]]]:
                 ablation="clipping of the adaptive mapping (→ scale from max |w|, not the 99.5th percentile)"),
         replace(base, name=f"{base.name} no-drift-compensation", drift_compensation=False,
                 ablation="drift compensation (→ reads decoded as read; the reference cells still counted)"),
-        replace(base, name=f"{base.name} coded-mask", mask_in_cells=False,
-                ablation="the mask in the cells (→ the range-coded mask on the digital medium)"),
+        replace(base, name=f"{base.name} mask-in-cells", mask_in_cells=True,
+                ablation="the range-coded mask (→ the mask in the cells: one RESET-only cell per pruned weight)"),
     ]
     not_run = [{"strategy": "adaptive mapping: per-tensor scale",
                 "why": "the store job has no switch for one global scale (coding.scale_of is per tensor)"},
