@@ -50,7 +50,7 @@ class CalibrationConfig:
     level_min_us: float = 1.0
     level_max_fraction: float = 0.8
     tolerances_us: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 6.0)
-    max_pulses: int = 40
+    max_pulses: int = 80  # SET pulses per cell in the level sweep: the slow cells near saturation need 40–80
     n_avg: int = 8
     t0_s: float = 20.0
     retention_s: tuple[float, ...] = (20.0, 60.0, 200.0, 600.0, 2000.0, 6000.0, 20000.0, 86400.0)

@@ -108,7 +108,7 @@ class VerifyConfig:
     def set_amplitude(self, drive: Any, offset_v: Any = 0.0) -> np.ndarray:
         """SET amplitude (V) of ``drive`` for a cell whose learned threshold offset is ``offset_v``."""
         amp = self.set_threshold_v + np.asarray(offset_v) + (self.set_ref_v - self.set_threshold_v) * np.asarray(drive)
-        return np.minimum(amp, self.set_max_v)
+        return np.clip(amp, 0.0, self.set_max_v)
 
     @property
     def set_top_v(self) -> float:

@@ -68,3 +68,15 @@ def test_config_outside_soft_limits_sends_nothing() -> None:
     assert np.array_equal(chip.true_conductance(), before)
     with pytest.raises(ValueError, match="tolerance_us"):
         VerifyConfig(tolerance_us=float("nan"))
+
+
+def test_amplitude_lowered_by_overshoots_never_goes_below_zero() -> None:
+    """Each overshoot lowers a cell's SET amplitude; many of them must not ask the chip for a
+    negative pulse (it refused one, and the whole programming with it)."""
+    chip = EmulatedChip(Geometry(1, 16, 64), seed=3)
+    n = chip.geometry.n_cells
+    # an overshoot lowers the offset by 0.5 V: below 0 V after the first two
+    cfg = VerifyConfig(tolerance_us=0.05, max_pulses=30, max_resets=8, threshold_step_v=0.1, overshoot_step=5.0)
+    res = program_verify(chip, np.arange(n), np.full(n, 1.5), cfg)
+    assert res.resets.max() >= 3  # the cells did overshoot, and were pulsed again after it
+    assert np.all(cfg.set_amplitude(np.array([0.0, 0.5, 9.0]), -5.0) >= 0.0)

@@ -110,10 +110,10 @@ def build_parser() -> Parser:
     st.add_argument("--no-drift-compensation", dest="drift_compensation", action="store_false",
                     help="decode the reads as read, without the reference cells' correction (an ablation; "
                          "the reference cells are still programmed and counted)")
-    st.add_argument("--replicas", type=auto_or(float_in(1, 8)), default=1.5,
-                    help="mean replicas per kept weight, placed by importance: a number in [1, 8], or 'auto': the "
-                         "fewest whose predicted loss on the calibrated chip is within --max-storage-loss "
-                         "(default 1.5)")
+    st.add_argument("--replicas", type=auto_or(float_in(1, 8)), default="auto",
+                    help="mean replicas per kept weight, placed by importance: a number in [1, 8], or 'auto' "
+                         "(default): the fewest whose predicted loss on the calibrated chip is within "
+                         "--max-storage-loss")
     st.add_argument("--max-storage-loss", type=float_in(0, 100, lo_open=True), default=0.5, metavar="PP",
                     help="--replicas auto: predicted validation accuracy loss allowed against the compressed "
                          "model, pp (default 0.5)")

@@ -55,11 +55,12 @@ def benchmark(what: str, r: dict[str, Any]) -> str:
         ], title=f"wire benchmark over loopback, median of {r['repeats']}")
     if what == "devices":
         stored = "store" in r["devices"][0] if r["devices"] else False
-        rows = [[d["device"], d["g_sat_us"], d["top_level_us"], d["yield"], d["yield_healthy"], d["yield_worst_level"],
+        rows = [[d["device"], d["g_sat_us"], d["top_level_us"], d["yield"], d["yield_healthy"],
+                 d.get("yield_reachable"), d["yield_worst_level"],
                  d["pulses_mean"], d["sigma_rel_error_max"], d["pulses_rel_error"], d["drift_nu_rel_error"],
                  *([d["store"]["loss_pp"]] if stored else []), "yes" if r["meets"][d["device"]] else "no"]
                 for d in r["devices"]]
-        return format_table(["device", "g_sat µS", "top µS", "yield", "healthy", "worst level", "pulses",
+        return format_table(["device", "g_sat µS", "top µS", "yield", "healthy", "reachable", "worst level", "pulses",
                              "σ err", "pulse err", "ν err", *(["LeNet-5 loss pp"] if stored else []), "targets"], rows,
                             title=f"devices: calibrate ({r['sizes']['calibration']} cells), validate "
                                   f"({r['sizes']['validation']}), demo ({r['sizes']['demo']}, levels to 0.8 × "

@@ -34,7 +34,7 @@ class ReplicaChoiceConfig:
     """What the replica choice reads (``auto`` False: the layout's ``replicas_per_weight``)."""
 
     auto: bool = False
-    candidates: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)  # mean replicas per kept weight, tried ascending
+    candidates: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)  # mean replicas per kept weight, tried ascending
     max_storage_loss_pp: float = 0.5  # predicted validation accuracy below the compressed model's, pp
     draws: int = 4                    # noise-model programmings per candidate
 
