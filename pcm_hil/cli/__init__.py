@@ -45,7 +45,7 @@ def build_parser() -> Parser:
     b.add_argument("--model", default="lenet5-fmnist", help="budgets: registry model (default lenet5-fmnist)")
     b.add_argument("--profile", default="pcm-realistic", help="emulator: device profile (preset name or file)")
     b.add_argument("--replicas", type=float_in(1, 8), default=1.5, help="budgets: importance side, mean replicas per kept weight, "
-                                                                          "placed per output channel (default 1.5, as the store job)")
+                                                                          "placed per output channel (default 1.5; the store job chooses its own per chip)")
     b.add_argument("--devices", type=int_in(0, 1000), default=20,
                    help="devices: random devices besides every preset (default 20)")
     b.add_argument("--quick", action="store_true", help="devices: a small-cell version (4000 calibration cells)")
