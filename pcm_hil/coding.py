@@ -19,7 +19,10 @@ code                     cells per weight (× replicas r_i)                     
 =======================  =====================================================  ===============================
 
 Replicas (redundancy) may differ per weight: ``encode(..., replicas=r)`` with an array r
-(the allocator gives important weights more). Cells are flat arrays: ``owner`` says
+(the allocator gives important weights more), placed replica by replica: every kept
+weight's first replica in weight order, then the second replicas, and so on, so that one
+weight's replicas lie far apart on the chip and a stuck word line (or any fault local in
+the array) takes at most one of them. Cells are flat arrays: ``owner`` says
 which kept weight each cell serves, ``role`` which part (0 magnitude or G+, 1 G−,
 2 coarse, 3 fine). Every cell has a gain |∂w/∂G| (weight per µS) for the allocator.
 Pruned weights (mask 0) take no cells; the mask is range-coded on the digital medium.
@@ -171,11 +174,11 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
         raise ValueError(f"code {cfg.code!r} does not take replicas")
     idx = np.arange(v.size)
     if cfg.code in ("sign", "offset"):
-        owner = np.repeat(idx, r)
+        owner = replica_major(r)
         base = np.abs(a) if cfg.code == "sign" else a + span
         t, role, gain = base[owner], np.full(owner.size, MAGNITUDE), scale / r[owner]
     elif cfg.code == "pair":
-        one = np.repeat(idx, r)
+        one = replica_major(r)
         owner = np.concatenate([one, one])
         role = np.repeat([MAGNITUDE, MINUS], one.size)
         t = np.concatenate([np.maximum(a, 0)[one], np.maximum(-a, 0)[one]])
@@ -196,6 +199,14 @@ def encode(name: str, w: np.ndarray, cfg: CodeConfig, g_hi: float, mask: np.ndar
                          None if mask is None else np.asarray(mask, bool).reshape(w.shape),
                          (v < 0) if cfg.sign_bits else None, r.copy(), t.astype(np.float64),
                          owner.astype(np.int64), role.astype(np.int8), np.asarray(gain, np.float64), floor)
+
+
+def replica_major(r: np.ndarray) -> np.ndarray:
+    """Owners of ``r[i]`` replicas per weight i, replica by replica: ``[0, 1, …, n−1]``
+    (every first replica), then the weights with a second one, and so on."""
+    owner = np.repeat(np.arange(r.size), r)
+    k = np.arange(owner.size) - np.repeat(np.cumsum(r) - r, r)  # which replica of its weight each cell is
+    return owner[np.argsort(k, kind="stable")]
 
 
 def check_gap(gap: float | None, threshold: float | None, g_hi: float) -> None:

@@ -407,6 +407,28 @@ def test_decode_trusts_only_verified_replicas() -> None:
     assert np.allclose(decode(enc, enc.targets_us, pair, trusted), [0.5, 0.0, 1.0])
 
 
+
+@pytest.mark.parametrize("code", ["sign", "pair"])
+def test_a_stuck_word_line_takes_at_most_one_replica_of_a_weight(code: str) -> None:
+    """Replicas are placed replica by replica, so a run of adjacent cells (a word line of
+    512) holds at most one replica of any weight: with every cell of one row failed, each
+    weight with two replicas still decodes exactly from the other."""
+    cfg = CodeConfig(code, percentile=100.0)
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, 3000)
+    enc = encode("w", w, cfg, 20.0, None, 2)
+    roles = [0] if code == "sign" else [0, 1]
+    for role in roles:
+        own = enc.owner[enc.role == role]
+        for start in range(0, own.size - 511, 512):  # every word line
+            assert np.unique(own[start:start + 512]).size == 512
+    trusted = np.ones(enc.cells, bool)
+    trusted[1000:1512] = False  # one stuck row of a 512-cell array
+    reads = enc.targets_us.copy()
+    reads[1000:1512] = 19.9
+    assert np.allclose(decode(enc, reads, cfg, trusted), w)
+
+
 TINY_NET = '''
 import torch.nn as nn
 import torch.nn.functional as F
