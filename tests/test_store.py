@@ -407,7 +407,6 @@ def test_decode_trusts_only_verified_replicas() -> None:
     assert np.allclose(decode(enc, enc.targets_us, pair, trusted), [0.5, 0.0, 1.0])
 
 
-
 @pytest.mark.parametrize("code", ["sign", "pair"])
 def test_a_stuck_word_line_takes_at_most_one_replica_of_a_weight(code: str) -> None:
     """Replicas are placed replica by replica, so a run of adjacent cells (a word line of

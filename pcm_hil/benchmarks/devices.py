@@ -100,8 +100,8 @@ def run(n_devices: int = 20, quick: bool = False, seed: int = 0, store: bool = F
             finally:
                 model_cache.use(None)
     out: dict[str, Any] = {"sizes": sizes, "targets": TARGETS, "devices": rows}
-    keys = ("yield", "yield_healthy", "yield_reachable", "yield_worst_level", "sigma_rel_error_max", "pulses_rel_error",
-            "drift_nu_rel_error")
+    keys = ("yield", "yield_healthy", "yield_reachable", "yield_worst_level", "sigma_rel_error_max",
+            "pulses_rel_error", "drift_nu_rel_error")
     out["worst"] = {k: (min if k.startswith("yield") else max)(r[k] for r in rows if r[k] is not None
                                                                   and not math.isnan(r[k])) for k in keys}
     out["meets"] = {r["device"]: bool(r["yield"] >= TARGETS["yield_min"] and max(
