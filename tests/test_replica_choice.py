@@ -59,11 +59,12 @@ def test_the_fewest_replicas_within_the_target_are_chosen(mlp, noise) -> None:
 
 
 def test_a_noisier_chip_gets_more_replicas(mlp, noise) -> None:
-    """The same network on a chip whose programming error is 3× larger needs more replicas
-    for the same predicted loss."""
+    """The same network on a chip whose programming error is 5× larger needs more replicas
+    for the same predicted loss (measured: 1.5 replicas at 0.17 pp on the chip; 0.92 pp there
+    on the noisier one, which takes 4; 3× was within the 0.3 pp target at 1.5 as well)."""
     steps = (1.0, 1.5, 2.0, 3.0, 4.0)  # coarser than the default: mlp-digits scores in 0.28 pp steps
     base = _choose(mlp, noise, candidates=steps, max_storage_loss_pp=0.3, draws=3)
-    worse = _choose(mlp, _noisier(noise, 3.0), candidates=steps, max_storage_loss_pp=0.3, draws=3)
+    worse = _choose(mlp, _noisier(noise, 5.0), candidates=steps, max_storage_loss_pp=0.3, draws=3)
     assert worse.replicas_per_weight > base.replicas_per_weight
 
 
