@@ -254,6 +254,12 @@ class Chip(ABC):
         such counter; ``load`` compares them with the counts recorded when a model was stored."""
         return None
 
+    def sibling(self, offset: int) -> "Chip":
+        """A fresh chip of the same device type, for measuring chip-to-chip spread; only the
+        emulator has them (chip seed + ``offset``, same profile, geometry and temperature).
+        A bench has one chip: ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} has one chip: sibling chips exist only on the emulator")
+
     def attach_state(self, path: "str | os.PathLike[str]") -> None:
         """Keep the chip's state in ``path`` from now on (``sync`` writes it). A no-op on
         hardware, whose cells keep their state; the emulator saves itself there."""

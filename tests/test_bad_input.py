@@ -124,6 +124,9 @@ def _cases(d: Path, run_id: str) -> dict[str, tuple[list[str], str]]:
         "model-file-foreign-keys": (store + ["--checkpoint", str(d / "foreign.pt")], "fc9.weight|does not match"),
         "model-weights-nan": (store + ["--checkpoint", str(d / "nan.pt")], "NaN or infinite"),
         "bn-samples-negative": (store + ["--bn-samples", "-1"], r"argument --bn-samples: must be in \[0, 100000\], got -1"),
+        "chips-on-a-bench": (store + ["--bench", str(d / "bench.toml"), "--chips", "2"], "a bench has one chip"),
+        "chips-above-programmings": (store + ["--programmings", "2", "--chips", "3"],
+                                     r"chips must be an integer in \[1, min\(8, programmings = 2\)\]"),
         "model-unknown": ([*store[:2], "nope", *store[3:]], "unknown model 'nope'"),
         # no --noise-model: a late check would come after an on-the-spot calibration (pulses, a run)
         "data-dir-missing": (["store", "--model", "mlp-digits", "--data-dir", str(d / "nowhere"), "--run-dir", str(d),
@@ -184,7 +187,7 @@ CASE_IDS = ["bench-not-toml", "bench-unknown-key", "bench-no-board", "bench-limi
             "noise-model-field-missing", "run-dir-is-a-file", "run-store-corrupted", "run-store-truncated",
             "chip-state-truncated", "resume-unknown-run", "resume-finished-run", "resume-wrong-kind",
             "model-file-pickle", "model-file-not-state-dict", "model-file-foreign-keys", "model-weights-nan",
-            "bn-samples-negative", "model-unknown", "own-model-no-checkpoint", "data-dir-missing"]
+            "bn-samples-negative", "chips-on-a-bench", "chips-above-programmings", "model-unknown", "own-model-no-checkpoint", "data-dir-missing"]
 
 
 @pytest.mark.parametrize("case", CASE_IDS)

@@ -208,10 +208,11 @@ def test_devices_bench_stores_on_an_unknown_device() -> None:
 
 def test_the_devices_bench_uses_the_main_jobs_options() -> None:
     from pcm_hil.benchmarks.devices import MAIN_JOB
-    from pcm_hil.cli import build_parser
+    from pcm_hil.cli import build_parser, commands
 
     store = build_parser().parse_args(["store"])
     assert (store.sparsity, store.replicas) == (MAIN_JOB["sparsity"], MAIN_JOB["replicas"])
+    assert commands.evaluation_chips(store) == MAIN_JOB["chips"]
 
 
 def test_the_devices_bench_counts_yield_over_all_healthy_and_reachable_cells() -> None:

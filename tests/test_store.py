@@ -253,8 +253,8 @@ def _store(tmp_path, noise, **kw):
     store = RunStore(tmp_path / "s.sqlite")
     # 2 programmings and a small medium test: the 16,384-cell chip holds the calibration too
     opts = dict(model="mlp-digits", sparsity=0.5, replicas_per_weight=2.0, importance_samples=300, programmings=2,
-                medium_cells=256, **kw)
-    return chip, store, opts
+                medium_cells=256)
+    return chip, store, {**opts, **kw}
 
 
 def test_store_and_load_end_to_end(tmp_path, noise) -> None:
@@ -703,3 +703,36 @@ def test_competitor_tries_nm_starts_and_counts_their_mask_as_groups() -> None:
     assert bits4 < quantized(net, inp.names, 4, 1.0)[1]
     with pytest.raises(ValueError, match="N:M"):
         BaselineConfig(nm_patterns=((4, 2),))
+
+
+def test_programmings_spread_over_sibling_chips(tmp_path, noise) -> None:
+    """chips = 2: the copies alternate between the job's chip and a fresh sibling (seed + 1);
+    the job's chip holds cells only for its own copies, and the sibling's copy is a real
+    programming (its pulses, its own accuracy)."""
+    chip, store, opts = _store(tmp_path, noise, programmings=3, chips=2)
+    r = run_store_job(chip, noise, store, StoreConfig.from_options(**opts)).record
+    assert r["chip_ids"] == [chip.chip_id(), "emulated:pcm:seed=3:1x128x128"] and r["programming_chips"] == [0, 0, 1]
+    held = store.cells_of(r["run_id"])
+    assert np.isin(np.flatnonzero(chip.pulse_count), held).all()  # nothing written outside the run's cells
+    one_chip = EmulatedChip(GEOM, profile="pcm", seed=2)
+    with RunStore(tmp_path / "t.sqlite") as other:
+        one = run_store_job(one_chip, noise, other, StoreConfig.from_options(**{**opts, "chips": 1})).record
+        assert one["programming_chips"] == [0, 0, 0] and other.cells_of(one["run_id"]).size == held.size + r["cells"]
+    # as many pulses for the copies, wherever they went; the sibling's copy decodes like the others
+    assert 0.8 < r["evaluation_pulses"] / one["evaluation_pulses"] < 1.25
+    assert r["accuracy_stored_programmings"][2] > r["accuracy_reference"] - 0.05
+    store.close()
+
+
+def test_sibling_chips_need_the_emulator(tmp_path, noise) -> None:
+    from pcm_hil.bench import BenchChip
+    from pcm_hil.emulator.instruments import VirtualBench
+
+    with pytest.raises(ValueError, match=r"chips must be an integer in \[1, min\(8, programmings = 2\)\]"):
+        StoreConfig.from_options(model="mlp-digits", programmings=2, chips=3)
+    with VirtualBench(GEOM, seed=2) as vb, BenchChip(vb.bench_config()) as chip, \
+            RunStore(tmp_path / "s.sqlite") as store:
+        before = vb.chip.pulse_count.sum()
+        with pytest.raises(ValueError, match="only the emulator has"):
+            run_store_job(chip, noise, store, StoreConfig.from_options(model="mlp-digits", programmings=2, chips=2))
+        assert vb.chip.pulse_count.sum() == before and store.runs().empty

@@ -31,7 +31,7 @@ LEVELS, LEVEL_MIN_US, TOP_FRACTION, TOLERANCE_US = 8, 1.0, 0.8, 0.5  # the demo'
 FULL = {"calibration": 20_000, "validation": 10_000, "demo": 20_000}
 QUICK = {"calibration": 4_000, "validation": 3_000, "demo": 4_000}
 COLS = 256
-MAIN_JOB = {"sparsity": 0.75, "replicas": "auto"}  # pcm-hil store's defaults (the command line's)
+MAIN_JOB = {"sparsity": 0.75, "replicas": "auto", "chips": 2}  # pcm-hil store's defaults (the command line's)
 
 
 def devices(n_random: int, seed: int = 0) -> list[tuple[str, Any]]:
@@ -123,7 +123,7 @@ def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lene
     auto = replicas == "auto"
     cfg = StoreConfig.from_options(model=model, sparsity=MAIN_JOB["sparsity"],
                                    replicas_per_weight=1.5 if auto else replicas, replicas_auto=auto,
-                                   digital_baseline=False, seed=seed)
+                                   chips=MAIN_JOB["chips"], digital_baseline=False, seed=seed)
     inputs = load_inputs(cfg.network)
     chip = EmulatedChip(profile=profile, seed=seed)
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as rs:

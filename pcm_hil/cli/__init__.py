@@ -133,6 +133,9 @@ def build_parser() -> Parser:
     st.add_argument("--programmings", type=int_in(1, 100), default=5,
                     help="programmings of the layout the stored accuracy is averaged over, with a 95 %% interval "
                          "(default 5: the stored one and 4 copies on free cells after it)")
+    st.add_argument("--chips", type=int_in(1, 8), default=None,
+                    help="chips the programmings are spread over, round robin: the job's chip and emulated "
+                         "sibling chips (chip seed + 1, ...); default 2 on the emulator, 1 on a bench")
     st.add_argument("--medium-cells", type=int_in(256, 1_000_000), default=16384,
                     help="data cells per density of the digital-medium test (default 16384)")
     st.add_argument("--digital-nm", type=nm_list, default=(), metavar="N:M,...",
@@ -171,6 +174,9 @@ def build_parser() -> Parser:
                     help="seconds between programming and read-back")
     pl.add_argument("--programmings", type=int_in(1, 100), default=5,
                     help="programmings the measured accuracy is averaged over (default 5)")
+    pl.add_argument("--chips", type=int_in(1, 8), default=None,
+                    help="chips the programmings are spread over (as for store; default 2 on the emulator, 1 on a "
+                         "bench)")
     pl.add_argument("--medium-cells", type=int_in(256, 1_000_000), default=16384,
                     help="data cells per density of the digital-medium test (default 16384)")
     pl.add_argument("--no-digital-baseline", action="store_true",

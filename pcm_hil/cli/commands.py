@@ -123,6 +123,17 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluation_chips(args: argparse.Namespace) -> int:
+    """``--chips``, or its default: 2 on the emulator (the job's chip and one sibling), 1 on a
+    bench; never more than the programmings."""
+    if args.chips is None:
+        return 1 if args.bench else min(2, args.programmings)
+    if args.bench and args.chips > 1:
+        raise ValueError(f"--chips {args.chips}: a bench has one chip (sibling chips exist only on the emulator); "
+                         "accepted with --bench: 1")
+    return args.chips
+
+
 def store_config(args: argparse.Namespace) -> Any:
     """The :class:`~pcm_hil.store_job.StoreConfig` of a ``store`` command line."""
     from ..coding import CodeConfig
@@ -136,6 +147,7 @@ def store_config(args: argparse.Namespace) -> Any:
         replicas_per_weight=1.5 if args.replicas == "auto" else args.replicas, replicas_auto=args.replicas == "auto",
         max_storage_loss_pp=args.max_storage_loss, replicas_per=args.replicas_per, retention_s=args.retention,
         bn_samples=args.bn_samples, drift_compensation=args.drift_compensation, programmings=args.programmings,
+        chips=evaluation_chips(args),
         medium_cells=args.medium_cells, digital_nm=args.digital_nm, seed=args.seed,
         overwrite=args.overwrite, mask_in_cells=args.mask_in_cells, mask_gap_us=args.mask_gap,
         **({} if args.loss_margin is None else {"loss_margin": args.loss_margin}))
@@ -190,6 +202,7 @@ def plan(args: argparse.Namespace) -> int:
     cfg = PlanConfig(max_accuracy_drop=args.max_accuracy_drop / 100, space=space, max_draws=args.max_draws,
                      min_draws=min(8, args.max_draws), final_draws=args.final_draws, seed=args.seed)
     base = dict(model=own_model_name(args.model), retention_s=args.retention, programmings=args.programmings,
+                chips=evaluation_chips(args),
                 medium_cells=args.medium_cells, digital_baseline=not args.no_digital_baseline, seed=args.seed,
                 overwrite=args.overwrite)
     StoreConfig.from_options(**base)  # refuses bad options before any pulse

@@ -161,6 +161,12 @@ def _precision(option: dict[str, Any]) -> str:
     return option.get("precision") or f"{option['bits']} bits"  # runs recorded before mixed precision lack it
 
 
+def _on_chips(r: dict[str, Any]) -> str:
+    """' on 2 chips (seed=0, seed=1)' where the programmings were spread over sibling chips."""
+    ids = r.get("chip_ids") or []
+    return f" on {len(ids)} chips ({', '.join(i.split(':')[-2] for i in ids)})" if len(ids) > 1 else ""
+
+
 def store(r: dict[str, Any]) -> str:
     mr, best, med = r["memory_reduction"], r["best_digital"], r["digital_medium"]
     lo, hi = r["accuracy_stored_ci95"]
@@ -169,7 +175,8 @@ def store(r: dict[str, Any]) -> str:
         ["accuracy: reference (float)", f"{r['accuracy_reference']:.2%}"],
         ["accuracy: compressed, stored digitally", f"{r['accuracy_compressed']:.2%}"],
         [f"accuracy: stored, read after {r['retention_s']:g} s",
-         f"{r['accuracy_stored_mean']:.2%} (95 % CI {lo:.2%} – {hi:.2%}, {r['programmings']} programmings)"],
+         f"{r['accuracy_stored_mean']:.2%} (95 % CI {lo:.2%} – {hi:.2%}, {r['programmings']} programmings"
+         f"{_on_chips(r)})"],
         *([["  the same, keeping the stored BN statistics", f"{r['accuracy_stored_without_bn_recalibration']:.2%}"]]
           if "accuracy_stored_without_bn_recalibration" in r else []),
         ["weights / analog cells", f"{r['weights']:,} / {r['analog_cells']:,}"],

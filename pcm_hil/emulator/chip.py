@@ -579,6 +579,14 @@ class EmulatedChip(Chip):
         shape = "x".join(str(v) for v in self.geometry.shape)
         return f"emulated:{self.profile.name}:seed={self.seed}:{shape}"
 
+    def sibling(self, offset: int) -> "EmulatedChip":
+        if type(offset) is not int or offset < 1:
+            raise ValueError(f"offset must be a positive integer, got {offset!r}")
+        other = EmulatedChip(self.geometry, profile=self.profile, seed=self.seed + offset, limits=self.limits)
+        if self.temperature_k() != other.temperature_k():
+            other.set_temperature_k(self.temperature_k())
+        return other
+
     def attach_state(self, path: "str | Path") -> None:
         self.state_file = Path(path)
         self.sync()

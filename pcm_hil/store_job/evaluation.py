@@ -36,15 +36,23 @@ class EvaluationConfig:
     """What the evaluation stage reads."""
 
     programmings: int = 5  # realizations of the layout the stored accuracy is averaged over (≥ 1)
+    chips: int = 1  # chips they are spread over, round robin (> 1: the emulator's sibling chips)
 
     def __post_init__(self) -> None:
         if type(self.programmings) is not int or not 1 <= self.programmings <= 100:
             raise ValueError(f"programmings must be an integer in [1, 100], got {self.programmings!r}")
+        if type(self.chips) is not int or not 1 <= self.chips <= min(8, self.programmings):
+            raise ValueError(f"chips must be an integer in [1, min(8, programmings = {self.programmings})], "
+                             f"got {self.chips!r}")
+
+    def chip_of(self) -> list[int]:
+        """Per programming (the stored one first, on the job's chip = 0), the chip it is on."""
+        return [p % self.chips for p in range(self.programmings)]
 
 
 def cells_needed(layout_cells: int, cfg: EvaluationConfig, medium: MediumConfig) -> int:
-    """Cells the evaluation programs after the model."""
-    return layout_cells * (cfg.programmings - 1) + medium.cells()
+    """Cells the evaluation programs on the job's chip after the model."""
+    return layout_cells * (cfg.chip_of().count(0) - 1) + medium.cells()
 
 
 def interval95(values: list[float]) -> list[float]:
@@ -62,6 +70,8 @@ class Evaluation:
     accuracy_val: list[float]
     medium: Medium
     pulses: int                 # SET pulses + RESETs the extra programmings and the medium test spent
+    chips: list[int]            # per programming, the chip it is on (0: the job's chip)
+    chip_ids: list[str]         # per chip
     mask_decoding: list[dict[str, int]] | None = None  # per programming (the stored one first): mask in the cells
 
     def figures(self) -> dict[str, Any]:
@@ -70,27 +80,63 @@ class Evaluation:
                 "accuracy_stored_ci95": interval95(self.accuracy_test),
                 "accuracy_stored_val_mean": float(np.mean(self.accuracy_val)),
                 "accuracy_stored_val_ci95": interval95(self.accuracy_val),
+                "programming_chips": self.chips, "chip_ids": self.chip_ids,
                 "evaluation_pulses": self.pulses, "digital_medium": self.medium.as_dict(),
                 **({"mask_decoding_programmings": self.mask_decoding} if self.mask_decoding else {})}
 
 
-def evaluate(chip: Chip, noise: NoiseModel, cells: np.ndarray, layout: Layout, plan: Plan, vcfg: VerifyConfig,
-             inputs: Inputs, model: Any, code: CodeConfig, stored: tuple[float, float], retention_s: float,
-             cfg: EvaluationConfig, medium_cfg: MediumConfig, readback: ReadbackConfig, g_hi_us: float,
-             stop: Callable[[], bool] | None = None, run_id: str = "",
+def evaluate(chip: Chip, noise: NoiseModel, model_cells: np.ndarray, cells: np.ndarray, layout: Layout, plan: Plan,
+             vcfg: VerifyConfig, inputs: Inputs, model: Any, code: CodeConfig, stored: tuple[float, float],
+             retention_s: float, cfg: EvaluationConfig, medium_cfg: MediumConfig, readback: ReadbackConfig,
+             g_hi_us: float, stop: Callable[[], bool] | None = None, run_id: str = "",
              stored_mask: dict[str, int] | None = None) -> Evaluation:
     """Program the copies and the medium pattern on ``cells`` (the run's cells after the
-    model's, in order: one range or several), wait, read, score.
+    model's ``model_cells``, in order: one range or several), wait, read, score; copies that
+    ``cfg`` puts on sibling chips go there at the stored model's positions and the next ones.
     ``stored``: (test, validation) accuracy of the stored programming."""
     n = layout.targets.size
-    copies = cfg.programmings - 1
+    chip_of = cfg.chip_of()
+    here = chip_of.count(0) - 1
     pat = digital_medium.pattern(noise, g_hi_us, medium_cfg)
-    aims = np.concatenate([np.tile(plan.aim_us, copies), pat.aims_us])
-    tol = np.concatenate([np.tile(plan.tolerance_us, copies), pat.tolerance_us])
-    cap = np.concatenate([np.tile(plan.max_pulses, copies), pat.max_pulses])
-    if cells.size < aims.size:
-        raise ValueError(f"the evaluation needs {aims.size} cells, the run holds {cells.size} for it")
-    cells = np.asarray(cells[:aims.size], dtype=np.int64)
+    need = here * n + pat.aims_us.size
+    if cells.size < need:
+        raise ValueError(f"the evaluation needs {need} cells, the run holds {cells.size} for it")
+    cells = np.asarray(cells[:need], dtype=np.int64)
+    reads, converged, pulses = _program_copies(chip, cells, plan, here, vcfg, retention_s, stop, run_id, pat)
+    medium = digital_medium.choose(digital_medium.decode(pat, reads[here * n:], medium_cfg), medium_cfg)
+    copies = [(reads[k * n:(k + 1) * n], converged[k * n:(k + 1) * n]) for k in range(here)]
+    chip_ids = [chip.chip_id()]
+    for c in range(1, cfg.chips):
+        other = chip.sibling(c)
+        count = chip_of.count(c)
+        positions = np.concatenate([model_cells, cells])[:count * n]
+        r, conv, p = _program_copies(other, positions, plan, count, vcfg, retention_s, stop, run_id)
+        copies += [(r[k * n:(k + 1) * n], conv[k * n:(k + 1) * n]) for k in range(count)]
+        pulses += p
+        chip_ids.append(other.chip_id())
+    order = [0] + sorted(range(1, cfg.programmings), key=lambda p: chip_of[p])  # programmings in `copies` order
+    acc_test, acc_val = [stored[0]], [stored[1]]
+    masks = [stored_mask] if stored_mask is not None else None
+    for r, conv in copies:
+        back = evaluate_reads(r, model, inputs.names, layout, code, conv, inputs.train, inputs.test, readback,
+                              inputs.val)
+        acc_test.append(back.figures["accuracy_stored"])
+        acc_val.append(back.figures["accuracy_stored_val"])
+        if masks is not None:
+            masks.append(back.figures["mask_decoding"])
+    return Evaluation(acc_test, acc_val, medium, pulses, [chip_of[p] for p in order], chip_ids, masks)
+
+
+def _program_copies(chip: Chip, cells: np.ndarray, plan: Plan, copies: int, vcfg: VerifyConfig, retention_s: float,
+                    stop: Callable[[], bool] | None, run_id: str, pattern: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """``copies`` programmings of ``plan`` (and the medium ``pattern``, if given) on ``cells``
+    of ``chip``, one wait of ``retention_s``, one read: (reads µS, converged, pulses)."""
+    parts = [np.tile(plan.aim_us, copies)], [np.tile(plan.tolerance_us, copies)], [np.tile(plan.max_pulses, copies)]
+    if pattern is not None:
+        for part, extra in zip(parts, (pattern.aims_us, pattern.tolerance_us, pattern.max_pulses)):
+            part.append(extra)
+    aims, tol, cap = (np.concatenate(p) for p in parts)
     res = program_verify(chip, cells, aims, replace(vcfg, max_pulses=int(cap.max())),
                          tolerance_us=tol, max_pulses=cap, stop=stop)
     if res.stop_reason == "interrupted":
@@ -102,15 +148,4 @@ def evaluate(chip: Chip, noise: NoiseModel, cells: np.ndarray, layout: Layout, p
 
     wait_until(chip, chip.now() + retention_s, between)
     reads = chip.read(cells, n_avg=vcfg.n_avg).astype(np.float64)
-    acc_test, acc_val = [stored[0]], [stored[1]]
-    masks = [stored_mask] if stored_mask is not None else None
-    for k in range(copies):
-        part = slice(k * n, (k + 1) * n)
-        back = evaluate_reads(reads[part], model, inputs.names, layout, code, res.converged[part], inputs.train,
-                              inputs.test, readback, inputs.val)
-        acc_test.append(back.figures["accuracy_stored"])
-        acc_val.append(back.figures["accuracy_stored_val"])
-        if masks is not None:
-            masks.append(back.figures["mask_decoding"])
-    medium = digital_medium.choose(digital_medium.decode(pat, reads[copies * n:], medium_cfg), medium_cfg)
-    return Evaluation(acc_test, acc_val, medium, int(res.pulses.sum() + res.resets.sum() + cells.size), masks)
+    return reads, res.converged, int(res.pulses.sum() + res.resets.sum() + cells.size)

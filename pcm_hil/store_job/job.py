@@ -98,7 +98,8 @@ class StoreConfig:
         "loss_margin": ("allocation", "loss_margin"), "caps": ("allocation", "caps"),
         "bn_samples": ("readback", "bn_samples"), "drift_compensation": ("readback", "drift_compensation"),
         "digital_baseline": ("baselines", "search"), "digital_nm": ("baselines", "nm_patterns"),
-        "programmings": ("evaluation", "programmings"), "medium_cells": ("medium", "cells_per_density"),
+        "programmings": ("evaluation", "programmings"),
+        "chips": ("evaluation", "chips"), "medium_cells": ("medium", "cells_per_density"),
     }
 
     @classmethod
@@ -255,6 +256,9 @@ def run_store_job(chip: Chip, noise: NoiseModel, store: RunStore, cfg: StoreConf
     """
     report = progress or _silent
     t_start = time.monotonic()
+    if cfg.evaluation.chips > 1 and type(chip).sibling is Chip.sibling:
+        raise ValueError(f"chips = {cfg.evaluation.chips} needs sibling chips, which only the emulator has "
+                         f"({type(chip).__name__} is one chip): use chips = 1")
     torch.manual_seed(cfg.seed)
     inputs = inputs or load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, chip.geometry.n_cells, report)
@@ -346,7 +350,7 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
             held = store.cells_of(run_id)
             if held is None or held.size < cells.size + cells_needed(cells.size, cfg.evaluation, cfg.medium):
                 raise ValueError(f"run {run_id} holds no cells for its evaluation (recorded before cells had owners)")
-            ev = evaluate(chip, noise, held[cells.size:], lay, prep.plan, vcfg, inputs, prep.compressed.model,
+            ev = evaluate(chip, noise, cells, held[cells.size:], lay, prep.plan, vcfg, inputs, prep.compressed.model,
                           cfg.layout.code, (back.figures["accuracy_stored"], back.figures["accuracy_stored_val"]),
                           cfg.retention_s, cfg.evaluation, cfg.medium, cfg.readback, cfg.layout.g_hi(noise), stop,
                           run_id, back.figures.get("mask_decoding"))
