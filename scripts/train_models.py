@@ -26,7 +26,7 @@ def train(name: str, epochs: int | None, seed: int, batch: int = 128) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     full_train, test_set = datasets.load(s.dataset)
-    train_set, _ = datasets.hold_out(full_train)  # the validation split stays unseen
+    train_set, val_set = datasets.hold_out(full_train)  # the validation split stays unseen in training
     model = s.build()
     epochs = epochs or s.epochs
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
@@ -42,11 +42,12 @@ def train(name: str, epochs: int | None, seed: int, batch: int = 128) -> dict:
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
         sched.step()
-        acc = accuracy(model, test_set.x, test_set.y)
-        print(f"{name} epoch {epoch + 1}/{epochs}: test accuracy {acc:.4f} ({time.time() - t0:.0f} s)", flush=True)
+        val = accuracy(model, val_set.x, val_set.y)
+        print(f"{name} epoch {epoch + 1}/{epochs}: validation accuracy {val:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    acc = accuracy(model, test_set.x, test_set.y)
     path = CHECKPOINTS / f"{name}.pt"
     torch.save(model.state_dict(), path)
-    return {"file": path.name, "sha256": sha256(path), "dataset": s.dataset, "test_accuracy": acc,
+    return {"file": path.name, "sha256": sha256(path), "dataset": s.dataset, "test_accuracy": acc, "validation_accuracy": val,
             "epochs": epochs, "seed": seed, "trained_on": f"{len(y)} of {len(full_train.y)} training examples "
                                                              "(the validation split held out)", "parameters": sum(p.numel() for p in model.parameters()),
             "command": f"python scripts/train_models.py {name} --epochs {epochs} --seed {seed}",

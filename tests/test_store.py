@@ -691,7 +691,8 @@ def test_competitor_tries_nm_starts_and_counts_their_mask_as_groups() -> None:
     _, tried = _strongest_digital(inp, inp.network, None, medium, target, CompressionConfig(), ReadbackConfig(), cfg)
     nm = [o for o in tried if o.start == "pruned 2:4"]
     assert nm and all(o.sparsity == 0.5 for o in nm)
-    net, masks = cached_prune_nm(inp.network, inp.names, 2, 4, inp.train.x, inp.train.y, 3, seed=0)
+    net, masks = cached_prune_nm(inp.network, inp.names, 2, 4, inp.train.x, inp.train.y,
+                                 CompressionConfig().finetune_epochs, seed=0)
     assert all(m.sum() * 2 == m.size for m in masks.values())  # every 4 inputs keep 2 (fc sizes divisible by 4)
     first = nm[0]  # 2 bits, post-training, clip 1.0
     _, bits = quantized(net, inp.names, first.bits, 1.0, ((2, 4), masks))

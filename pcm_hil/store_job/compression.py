@@ -73,8 +73,10 @@ Perturb = Callable[[str, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def finetune(model: nn.Module, masks: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, epochs: int,
-             lr: float = 3e-4, batch: int = 128, seed: int = 0, perturb: Perturb | None = None) -> nn.Module:
-    """``model`` fine-tuned in place with the keep-masks held fixed.
+             lr: float = 3e-4, batch: int = 128, seed: int = 0, perturb: Perturb | None = None,
+             anneal: bool = False) -> nn.Module:
+    """``model`` fine-tuned in place with the keep-masks held fixed (Adam at ``lr``; with
+    ``anneal`` the rate falls from ``lr`` to 0 on a cosine over the steps).
 
     ``perturb(name, w, generator)`` (optional) gives the value each masked tensor takes in
     the forward and backward pass of a step, while the optimizer updates the clean weights
@@ -94,11 +96,13 @@ def finetune(model: nn.Module, masks: dict[str, np.ndarray], x: np.ndarray, y: n
         return model
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = max(1, len(y) // batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps) if anneal else None
     rng = np.random.default_rng(seed)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(epochs):
         model.train()
-        for idx in np.array_split(rng.permutation(len(y)), max(1, len(y) // batch)):
+        for idx in np.array_split(rng.permutation(len(y)), steps):
             idx = torch.from_numpy(idx)
             opt.zero_grad()
             clean = {}
@@ -113,15 +117,18 @@ def finetune(model: nn.Module, masks: dict[str, np.ndarray], x: np.ndarray, y: n
                     for n, w in clean.items():
                         params[n].copy_(w)
             opt.step()
+            if schedule is not None:
+                schedule.step()
             apply()
     model.eval()
     return model
 
 
 def prune_and_finetune(model: nn.Module, names: list[str], sparsity: float, x: np.ndarray, y: np.ndarray,
-                       epochs: int = 1, lr: float = 3e-4, batch: int = 128, seed: int = 0, noise: float = 0.0
+                       epochs: int = 1, lr: float = 2e-3, batch: int = 128, seed: int = 0, noise: float = 0.0
                        ) -> tuple[nn.Module, dict[str, np.ndarray]]:
-    """A pruned copy of ``model`` fine-tuned with the masks held fixed, and the masks.
+    """A pruned copy of ``model`` fine-tuned with the masks held fixed (the rate annealed from
+    ``lr`` to 0), and the masks.
 
     ``noise`` > 0 makes the fine-tuning hardware-aware: each step sees the analog weights
     perturbed by Gaussian noise of ``noise`` × the tensor's max |w| (kept weights only),
@@ -134,7 +141,7 @@ def prune_and_finetune(model: nn.Module, names: list[str], sparsity: float, x: n
         return w + torch.randn(w.shape, generator=gen) * noise * w.abs().max()
 
     train = sparsity > 0 or noise > 0
-    finetune(pruned, masks, x, y, epochs if train else 0, lr, batch, seed, noisy if noise > 0 else None)
+    finetune(pruned, masks, x, y, epochs if train else 0, lr, batch, seed, noisy if noise > 0 else None, anneal=True)
     return pruned, masks
 
 
@@ -160,7 +167,7 @@ class CompressionConfig:
     """What the compression stage reads."""
 
     sparsity: float = 0.0         # fraction of weights pruned, [0, 1)
-    finetune_epochs: int = 3
+    finetune_epochs: int = 6  # cosine from 2e-3 (prune_and_finetune), chosen on validation data
     training_noise: float = 0.02  # fine-tuning noise, fraction of each tensor's max |w|
     quantize_levels: int | None = None  # levels of |w| kept (the multilevel code); None: float
     seed: int = 0

@@ -252,11 +252,11 @@ def cached_prune(network: nn.Module, names: list[str], sparsity: float, x: np.nd
 def cached_prune_nm(network: nn.Module, names: list[str], n: int, m: int, x: np.ndarray, y: np.ndarray,
                     epochs: int = 1, seed: int = 0) -> tuple[nn.Module, dict[str, np.ndarray]]:
     """N:M magnitude pruning (:func:`.compression.nm_masks`) and fine-tuning with the masks
-    held fixed (:func:`.compression.finetune`, default rate and batch), from the cache."""
+    held fixed (:func:`.compression.finetune` as prune_and_finetune runs it), from the cache."""
     def compute() -> tuple[nn.Module, dict[str, np.ndarray]]:
         pruned = copy.deepcopy(network)
         masks = compression.nm_masks(pruned, names, n, m)
-        return finetune(pruned, masks, x, y, epochs, seed=seed), masks
+        return finetune(pruned, masks, x, y, epochs, lr=2e-3, seed=seed, anneal=True), masks  # as prune_and_finetune
 
     model, masks = _cached(network, names, x, y, prune_nm_settings(n, m, epochs, seed), compute)
     assert masks is not None
