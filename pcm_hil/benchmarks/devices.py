@@ -2,7 +2,8 @@
 
 Per device: the calibration's learned loop settings, the held-out validation errors (σ,
 pulses, ν; targets ≤ 10 %), and a demo on fresh cells with levels from 1 µS to 0.8 × the
-measured saturation (yield; target ≥ 99 %; pulses per cell). Two more yields use emulator
+measured saturation, stuck cells screened out and spares used as the demo does (yield;
+target ≥ 99 %; pulses per cell; the screen's catch against the emulator's stuck cells). Two more yields use emulator
 ground truth no chip offers (labelled as such): the healthy-cell yield leaves out the cells
 the emulator made stuck; the reachable yield also leaves out the cells whose own saturation
 lies below their level + the tolerance (the SET-state spread puts 1–3 % of the cells of a
@@ -22,9 +23,11 @@ import numpy as np
 
 from ..calibrate import CalibrationConfig, learned_settings, run_calibration, validate
 from ..chip import Geometry
+from ..demo import DemoConfig
 from ..emulator import EmulatedChip, preset_names, random_profile
 from ..program import program_verify
 from ..run_store import RunStore
+from ..screening import screen
 
 TARGETS = {"yield_min": 0.99, "held_out_rel_error_max": 0.10, "store_loss_pp_max": 1.0}
 LEVELS, LEVEL_MIN_US, TOP_FRACTION, TOLERANCE_US = 8, 1.0, 0.8, 0.5  # the demo's defaults
@@ -45,9 +48,10 @@ def one_device(label: str, profile: Any, sizes: dict[str, int], seed: int = 0,
                progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
     """Calibrate, validate and demo one device with default options; the figures."""
     report = progress or (lambda *a: None)
-    total = sum(sizes.values())
-    chip = EmulatedChip(Geometry(1, -(-total // COLS), COLS), profile=profile, seed=seed)
     c, v, d = sizes["calibration"], sizes["validation"], sizes["demo"]
+    claimed = DemoConfig(cells=d).cells_claimed()  # the demo screens spares beside its cells
+    total = c + v + claimed
+    chip = EmulatedChip(Geometry(1, -(-total // COLS), COLS), profile=profile, seed=seed)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as store:
         report(f"{label}: calibrate", 0, 3)
@@ -55,13 +59,17 @@ def one_device(label: str, profile: Any, sizes: dict[str, int], seed: int = 0,
     report(f"{label}: validate", 1, 3)
     val = validate(chip, model, cells=np.arange(c, c + v), check_chip=False)
     report(f"{label}: demo", 2, 3)
-    # the demo's protocol (pcm-hil demo with its defaults, no read-back): levels 1 µS … 0.8 ×
-    # the measured saturation, ±0.5 µS, the loop settings the calibration learned
-    cells = np.arange(c + v, c + v + d, dtype=np.int64)
-    settings = learned_settings(chip, cells, TOLERANCE_US, model)
+    # the demo's protocol (pcm-hil demo with its defaults, no read-back): stuck cells screened
+    # out and spares used, levels 1 µS … 0.8 × the measured saturation, ±0.5 µS, the loop
+    # settings the calibration learned
+    candidates = np.arange(c + v, c + v + claimed, dtype=np.int64)
+    settings = learned_settings(chip, candidates, TOLERANCE_US, model)
+    screened = screen(chip, candidates, settings.verify)
+    cells = candidates[screened.usable][:d]
     levels = np.linspace(LEVEL_MIN_US, TOP_FRACTION * settings.g_sat_us, LEVELS)
-    targets = levels[np.arange(d) % LEVELS]
+    targets = levels[np.arange(cells.size) % LEVELS]
     res = program_verify(chip, cells, targets, settings.verify)
+    truly_stuck = chip.stuck[candidates] != 0
     healthy = chip.stuck[cells] == 0  # emulator ground truth: the cells it made stuck ...
     reachable = healthy & (chip.g_sat[cells] >= targets + TOLERANCE_US)  # ... and those that saturate below
     per_level = [float(res.converged[targets == lv].mean()) for lv in levels]
@@ -79,7 +87,10 @@ def one_device(label: str, profile: Any, sizes: dict[str, int], seed: int = 0,
         "yield_reachable": float(res.converged[reachable].mean()),
         "yield_worst_level": min(per_level), "yield_per_level": [round(y, 4) for y in per_level],
         "pulses_mean": float(res.pulses.mean()), "resets_mean": float(res.resets.mean()),
-        "top_level_us": float(levels[-1]), "stuck_fraction": float(1 - healthy.mean()),
+        "top_level_us": float(levels[-1]), "stuck_fraction": float(truly_stuck.mean()),
+        "screen": {"flagged": float(1 - screened.usable.mean()), "programmed": int(cells.size),
+                   "stuck_missed": float(np.mean(screened.usable[truly_stuck])) if truly_stuck.any() else 0.0,
+                   "healthy_flagged": float(np.mean(~screened.usable[~truly_stuck]))},
     }
 
 

@@ -27,6 +27,9 @@ def build_parser() -> Parser:
     d = sub.add_parser("demo", parents=[chip, rd, ow, js], help="program and read back an array; print per-level statistics")
     d.add_argument("--cells", type=int_in(1, 100_000_000), default=20_000, help="cells to program (default 20000)")
     d.add_argument("--levels", type=int_in(1, 64), default=8, help="target levels across the window (default 8)")
+    d.add_argument("--spares", type=float_in(0, 1), default=0.05,
+                   help="spare cells screened beside --cells, as a fraction of it, standing in for stuck cells the "
+                        "screen finds (RESET, SET, RESET, a read after each); 0: no screen (default 0.05)")
     d.add_argument("--tolerance", type=float_in(0, 100, lo_open=True), default=0.5,
                    help="verify tolerance in µS (default 0.5)")
     d.add_argument("--read-after", type=SECONDS_UP_TO_10_YEARS, nargs="+", default=[20.0, 3600.0, 86400.0], metavar="S",

@@ -39,7 +39,7 @@ def demo(args: argparse.Namespace) -> int:
     model = NoiseModel.load(args.noise_model) if args.noise_model else None
     with app.open_store(args.run_dir) as rs, app.chip_for_run(ChipOptions.of(args), rs) as chip:
         cfg = DemoConfig(cells=args.cells, levels=args.levels, tolerance_us=args.tolerance,
-                         read_after_s=tuple(args.read_after))
+                         read_after_s=tuple(args.read_after), spare_fraction=args.spares)
         with tqdm(total=min(cfg.cells, chip.geometry.n_cells), desc="program-and-verify", unit="cell",
                   disable=args.json or not sys.stderr.isatty()) as bar:
             def work(cells):  # the range and the loop settings from calibration (see calibrate.learned_settings)
@@ -47,7 +47,8 @@ def demo(args: argparse.Namespace) -> int:
                 settings = DemoSettings(learned.verify, learned.g_sat_us, learned.source)
                 return run_demo(chip, cfg, progress=lambda d, t: bar.update(d - bar.n), cells=cells, settings=settings)
 
-            r = app.owned_run(chip, rs, "demo", min(cfg.cells, chip.geometry.n_cells), work, overwrite=args.overwrite)
+            r = app.owned_run(chip, rs, "demo", min(cfg.cells_claimed(), chip.geometry.n_cells), work,
+                              overwrite=args.overwrite)
     _emit(args, r, lambda: render.demo(r, args.seed))
     return 0
 

@@ -30,6 +30,7 @@ def demo(r: dict[str, Any], seed: int) -> str:
         f" (tolerance ±{r['verify']['tolerance_us']} µS, seed {seed})",
         f"levels up to {per_level[-1]['target_us']:.3g} µS = 0.8 × measured saturation {r['g_sat_us']:.3g} µS "
         f"(loop settings and range from {r['settings_from']})",
+        *([f"screened {sc['cells']} cells: {sc['stuck']} stuck, left out"] if (sc := r.get("screen")) else []),
         f"yield {s['yield']:.1%}, {s['pulses_total']} SET pulses (mean {s['pulses_mean']:.2f}, p95 "
         f"{s['pulses_p95']:.0f}), {s['resets_total']} RESET restarts, {s['seconds']:.2f} s",
         "",
@@ -55,12 +56,13 @@ def benchmark(what: str, r: dict[str, Any]) -> str:
         ], title=f"wire benchmark over loopback, median of {r['repeats']}")
     if what == "devices":
         stored = "store" in r["devices"][0] if r["devices"] else False
-        rows = [[d["device"], d["g_sat_us"], d["top_level_us"], d["yield"], d["yield_healthy"],
-                 d.get("yield_reachable"), d["yield_worst_level"],
+        rows = [[d["device"], d["g_sat_us"], d["top_level_us"], d.get("screen", {}).get("flagged"), d["yield"],
+                 d["yield_healthy"], d.get("yield_reachable"), d["yield_worst_level"],
                  d["pulses_mean"], d["sigma_rel_error_max"], d["pulses_rel_error"], d["drift_nu_rel_error"],
                  *([d["store"]["loss_pp"]] if stored else []), "yes" if r["meets"][d["device"]] else "no"]
                 for d in r["devices"]]
-        return format_table(["device", "g_sat µS", "top µS", "yield", "healthy", "reachable", "worst level", "pulses",
+        return format_table(["device", "g_sat µS", "top µS", "screened out", "yield", "healthy", "reachable",
+                             "worst level", "pulses",
                              "σ err", "pulse err", "ν err", *(["LeNet-5 loss pp"] if stored else []), "targets"], rows,
                             title=f"devices: calibrate ({r['sizes']['calibration']} cells), validate "
                                   f"({r['sizes']['validation']}), demo ({r['sizes']['demo']}, levels to 0.8 × "
