@@ -115,8 +115,8 @@ def build_parser() -> Parser:
                          "the reference cells are still programmed and counted)")
     st.add_argument("--replicas", type=auto_or(float_in(1, 8)), default="auto",
                     help="mean replicas per kept weight, placed by importance: a number in [1, 8], or 'auto' "
-                         "(default): the fewest whose predicted loss on the calibrated chip is within "
-                         "--max-storage-loss")
+                         "(default): the fewest of 1.25, 1.5, ..., 4 whose predicted loss on the calibrated chip is "
+                         "within --max-storage-loss")
     st.add_argument("--max-storage-loss", type=float_in(0, 100, lo_open=True), default=0.5, metavar="PP",
                     help="--replicas auto: predicted validation accuracy loss allowed against the compressed "
                          "model, pp (default 0.5)")
