@@ -40,7 +40,6 @@ class DemoConfig:
         if not 0 < self.g_hi_fraction <= 1:
             raise ValueError(f"g_hi_fraction must be in (0, 1], got {self.g_hi_fraction!r}")
 
-
     def cells_claimed(self) -> int:
         """Cells the demo screens: ``cells`` and the spares."""
         return self.cells + math.ceil(self.cells * self.spare_fraction)
@@ -62,8 +61,8 @@ def run_demo(chip: Chip, cfg: DemoConfig, progress: Callable[[int, int], None] |
     """Screen ``cells`` for stuck ones (default: the first ``cfg.cells_claimed()``, at most the
     chip's; :mod:`pcm_hil.screening`), program the first ``cfg.cells`` usable ones to levels
     from ``level_min_us`` to ``g_hi_fraction`` × the measured saturation and read them back;
-    the result record. With ``spare_fraction`` 0 nothing is screened. ``settings`` give the loop and the measured saturation (required; see
-    :func:`pcm_hil.calibrate.learned_settings`). The command line passes cells the demo run
+    the result record. With ``spare_fraction`` 0 nothing is screened. ``settings`` give the
+    loop and the measured saturation (required; see :func:`pcm_hil.calibrate.learned_settings`). The command line passes cells the demo run
     owns. ``outcome``, a list, receives the per-cell
     :class:`~pcm_hil.program.VerifyResult`."""
     if cells is None:

@@ -2,11 +2,11 @@
 controller maps out bad columns).
 
 A cell stuck at one conductance (stuck RESET, stuck SET, or held at some value, alone or on
-an open word or bit line) ignores both pulse kinds. The screen gives every cell a RESET, a
-SET at the loop's top amplitude and another RESET, reading after each (three pulses and
-three batched reads per cell), and calls a cell stuck when the SET moved it less than a
-small fraction of the batch's typical move, or when a RESET left it far above the batch's
-RESET level. The thresholds come from the batch itself (medians and MADs), so the screen
+an open word or bit line) ignores both pulse kinds. The screen gives every cell a RESET,
+SET pulses at the loop's top amplitude (a second and more only to cells that have not yet
+moved) and another RESET, with a batched read after each step, and calls a cell stuck when
+the SETs moved it less than a small fraction of the batch's typical move, or when a RESET
+left it far above the batch's RESET level. The thresholds come from the batch itself (medians and MADs), so the screen
 needs no device numbers beyond the loop settings calibration measured. Healthy cells end
 in the RESET state, as program-and-verify expects them.
 """
@@ -28,10 +28,6 @@ class Screen:
     reset_us: np.ndarray
     set_us: np.ndarray
     reset_again_us: np.ndarray
-
-    @property
-    def stuck_fraction(self) -> float:
-        return float(1 - self.usable.mean()) if self.usable.size else 0.0
 
 
 def screen(chip: Chip, cells: np.ndarray, vcfg: VerifyConfig, set_pulses: int = 6, move_fraction: float = 0.25,

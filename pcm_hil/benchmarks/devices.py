@@ -3,8 +3,8 @@
 Per device: the calibration's learned loop settings, the held-out validation errors (σ,
 pulses, ν; targets ≤ 10 %), and a demo on fresh cells with levels from 1 µS to 0.8 × the
 measured saturation, stuck cells screened out and spares used as the demo does (yield;
-target ≥ 99 %; pulses per cell; the screen's catch against the emulator's stuck cells). Two more yields use emulator
-ground truth no chip offers (labelled as such): the healthy-cell yield leaves out the cells
+target ≥ 99 %; pulses per cell; the screen's catch against the emulator's stuck cells).
+Two more yields use emulator ground truth no chip offers (labelled as such): the healthy-cell yield leaves out the cells
 the emulator made stuck; the reachable yield also leaves out the cells whose own saturation
 lies below their level + the tolerance (the SET-state spread puts 1–3 % of the cells of a
 wide window there: no loop can reach them).

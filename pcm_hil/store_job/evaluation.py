@@ -114,7 +114,6 @@ def evaluate(chip: Chip, noise: NoiseModel, model_cells: np.ndarray, cells: np.n
         copies += [(r[k * n:(k + 1) * n], conv[k * n:(k + 1) * n]) for k in range(count)]
         pulses += p
         chip_ids.append(other.chip_id())
-    order = [0] + sorted(range(1, cfg.programmings), key=lambda p: chip_of[p])  # programmings in `copies` order
     acc_test, acc_val = [stored[0]], [stored[1]]
     masks = [stored_mask] if stored_mask is not None else None
     for r, conv in copies:
@@ -124,7 +123,8 @@ def evaluate(chip: Chip, noise: NoiseModel, model_cells: np.ndarray, cells: np.n
         acc_val.append(back.figures["accuracy_stored_val"])
         if masks is not None:
             masks.append(back.figures["mask_decoding"])
-    return Evaluation(acc_test, acc_val, medium, pulses, [chip_of[p] for p in order], chip_ids, masks)
+    # the stored programming and the copies, grouped by chip as programmed: chip indices ascending
+    return Evaluation(acc_test, acc_val, medium, pulses, sorted(chip_of), chip_ids, masks)
 
 
 def _program_copies(chip: Chip, cells: np.ndarray, plan: Plan, copies: int, vcfg: VerifyConfig, retention_s: float,
@@ -132,11 +132,13 @@ def _program_copies(chip: Chip, cells: np.ndarray, plan: Plan, copies: int, vcfg
                     ) -> tuple[np.ndarray, np.ndarray, int]:
     """``copies`` programmings of ``plan`` (and the medium ``pattern``, if given) on ``cells``
     of ``chip``, one wait of ``retention_s``, one read: (reads µS, converged, pulses)."""
-    parts = [np.tile(plan.aim_us, copies)], [np.tile(plan.tolerance_us, copies)], [np.tile(plan.max_pulses, copies)]
-    if pattern is not None:
-        for part, extra in zip(parts, (pattern.aims_us, pattern.tolerance_us, pattern.max_pulses)):
-            part.append(extra)
-    aims, tol, cap = (np.concatenate(p) for p in parts)
+    def per_cell(of_plan: np.ndarray, of_pattern: str) -> np.ndarray:
+        tiled = np.tile(of_plan, copies)
+        return tiled if pattern is None else np.concatenate([tiled, getattr(pattern, of_pattern)])
+
+    aims = per_cell(plan.aim_us, "aims_us")
+    tol = per_cell(plan.tolerance_us, "tolerance_us")
+    cap = per_cell(plan.max_pulses, "max_pulses")
     res = program_verify(chip, cells, aims, replace(vcfg, max_pulses=int(cap.max())),
                          tolerance_us=tol, max_pulses=cap, stop=stop)
     if res.stop_reason == "interrupted":
