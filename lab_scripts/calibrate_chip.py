@@ -5,7 +5,7 @@ Measures (level sweep with program-and-verify, read noise, retention, faults), f
 noise model, writes it with its PNG report, then programs fresh cells and prints how
 well the model predicts them. Everything measured goes to the run store.
 
-    python lab_scripts/calibrate_chip.py --cells 20000 --out chip7.json
+    python lab_scripts/calibrate_chip.py --cells 40000 --out chip7.json
     python lab_scripts/calibrate_chip.py --bench bench.toml --cells 4000 --validate-cells 2000
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pcm_hil.app import ChipOptions, StageProgress, chip_arguments, chip_for_run
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 parents=[chip_arguments()])
-    p.add_argument("--cells", type=int, default=20_000, help="cells to calibrate on")
+    p.add_argument("--cells", type=int, default=CalibrationConfig.cells, help="cells to calibrate on")
     p.add_argument("--validate-cells", type=int, default=10_000, help="fresh cells for the check (0: skip)")
     p.add_argument("--out", default="noise-model.json", help="model file")
     p.add_argument("--run-dir", default="runs", help="run store directory")

@@ -21,7 +21,6 @@ from .chip import Chip, Geometry
 from .run_store import CellClaim, RunStore
 
 STORE_FILE = "pcm-hil.sqlite"
-CALIBRATION_CELLS = 20_000  # a job without a noise model calibrates on the chip's last free cells
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ def noise_model_for(chip: Chip, store: RunStore, path: str | None, seed: int = 0
         chip.require_same_chip(model.provenance.get("chip_id"), f"noise model {path} was fitted")
         return model
     n = chip.geometry.n_cells
-    cells = min(CALIBRATION_CELLS, n // 4)
+    cells = min(CalibrationConfig.cells, n // 4)
     _, model = run_calibration(chip, store, CalibrationConfig(cells=cells, seed=seed), progress=progress, stop=stop,
                                from_end=True, purpose=purpose)
     return model

@@ -65,7 +65,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     chip = EmulatedChip(seed=seed)
     n = chip.geometry.n_cells
     with tempfile.TemporaryDirectory() as d, RunStore(f"{d}/s.sqlite") as store:
-        _, noise = run_calibration(chip, store, CalibrationConfig(cells=20_000, first_cell=n - 20_000, seed=seed))
+        _, noise = run_calibration(chip, store, CalibrationConfig(first_cell=n - CalibrationConfig.cells, seed=seed))
     cfg = StoreConfig.from_options(model=model, sparsity=0.75, replicas_per_weight=replicas, seed=seed)
     inputs = load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, n, report)

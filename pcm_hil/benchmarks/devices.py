@@ -31,7 +31,7 @@ from ..screening import screen
 
 TARGETS = {"yield_min": 0.99, "held_out_rel_error_max": 0.10, "store_loss_pp_max": 1.0}
 LEVELS, LEVEL_MIN_US, TOP_FRACTION, TOLERANCE_US = 8, 1.0, 0.8, 0.5  # the demo's defaults
-FULL = {"calibration": 20_000, "validation": 10_000, "demo": 20_000}
+FULL = {"calibration": CalibrationConfig.cells, "validation": 20_000, "demo": 20_000}
 QUICK = {"calibration": 4_000, "validation": 3_000, "demo": 4_000}
 COLS = 256
 MAIN_JOB = {"sparsity": 0.75, "replicas": "auto", "chips": 2}  # pcm-hil store's defaults (the command line's)
@@ -138,8 +138,8 @@ def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lene
     inputs = load_inputs(cfg.network)
     chip = EmulatedChip(profile=profile, seed=seed)
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as rs:
-        # as a store without --noise-model does: calibrate on the chip's last 20,000 free cells
-        _, noise = run_calibration(chip, rs, CalibrationConfig(cells=min(20_000, chip.geometry.n_cells // 4),
+        # as a store without --noise-model does: calibrate on the chip's last free cells
+        _, noise = run_calibration(chip, rs, CalibrationConfig(cells=min(CalibrationConfig.cells, chip.geometry.n_cells // 4),
                                                                seed=seed), progress=progress, from_end=True)
         rec = run_store_job(chip, noise, rs, cfg, progress=progress, inputs=inputs).record
     keys = ("accuracy_reference", "accuracy_compressed", "accuracy_stored_mean", "accuracy_stored_ci95", "programmings",

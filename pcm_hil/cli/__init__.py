@@ -73,7 +73,8 @@ def build_parser() -> Parser:
     c = sub.add_parser("calibrate", help="measure the chip and fit its noise model, or validate a model")
     csub = c.add_subparsers(dest="action", required=True, parser_class=Parser)
     cr = csub.add_parser("run", parents=[chip, rd, ow, js], help="calibrate: measure and fit")
-    cr.add_argument("--cells", type=int_in(64, 10_000_000), default=20_000, help="cells to use (default 20000)")
+    cr.add_argument("--cells", type=int_in(64, 10_000_000), default=None,
+                    help="cells to use (default: the calibration's, 40000: about 830 per level and tolerance)")
     cr.add_argument("--first-cell", type=int_in(0, 2**40), default=None,
                     help="first cell index used (default: the first free cells; held cells are refused)")
     cr.add_argument("--out", default="noise-model.json", help="model file to write (JSON)")

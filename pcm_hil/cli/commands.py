@@ -107,7 +107,7 @@ def calibrate(args: argparse.Namespace) -> int:
                               settings={"noise_model": noise.provenance}, overwrite=args.overwrite)
         _emit(args, r, lambda: render.validation(r, args.noise_model, args.tolerance, args.max_pulses))
         return 0
-    cfg = CalibrationConfig(cells=args.cells, first_cell=args.first_cell, seed=args.seed)
+    cfg = CalibrationConfig(cells=args.cells or CalibrationConfig.cells, first_cell=args.first_cell, seed=args.seed)
     with app.open_store(args.run_dir) as store, app.chip_for_run(ChipOptions.of(args), store, args.resume) as chip, \
             StopRequest() as stop, _bars(args) as bar:
         run_id, noise = run_calibration(chip, store, cfg, progress=bar, stop=stop, resume=args.resume,
@@ -120,7 +120,7 @@ def calibrate(args: argparse.Namespace) -> int:
             data = {t: store.read(run_id, t) for t in ("programming", "retention", "trace")}
             report = str(write_report(noise, data, args.report or str(args.out).removesuffix(".json") + ".png"))
     summary = {"run_id": run_id, "noise_model": str(args.out), "report": report, "store": str(store.path), **noise.summary()}
-    _emit(args, summary, lambda: render.calibration(summary, noise, args.cells))
+    _emit(args, summary, lambda: render.calibration(summary, noise, cfg.cells))
     return 0
 
 
