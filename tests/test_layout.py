@@ -24,7 +24,7 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("pcm_hil.cli", PROJECT),
     ("pcm_hil.app", ("pcm_hil.__init__", "pcm_hil.app", "pcm_hil.chip", "pcm_hil.calibrate", "pcm_hil.checkpoint", "pcm_hil.run_store",
                      "pcm_hil.bench", "pcm_hil.emulator", "pcm_hil_noisemodel")),
-    ("pcm_hil.benchmarks", ("pcm_hil.benchmarks", "pcm_hil.bench", "pcm_hil.calibrate", "pcm_hil.checkpoint",
+    ("pcm_hil.benchmarks", ("pcm_hil.benchmarks", "pcm_hil.app", "pcm_hil.bench", "pcm_hil.calibrate", "pcm_hil.checkpoint",
                             "pcm_hil.chip", "pcm_hil.demo", "pcm_hil.emulator", "pcm_hil.models", "pcm_hil.program",
                             "pcm_hil.run_store", "pcm_hil.screening", "pcm_hil.store_job", "pcm_hil_noisemodel")),
     ("pcm_hil.study", ("pcm_hil.study", "pcm_hil.app", "pcm_hil.chip", "pcm_hil.coding", "pcm_hil.store_job",

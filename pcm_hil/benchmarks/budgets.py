@@ -43,7 +43,7 @@ import numpy as np
 
 from pcm_hil_noisemodel import NoiseModel
 
-from ..calibrate import CalibrationConfig, run_calibration
+from ..app import noise_model_for
 from ..emulator import EmulatedChip
 from ..models import accuracy
 from ..program import VerifyConfig, naive_config, program_verify
@@ -65,7 +65,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     chip = EmulatedChip(seed=seed)
     n = chip.geometry.n_cells
     with tempfile.TemporaryDirectory() as d, RunStore(f"{d}/s.sqlite") as store:
-        _, noise = run_calibration(chip, store, CalibrationConfig(first_cell=n - CalibrationConfig.cells, seed=seed))
+        noise = noise_model_for(chip, store, None, seed=seed)  # the chip's last free cells, as the store job
     cfg = StoreConfig.from_options(model=model, sparsity=0.75, replicas_per_weight=replicas, seed=seed)
     inputs = load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, n, report)

@@ -128,6 +128,7 @@ def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lene
                replicas: float | str = MAIN_JOB["replicas"]) -> dict[str, Any]:
     """A LeNet-5 store with the main job's options on ``profile`` (calibrating on the spot,
     no competitor search): its mean accuracy after a day against the reference."""
+    from ..app import noise_model_for
     from ..store_job import StoreConfig, run_store_job
     from ..store_job.inputs import load_inputs
 
@@ -138,9 +139,7 @@ def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lene
     inputs = load_inputs(cfg.network)
     chip = EmulatedChip(profile=profile, seed=seed)
     with tempfile.TemporaryDirectory() as tmp, RunStore(f"{tmp}/s.sqlite") as rs:
-        # as a store without --noise-model does: calibrate on the chip's last free cells
-        _, noise = run_calibration(chip, rs, CalibrationConfig(cells=min(CalibrationConfig.cells, chip.geometry.n_cells // 4),
-                                                               seed=seed), progress=progress, from_end=True)
+        noise = noise_model_for(chip, rs, None, seed=seed, progress=progress)  # as a store without --noise-model
         rec = run_store_job(chip, noise, rs, cfg, progress=progress, inputs=inputs).record
     keys = ("accuracy_reference", "accuracy_compressed", "accuracy_stored_mean", "accuracy_stored_ci95", "programmings",
             "pulses", "yield", "total_cells", "replicas_per_weight", "replica_choice")
