@@ -56,6 +56,16 @@ class SMUChannel(Channel):
         """One current measurement (A)."""
         return _tsp_float(self.ask("print(smu{ch}.measure.i())"))
 
+    def measure_current_sourced(self) -> tuple[float, bool, float]:
+        """One current measurement (A) with the output state and source level (V) it was taken
+        at, in one exchange: ``(current_a, output_on, level_v)``. A command that runs between
+        two separate queries (one still in flight on a connection that was dropped) cannot
+        come between these three."""
+        parts = self.ask("print(smu{ch}.measure.i(), smu{ch}.source.output, smu{ch}.source.levelv)").split("\t")
+        if len(parts) != 3:
+            raise ProtocolError(f"expected current, output and level, got {len(parts)} values: {parts!r}")
+        return _tsp_float(parts[0]), _tsp_float(parts[1]) == 1.0, _tsp_float(parts[2])
+
     def reset(self) -> None:
         self.write("smu{ch}.reset()")
 

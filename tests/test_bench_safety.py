@@ -230,6 +230,36 @@ def test_each_fault_on_an_instrument_link_is_a_typed_error(instrument: str, kind
             assert emu.errors.pop()[0] == LINE_TRANSIENT_CODE
 
 
+def test_a_late_command_that_switches_the_smu_off_is_caught_by_the_reading(monkeypatch) -> None:
+    """A command still in flight on a dropped connection can run after the output was read
+    back on (the emulator's silent and delay faults do this). Here a second client switches
+    the output off, over its own connection, just after cell 2 is routed: the reading proves
+    the state it was taken in, so the open-circuit current is refused, the SMU set up again
+    and every cell read right."""
+    with VirtualBench(GEOM, seed=1) as vb, BenchChip(_cfg(vb)) as chip:
+        cells = np.arange(6)
+        chip.pulse(cells, "SET", 1.4, 100e-9)
+        late = Keithley2600.from_resource(vb.addresses["smu"], timeout_s=2.0)
+        route, fired = BenchChip._route, []
+
+        def route_then_late_off(self, cell, port):
+            route(self, cell, port)
+            if port == "SMU" and cell == 2 and not fired:
+                fired.append(cell)
+                late.smua.output_enabled = False
+                assert late.smua.output_enabled is False  # executed before the chip measures
+
+        monkeypatch.setattr(BenchChip, "_route", route_then_late_off)
+        try:
+            g = chip.read_smu(cells)
+        finally:
+            late.transport.close()
+        truth = vb.chip.true_conductance(cells)
+        assert fired
+        assert np.all(np.abs(g - truth) < 0.15 * truth + 0.3)
+        assert any("measured with its output off" in e["detail"] for e in chip.fault_log)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_smu_reads_and_external_pulses_recover_from_link_faults(seed: int) -> None:
     kinds = ("drop", "delay", "corrupt", "truncate", "error", "silent", "corrupt_request")

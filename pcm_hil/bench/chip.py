@@ -414,7 +414,14 @@ class BenchChip(Chip):
                 raise ProtocolError("the SMU did not take its read bias or compliance (command lost?)")
             self._smu_on = True
         self._route(cell, "SMU")
-        i = ch.measure_current()
+        # the state proven with the measurement itself: a command still in flight on a dropped
+        # connection may run after the settings were read back (output off, level reset), and
+        # every confirming read would agree on the open-circuit current
+        i, on, level = ch.measure_current_sourced()
+        if not (on and math.isclose(level, bias, rel_tol=1e-5, abs_tol=1e-9)):
+            self._smu_on = False
+            raise ProtocolError(f"cell {cell}: the SMU measured with its output {'on' if on else 'off'} at "
+                                f"{level:g} V, not on at the read bias {bias:g} V (a late command?)")
         if ch.in_compliance:
             raise ValueError(f"cell {cell}: SMU in compliance at {self.config.smu.compliance_a} A; "
                              "raise smu.compliance_a or lower the read bias")
