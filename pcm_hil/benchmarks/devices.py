@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..app import noise_model_for
 from ..calibrate import CalibrationConfig, learned_settings, run_calibration, validate
 from ..chip import Geometry
 from ..demo import DemoConfig
@@ -128,7 +129,6 @@ def store_loss(profile: Any = "pcm-realistic", seed: int = 0, model: str = "lene
                replicas: float | str = MAIN_JOB["replicas"]) -> dict[str, Any]:
     """A LeNet-5 store with the main job's options on ``profile`` (calibrating on the spot,
     no competitor search): its mean accuracy after a day against the reference."""
-    from ..app import noise_model_for
     from ..store_job import StoreConfig, run_store_job
     from ..store_job.inputs import load_inputs
 
