@@ -6,6 +6,8 @@ e.g. ``smua.source.levelv = 0.2`` and ``print(smua.measure.i())``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .base import Channel, Instrument, strict_discrete_set, strict_range
 from .errors import ProtocolError
 from .transport import MessageTransport
@@ -26,6 +28,16 @@ def _tsp_bool(reply: str) -> bool:
     if reply not in ("true", "false"):
         raise ProtocolError(f"expected true/false, got {reply!r}")
     return reply == "true"
+
+
+@dataclass(frozen=True)
+class SourcedReading:
+    """A current reading and the source state it was taken in."""
+
+    current_a: float
+    output_on: bool
+    level_v: float
+    in_compliance: bool
 
 
 class SMUChannel(Channel):
@@ -56,15 +68,16 @@ class SMUChannel(Channel):
         """One current measurement (A)."""
         return _tsp_float(self.ask("print(smu{ch}.measure.i())"))
 
-    def measure_current_sourced(self) -> tuple[float, bool, float]:
-        """One current measurement (A) with the output state and source level (V) it was taken
-        at, in one exchange: ``(current_a, output_on, level_v)``. A command that runs between
-        two separate queries (one still in flight on a connection that was dropped) cannot
-        come between these three."""
-        parts = self.ask("print(smu{ch}.measure.i(), smu{ch}.source.output, smu{ch}.source.levelv)").split("\t")
-        if len(parts) != 3:
-            raise ProtocolError(f"expected current, output and level, got {len(parts)} values: {parts!r}")
-        return _tsp_float(parts[0]), _tsp_float(parts[1]) == 1.0, _tsp_float(parts[2])
+    def measure_current_sourced(self) -> SourcedReading:
+        """One current measurement with the state it was taken in, in one exchange (one round
+        trip where four queries took four). A command that runs between two separate queries
+        (one still in flight on a connection that was dropped) cannot come between these."""
+        parts = self.ask("print(smu{ch}.measure.i(), smu{ch}.source.output, smu{ch}.source.levelv, "
+                         "smu{ch}.source.compliance)").split("\t")
+        if len(parts) != 4:
+            raise ProtocolError(f"expected current, output, level and compliance, got {len(parts)} values: {parts!r}")
+        return SourcedReading(_tsp_float(parts[0]), _tsp_float(parts[1]) == 1.0, _tsp_float(parts[2]),
+                              _tsp_bool(parts[3]))
 
     def reset(self) -> None:
         self.write("smu{ch}.reset()")

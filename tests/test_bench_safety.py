@@ -230,6 +230,16 @@ def test_each_fault_on_an_instrument_link_is_a_typed_error(instrument: str, kind
             assert emu.errors.pop()[0] == LINE_TRANSIENT_CODE
 
 
+def test_an_smu_read_in_compliance_is_refused_with_the_limit_named_and_the_output_off() -> None:
+    with VirtualBench(GEOM, seed=1) as vb:
+        cfg = _cfg(vb)
+        with BenchChip(replace(cfg, smu=replace(cfg.smu, compliance_a=100e-9))) as chip:
+            chip.pulse(np.arange(2), "SET", 1.4, 100e-9)  # ~10 µS at the read bias: microamps
+            with pytest.raises(ValueError, match=r"cell 0: SMU in compliance at 1e-07 A"):
+                chip.read_smu(np.arange(2))
+            assert vb.smu.channels["a"].output == 0 and vb.model.route == "NONE"
+
+
 def test_a_late_command_that_switches_the_smu_off_is_caught_by_the_reading(monkeypatch) -> None:
     """A command still in flight on a dropped connection can run after the output was read
     back on (the emulator's silent and delay faults do this). Here a second client switches

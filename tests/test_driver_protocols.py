@@ -152,13 +152,16 @@ def test_keithley_measure_current() -> None:
 
 
 def test_keithley_measures_current_with_the_state_it_was_taken_in() -> None:
-    query = "print(smua.measure.i(), smua.source.output, smua.source.levelv)"
-    with expected_protocol(Keithley2600, [(query, "2.40000e-06\t1.00000e+00\t2.00000e-01"),
-                                          (query, "1.20000e-13\t0.00000e+00\t2.00000e-01")]) as smu:
-        assert smu.smua.measure_current_sourced() == (pytest.approx(2.4e-6), True, pytest.approx(0.2))
-        assert smu.smua.measure_current_sourced()[1] is False
+    query = "print(smua.measure.i(), smua.source.output, smua.source.levelv, smua.source.compliance)"
+    with expected_protocol(Keithley2600, [(query, "2.40000e-06\t1.00000e+00\t2.00000e-01\tfalse"),
+                                          (query, "1.20000e-13\t0.00000e+00\t2.00000e-01\ttrue")]) as smu:
+        r = smu.smua.measure_current_sourced()
+        assert (r.current_a, r.output_on, r.level_v, r.in_compliance) == (pytest.approx(2.4e-6), True,
+                                                                           pytest.approx(0.2), False)
+        r = smu.smua.measure_current_sourced()
+        assert (r.output_on, r.in_compliance) == (False, True)
     with expected_protocol(Keithley2600, [(query, "2.40000e-06")]) as smu:
-        with pytest.raises(ProtocolError, match="expected current, output and level, got 1 values"):
+        with pytest.raises(ProtocolError, match="expected current, output, level and compliance, got 1 values"):
             smu.smua.measure_current_sourced()
 
 

@@ -417,15 +417,15 @@ class BenchChip(Chip):
         # the state proven with the measurement itself: a command still in flight on a dropped
         # connection may run after the settings were read back (output off, level reset), and
         # every confirming read would agree on the open-circuit current
-        i, on, level = ch.measure_current_sourced()
-        if not (on and math.isclose(level, bias, rel_tol=1e-5, abs_tol=1e-9)):
+        r = ch.measure_current_sourced()
+        if not (r.output_on and math.isclose(r.level_v, bias, rel_tol=1e-5, abs_tol=1e-9)):
             self._smu_on = False
-            raise ProtocolError(f"cell {cell}: the SMU measured with its output {'on' if on else 'off'} at "
-                                f"{level:g} V, not on at the read bias {bias:g} V (a late command?)")
-        if ch.in_compliance:
+            raise ProtocolError(f"cell {cell}: the SMU measured with its output {'on' if r.output_on else 'off'} "
+                                f"at {r.level_v:g} V, not on at the read bias {bias:g} V (a late command?)")
+        if r.in_compliance:
             raise ValueError(f"cell {cell}: SMU in compliance at {self.config.smu.compliance_a} A; "
                              "raise smu.compliance_a or lower the read bias")
-        return i / bias * 1e6
+        return r.current_a / bias * 1e6
 
     def smu_confirm_limit_us(self, g_us: float) -> float:
         """How far two SMU readings of a cell reading ``g_us`` may differ (µS): ``smu.confirm_us``
