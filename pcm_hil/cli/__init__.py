@@ -52,7 +52,9 @@ def build_parser() -> Parser:
     b.add_argument("--devices", type=int_in(0, 1000), default=20,
                    help="devices: random devices besides every preset (default 20)")
     b.add_argument("--quick", action="store_true", help="devices: a small-cell version (4000 calibration cells)")
-    b.add_argument("--store", action="store_true", help="devices: also a LeNet-5 store on every device (~3 min each)")
+    b.add_argument("--store", action=argparse.BooleanOptionalAction, default=True,
+                   help="devices: a LeNet-5 store on every device after the demo (default; about 1 min each, "
+                        "30 min for the 25 devices); --no-store: calibrate, validate and demo only")
     b.set_defaults(func=commands.benchmark)
 
     e = sub.add_parser("emulate", parents=[js, seed_option("chip seed (default 0)")],
