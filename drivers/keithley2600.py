@@ -70,8 +70,8 @@ class SMUChannel(Channel):
 
     def measure_current_sourced(self) -> SourcedReading:
         """One current measurement with the state it was taken in, in one exchange (one round
-        trip where four queries took four). A command that runs between two separate queries
-        (one still in flight on a connection that was dropped) cannot come between these."""
+        trip instead of four queries). A command that runs between two separate queries (one
+        still in flight on a connection that was dropped) cannot come between these."""
         parts = self.ask("print(smu{ch}.measure.i(), smu{ch}.source.output, smu{ch}.source.levelv, "
                          "smu{ch}.source.compliance)").split("\t")
         if len(parts) != 4:

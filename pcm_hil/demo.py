@@ -62,9 +62,9 @@ def run_demo(chip: Chip, cfg: DemoConfig, progress: Callable[[int, int], None] |
     chip's; :mod:`pcm_hil.screening`), program the first ``cfg.cells`` usable ones to levels
     from ``level_min_us`` to ``g_hi_fraction`` × the measured saturation and read them back;
     the result record. With ``spare_fraction`` 0 nothing is screened. ``settings`` give the
-    loop and the measured saturation (required; see :func:`pcm_hil.calibrate.learned_settings`). The command line passes cells the demo run
-    owns. ``outcome``, a list, receives the per-cell
-    :class:`~pcm_hil.program.VerifyResult`."""
+    loop and the measured saturation (required; see :func:`pcm_hil.calibrate.learned_settings`).
+    The command line passes cells the demo run owns. ``outcome``, a list, receives the
+    per-cell :class:`~pcm_hil.program.VerifyResult`."""
     if cells is None:
         cells = np.arange(min(cfg.cells_claimed(), chip.geometry.n_cells), dtype=np.int64)
     cells = chip.cells(cells)

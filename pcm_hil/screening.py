@@ -6,9 +6,10 @@ an open word or bit line) ignores both pulse kinds. The screen gives every cell 
 SET pulses at the loop's top amplitude (a second and more only to cells that have not yet
 moved) and another RESET, with a batched read after each step, and calls a cell stuck when
 the SETs moved it less than a small fraction of the batch's typical move, or when a RESET
-left it far above the batch's RESET level. The thresholds come from the batch itself (medians and MADs), so the screen
-needs no device numbers beyond the loop settings calibration measured. Healthy cells end
-in the RESET state, as program-and-verify expects them.
+left it far above the batch's RESET level. The thresholds come from the batch itself
+(medians and MADs), so the screen needs no device numbers beyond the loop settings
+calibration measured. Healthy cells end in the RESET state, as program-and-verify expects
+them.
 """
 from __future__ import annotations
 
