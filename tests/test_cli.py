@@ -21,8 +21,10 @@ class Ran:
 
 
 @pytest.fixture
-def run(capsys):
-    """``run(*argv)``: the command's exit code and what it printed."""
+def run(capsys, tmp_path, monkeypatch):
+    """``run(*argv)``: the command's exit code and what it printed; run in a temporary
+    directory, so a command's default run store (``runs/``) never lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
 
     def call(*args: str) -> Ran:
         try:
