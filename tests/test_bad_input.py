@@ -191,8 +191,9 @@ CASE_IDS = ["bench-not-toml", "bench-unknown-key", "bench-no-board", "bench-limi
 
 
 @pytest.mark.parametrize("case", CASE_IDS)
-def test_bad_input_gets_a_clear_error_and_changes_nothing(lab, case, capsys) -> None:
+def test_bad_input_gets_a_clear_error_and_changes_nothing(lab, case, capsys, tmp_path, monkeypatch) -> None:
     d, cases = lab
+    monkeypatch.chdir(tmp_path)  # a case without --run-dir uses ./runs: never the checkout's
     argv, match = cases[case]
     before, runs = _snapshot(d), _runs(d)
     capsys.readouterr()
