@@ -207,6 +207,8 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(lab, case, capsys, tmp
     assert _runs(d) == runs  # no run was created or changed
     after = _snapshot(d)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that was there changed
+    if case.startswith("bench-"):  # refused before anything is created (no ./runs store)
+        assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())
 
 
 def test_every_case_is_in_the_documented_table() -> None:

@@ -242,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # a refused option (2), or --help / --version (0)
         return int(exc.code or 0)
     try:
+        if getattr(args, "bench", None):  # a bad bench file is refused before the run store is created
+            from ..bench import BenchConfig
+
+            BenchConfig.load(args.bench)
         return int(args.func(args) or 0)
     except Interrupted as exc:
         print(f"pcm-hil: stopped during {exc.stage}; outputs are off. Continue with: {_resume_hint(args, exc.run_id)}",

@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 from ..models import accuracy
+from . import digital_parameters
 from .compression import CompressionConfig, Perturb, nm_mask_bits, quantize_levels
 from .digital_medium import Medium, slc_ecc_cells
 from .inputs import Inputs
 from .model_cache import cached_prune, cached_prune_nm, cached_quantization_aware
 from .readback import ReadbackConfig, bn_recalibrated
-from .side_info import coded_bits, digital_parameters
+from .side_info import coded_bits, mask_bits
 
 
 QAT_CLIP = 1.0  # quantization-aware fine-tuning rounds with the top level at each channel's max |w|
@@ -93,26 +94,31 @@ class Start:
 
 
 def quantized(network: nn.Module, names: list[str], bits: int | dict[str, int], clip: float = 1.0,
-              nm: tuple[tuple[int, int], dict[str, np.ndarray]] | None = None) -> tuple[nn.Module, int]:
+              masks: dict[str, np.ndarray] | None = None, nm: tuple[int, int] | None = None
+              ) -> tuple[nn.Module, int]:
     """A copy with the named tensors quantized per output channel (``bits``: for all, or per
-    tensor), and the bits it takes to store them: entropy-coded values (zeros included, so
-    the mask is in the code), fp32 scales per output channel. ``nm`` = (pattern, masks): per
-    tensor, the cheaper of that code and the N:M groups' code (log2 C(M, N) per group) with
-    only the kept values entropy-coded."""
-    m = copy.deepcopy(network)
+    tensor), and the bits it takes to store them: per tensor the cheapest of the entropy-coded
+    values with the zeros in the code and, given the keep-``masks``, the coded mask
+    (:func:`mask_bits`; for an ``nm`` pattern also the N:M groups' code, log2 C(M, N) per
+    group) with only the kept values entropy-coded; fp16 scales per output channel
+    (quantization-aware training rounds with the fp32 scale, within 2^-11 of it). The other
+    parameters are rounded as stored (fp16)."""
+    m = digital_parameters.as_stored(copy.deepcopy(network), names)
     p = dict(m.named_parameters())
     total = 0
     with torch.no_grad():
         for n in names:
             b = bits[n] if isinstance(bits, dict) else bits
             levels, step = quantize_levels(p[n].numpy(), b, clip=clip)
+            step = step.astype(np.float16).astype(np.float64)
             p[n].copy_(torch.from_numpy((levels * step).astype(np.float32)))
             symbols = levels + 2 ** (b - 1) - 1
             value_bits = coded_bits(symbols)
-            if nm is not None:  # the cheaper of the two codes (at 2 bits many kept weights round to 0)
-                (n_, m_), keep = nm
-                value_bits = min(value_bits, nm_mask_bits(keep[n], n_, m_) + coded_bits(symbols[keep[n]]))
-            total += value_bits + 32 * step.size  # values, scales per channel
+            if masks is not None:  # at 2 bits many kept weights round to 0 and the zeros' code can win
+                keep = masks[n]
+                mask_code = mask_bits(keep) if nm is None else min(mask_bits(keep), nm_mask_bits(keep, *nm))
+                value_bits = min(value_bits, mask_code + coded_bits(symbols[keep]))
+            total += value_bits + digital_parameters.PARAMETER_BITS * step.size  # values, scales per channel
     return m, total
 
 
@@ -134,10 +140,10 @@ def _all_kept(network: nn.Module, names: list[str]) -> dict[str, np.ndarray]:
 def fp32_bits(network: nn.Module, names: list[str], masks: dict[str, np.ndarray] | None) -> int:
     """The compressed model as it is, digital: fp32 kept weights, coded masks, fp32 others."""
     params = dict(network.named_parameters())
-    total = 32 * digital_parameters(network, names)
+    total = 32 * digital_parameters.count(network, names)
     for n in names:
         keep = np.ones(params[n].numel(), bool) if masks is None else masks[n].ravel()
-        total += 32 * int(keep.sum()) + (coded_bits(keep) if masks is not None else 0)
+        total += 32 * int(keep.sum()) + (mask_bits(masks[n]) if masks is not None else 0)
     return total
 
 
@@ -147,7 +153,7 @@ def costs(inputs: Inputs, compressed: nn.Module, masks: dict[str, np.ndarray] | 
     """Cells of the analog store (by part) and of the three digital baselines, and the ratios."""
     names = inputs.names
     weights = sum(dict(inputs.network.named_parameters())[n].numel() for n in names)
-    other = digital_parameters(inputs.network, names)
+    other = digital_parameters.count(inputs.network, names)
     side_cells = {k: medium.cells(v) for k, v in side_parts.items()}
     total = analog_cells + sum(side_cells.values())
     fp32 = slc_ecc_cells(32 * (weights + other))
@@ -172,7 +178,7 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
                        target_val: float, compression: CompressionConfig, readback: ReadbackConfig,
                        cfg: BaselineConfig) -> tuple[DigitalOption | None, list[DigitalOption]]:
     names = inputs.names
-    other_bits = 32 * digital_parameters(inputs.network, names)
+    other_bits = digital_parameters.bits(inputs.network, names)
     starts = [Start("noise-aware fine-tuned", compression.sparsity, compressed, masks or _all_kept(compressed, names))]
     x, y, epochs, seed = inputs.train.x, inputs.train.y, compression.finetune_epochs, compression.seed
     for s in cfg.sparsities:
@@ -192,7 +198,7 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
         best = None
         layer_bits = dict(bits) if isinstance(bits, dict) else None
         for clip in clips:
-            m, value_bits = quantized(net, names, bits, clip, None if start.nm is None else (start.nm, start.masks))
+            m, value_bits = quantized(net, names, bits, clip, start.masks, start.nm)
             bn_recalibrated(m, inputs.train, readback)  # the same read-time re-estimation as the analog model
             acc_val = accuracy(m, inputs.val.x, inputs.val.y)
             if best is None or acc_val > best[0].accuracy_val:

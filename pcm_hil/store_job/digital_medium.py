@@ -4,15 +4,20 @@ Random data are programmed at 1, 2 and 3 bits per cell (Gray-coded levels across
 calibrated window, reference cells per level), read after the same retention time as the
 stored model, and decoded with thresholds halfway between the reference cells' medians.
 The raw bit-error rate of each density, with a one-sided 95 % upper bound (Clopper–
-Pearson, so a run with no errors is not taken as error-free), sizes a binary BCH code
-over GF(2^13): for each block size (512–4,096 data bits), the smallest correction capability
-t (at most 64, the library's limit) whose block failure probability at that bound stays
-below the target; the block size with the highest rate. The cheapest density wins.
-The chosen code is then run (``bchlib``) on the error pattern actually measured.
+Pearson, so a run with no errors is not taken as error-free), sizes a binary BCH code:
+for each block size (512–16,384 data bits) on each field GF(2^m), m = 13–15, that holds
+it, the smallest correction capability t whose block failure probability at that
+bound stays below the target, with the code's exact parity (the union of the cyclotomic
+cosets of α^1..α^2t, at most m·t bits); the block size with the highest rate. The
+cheapest density wins. The chosen code is then run on the error pattern actually
+measured: encoded and decoded with ``bchlib`` up to its t = 64; beyond it, a block counts
+as decoded when it holds at most t errors, the bound every BCH decoder guarantees (and
+failed otherwise, where a real decoder would also fail or miscorrect).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -22,8 +27,8 @@ from pcm_hil_noisemodel import NoiseModel
 
 from .readback import simulate_reads
 
-BCH_M = 13  # GF(2^13): codewords up to 8,191 bits
-MAX_T = 64  # the largest t the BCH library (bchlib, the Linux kernel code) builds at m = 13
+BCH_FIELDS = (13, 14, 15)  # GF(2^m): codewords up to 2^m - 1 bits (8,191 / 16,383 / 32,767)
+BCHLIB_MAX_T = 64  # the largest t the BCH library (bchlib, the Linux kernel code) builds
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class MediumConfig:
     densities: tuple[int, ...] = (1, 2, 3)   # bits per cell tried
     cells_per_density: int = 16384           # data cells per density (the error-rate bound tightens with more)
     reference_cells_per_level: int = 32
-    block_bits: tuple[int, ...] = (512, 1024, 2048, 4096)  # data bits per BCH codeword tried
+    block_bits: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384)  # data bits per BCH codeword tried
     target_block_failure: float = 1e-12      # per block, after decoding
     seed: int = 0
 
@@ -110,32 +115,50 @@ def decode(pat: Pattern, reads_us: np.ndarray, cfg: MediumConfig) -> list[dict[s
     return out
 
 
-def bch_for(ber: float, cfg: MediumConfig) -> tuple[int, int, int] | None:
-    """(data bits k, codeword bits n, t) of the BCH code with the highest rate k/n, over the
-    block sizes tried, whose block failure at bit-error rate ``ber`` is below the target;
-    None if every block size would need t > ``MAX_T``."""
+@lru_cache(maxsize=None)
+def _coset_union(m: int) -> np.ndarray:
+    """For GF(2^m): entry j = how many exponents the union of the cyclotomic cosets of
+    1..j holds (the degree of the generator polynomial of designed distance j + 1)."""
+    n = 2 ** m - 1
+    i = np.arange(1, n, dtype=np.int64)
+    orbit = (i[None, :] << np.arange(m, dtype=np.int64)[:, None]) % n  # i·2^j mod n, j = 0..m-1
+    size = m // (orbit == i).sum(axis=0)  # coset size: m over how often the orbit returns to i
+    first = orbit.min(axis=0) == i  # a coset joins the union at its smallest member
+    return np.concatenate([[0], np.cumsum(np.where(first, size, 0))])
+
+
+def bch_parity_bits(m: int, t: int) -> int:
+    """Parity bits of the binary BCH code over GF(2^m) correcting ``t`` errors: the degree of
+    its generator, the union of the cyclotomic cosets of α^1..α^2t (m·t at most)."""
+    return int(_coset_union(m)[2 * t]) if t else 0
+
+
+def bch_for(ber: float, cfg: MediumConfig) -> tuple[int, int, int, int] | None:
+    """(data bits k, codeword bits n, t, field m) of the BCH code with the highest rate k/n,
+    over the block sizes and fields tried, whose block failure at bit-error rate ``ber`` is
+    below the target; None if none has one."""
     best = None
     for k in cfg.block_bits:
-        for t in range(0, MAX_T + 1):
-            n = k + BCH_M * t
-            if n > 2 ** BCH_M - 1:
-                break
-            if stats.binom.sf(t, n, ber) <= cfg.target_block_failure:
-                if best is None or k / n > best[0] / best[1]:
-                    best = (k, n, t)
-                break
+        for m in (m for m in BCH_FIELDS if k < 2 ** m - 1):
+            n = k + _coset_union(m)[::2]            # codeword bits at t = 0, 1, 2, ...
+            t = np.arange(n.size)[n <= 2 ** m - 1]
+            ok = t[stats.binom.sf(t, n[t], ber) <= cfg.target_block_failure]
+            if ok.size and (best is None or k / n[ok[0]] > best[0] / best[1]):
+                best = (k, int(n[ok[0]]), int(ok[0]), m)
     return best
 
 
-def run_code(errors: np.ndarray, n: int, t: int, seed: int = 0) -> dict[str, int]:
-    """Encode random blocks with BCH(t) over GF(2^13), flip the measured error pattern onto
-    them in order, decode: blocks that came back wrong."""
-    if t == 0:
-        return {"blocks": int(errors.size // n), "blocks_failed": int(sum(errors[i * n:(i + 1) * n].any()
-                                                                          for i in range(errors.size // n)))}
+def run_code(errors: np.ndarray, n: int, t: int, m: int, seed: int = 0) -> dict[str, int]:
+    """Encode random blocks with BCH(t) over GF(2^m), flip the measured error pattern onto
+    them in order, decode: blocks that came back wrong. Beyond ``bchlib``'s t = 64, a block
+    decodes when it holds at most t errors (bounded-distance decoding)."""
+    blocks = errors.size // n
+    if t == 0 or t > BCHLIB_MAX_T:
+        per_block = errors[:blocks * n].reshape(blocks, n).sum(axis=1)
+        return {"blocks": int(blocks), "blocks_failed": int((per_block > t).sum())}
     import bchlib
 
-    bch = bchlib.BCH(t, m=BCH_M)
+    bch = bchlib.BCH(t, m=m)
     k_bytes = (n - bch.ecc_bits) // 8
     rng = np.random.default_rng(seed)
     blocks = failed = 0
@@ -179,9 +202,10 @@ class Medium:
 
 
 def choose(per_density: list[dict[str, Any]], cfg: MediumConfig) -> Medium:
-    """The density and code with the fewest cells per data bit; when the measurement cannot
+    """The density and code with the fewest cells per data bit (then run on as many whole
+    blocks as that density's measured errors fill); when the measurement cannot
     show that any code reaches the target (too few cells, too many errors), the strongest
-    code (t = ``MAX_T`` on the smallest block) at the least error-prone density, flagged
+    code (the largest t on the smallest block) at the least error-prone density, flagged
     ``target_met=False``."""
     best = None
     rows = []
@@ -192,21 +216,22 @@ def choose(per_density: list[dict[str, Any]], cfg: MediumConfig) -> Medium:
             row.update(usable=False)
             rows.append(row)
             continue
-        k, n, t = sized
+        k, n, t, m = sized
         cells_per_bit = n / (k * r["bits_per_cell"])
-        row.update(usable=True, data_bits=k, codeword_bits=n, t=t, cells_per_bit=cells_per_bit)
+        row.update(usable=True, data_bits=k, codeword_bits=n, t=t, field_bits=m, cells_per_bit=cells_per_bit)
         rows.append(row)
         if best is None or cells_per_bit < best[0]:
-            best = (cells_per_bit, r, k, n, t)
+            best = (cells_per_bit, r, k, n, t, m)
     target_met = best is not None
     if best is None:  # the sample cannot show any code reaches the target: the strongest code, flagged
         r = min(per_density, key=lambda x: x["raw_ber_upper95"] / x["bits_per_cell"])
-        k = min(cfg.block_bits)
-        n, t = k + BCH_M * MAX_T, MAX_T
-        best = (n / (k * r["bits_per_cell"]), r, k, n, t)
-    cells_per_bit, r, k, n, t = best
-    check = run_code(r["_errors"], n, t, seed=cfg.seed)
-    name = f"BCH(n={n}, k={k}, t={t}) over GF(2^{BCH_M})" if t else "none (no error measured)"
+        k, m = min(cfg.block_bits), BCH_FIELDS[0]
+        t = max(t for t in range(2 ** (m - 1)) if k + bch_parity_bits(m, t) <= 2 ** m - 1)
+        n = k + bch_parity_bits(m, t)
+        best = (n / (k * r["bits_per_cell"]), r, k, n, t, m)
+    cells_per_bit, r, k, n, t, m = best
+    check = run_code(r["_errors"], n, t, m, seed=cfg.seed)
+    name = f"BCH(n={n}, k={k}, t={t}) over GF(2^{m})" if t else "none (no error measured)"
     return Medium(r["bits_per_cell"], r["raw_ber"], r["raw_ber_upper95"], name, n, k, cells_per_bit,
                   check["blocks"], check["blocks_failed"], rows, target_met)
 

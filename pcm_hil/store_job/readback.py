@@ -17,6 +17,7 @@ from .. import coding
 from ..coding import CodeConfig
 from ..datasets import Split
 from ..models import accuracy, batchnorms, recalibrate_batchnorm
+from . import digital_parameters
 from .layout import Layout
 
 
@@ -59,8 +60,8 @@ def decode_model(model: nn.Module, names: list[str], encoded: list[coding.Encode
     order); ``trusted`` marks the cells that verified (see :func:`coding.decode`); ``raw``:
     the reads before drift compensation, which a mask in the cells is decided on (the
     compensation gain below the lowest reference level would scale up the RESET cells'
-    noise)."""
-    out = copy.deepcopy(model)
+    noise). The parameters kept digital are rounded to their stored precision."""
+    out = digital_parameters.as_stored(copy.deepcopy(model), names)
     p = dict(out.named_parameters())
     trusted = np.ones(reads.size, bool) if trusted is None else np.asarray(trusted, bool)
     with torch.no_grad():

@@ -5,9 +5,10 @@ cells instead, the number of kept weights per output channel, ``kept_counts``, a
 bit of each position cell that did not verify, ``unverified_mask``), the signs of kept
 weights (codes that store |w|), its scale and window top, how many replicas each kept
 weight has, which cells verified (the decoder prefers verified replicas), and the network's
-parameters kept digital (biases, norms) in fp32. Masks, replica maps and verify flags are
-range-coded (``constriction``) with their own empirical distribution, whose probabilities
-are counted too; what the coder really writes is what is counted.
+parameters kept digital (biases, norms) in fp16 (:mod:`.digital_parameters`). Masks, replica
+maps and verify flags are range-coded (``constriction``) with their own empirical
+distribution, whose probabilities are counted too (masks at the cheapest of three codes,
+:func:`mask_bits`); what the coder really writes is what is counted.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from ..coding import CodeConfig, EncodedTensor, kept_per_row, unverified_positions
+from . import digital_parameters
 from .digital_medium import Medium
 from .layout import Layout
 
@@ -43,9 +45,38 @@ def coded_bits(symbols: np.ndarray) -> int:
     return int(coder.num_bits()) + PROBABILITY_BITS * counts.size
 
 
-def digital_parameters(network: nn.Module, names: list[str]) -> int:
-    """Floating-point parameters kept digital (biases, norms): everything not stored in cells."""
-    return sum(p.numel() for n, p in network.state_dict().items() if n not in names and p.dtype.is_floating_point)
+MASK_FORMAT_BITS = 2   # per coded mask: which of its codes (one stream, by row, by column) was used
+
+
+def mask_bits(mask: np.ndarray) -> int:
+    """Bits of a keep-mask at the cheapest of three real codes, plus which one: one stream
+    with the mask's own keep fraction (:func:`coded_bits`), or adaptively per output channel
+    (row of the flattened tensor) or per input position (column) (:func:`adaptive_bits`),
+    which pays where some lines are much denser than others."""
+    m = np.asarray(mask, bool)
+    if m.size == 0:
+        return 0
+    grid = m.reshape(m.shape[0], -1)
+    return MASK_FORMAT_BITS + min(coded_bits(grid.ravel()), adaptive_bits(grid), adaptive_bits(grid.T))
+
+
+def line_probabilities(grid: np.ndarray) -> np.ndarray:
+    """Per bit of each row: P(one) from the row's bits before it (Krichevsky–Trofimov:
+    (ones so far + 1/2) / (bits so far + 1)), which a decoder recomputes as it goes."""
+    before = np.cumsum(grid, axis=1) - grid
+    return (before + 0.5) / (np.arange(grid.shape[1]) + 1.0)
+
+
+def adaptive_bits(grid: np.ndarray) -> int:
+    """Bits of a binary matrix range-coded row by row with :func:`line_probabilities`: about
+    log2 C(n, k) + ½ log2 n per row of n bits holding k ones, with nothing stored beside."""
+    import constriction
+
+    grid = np.asarray(grid, bool)
+    coder = constriction.stream.queue.RangeEncoder()
+    coder.encode(grid.ravel().astype(np.int32), constriction.stream.model.Bernoulli(perfect=False),
+                 line_probabilities(grid).ravel())
+    return int(coder.num_bits())
 
 
 def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[str],
@@ -60,7 +91,7 @@ def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[
             parts["kept_counts"] += kept_count_bits(enc)
             parts["scales"] += MASK_SCALE_BITS
         elif enc.mask is not None:
-            parts["mask"] += coded_bits(enc.mask.ravel())
+            parts["mask"] += mask_bits(enc.mask)
         if code.sign_bits:
             parts["signs"] += enc.kept  # signs of trained weights do not compress
         parts["scales"] += SCALE_BITS
@@ -71,7 +102,7 @@ def side_bits(layout: Layout, code: CodeConfig, network: nn.Module, names: list[
             v = np.asarray(verified, bool)
             parts["unverified_mask"] = sum(unverified_positions(e, v[layout.tensor_of == k])
                                            for k, e in enumerate(layout.encoded))
-    parts["digital_parameters"] = 32 * digital_parameters(network, names)
+    parts["digital_parameters"] = digital_parameters.bits(network, names)
     return parts
 
 
