@@ -142,7 +142,8 @@ def test_benchmark_budgets_ratio_is_against_the_best_all_uniform_setup() -> None
 
     # mlp-digits: 140 validation digits, and its 75 %-pruned model sits ~5 pp below the reference
     # there, so a 0.5 pp band is out of everyone's reach; an 8 pp band lets both sides in
-    r = budgets.run(model="mlp-digits", points=3, repeats=1, margin_pp=8.0, uniform_replicas=(1, 2, 3), naive=False)
+    r = budgets.run(model="mlp-digits", points=3, repeats=1, margin_pp=8.0, replicas=(1.0, 1.5),
+                    uniform_replicas=(1, 2, 3), naive=False)
     target = r["accuracy_target_val"]
     assert target == pytest.approx(r["accuracy_reference_val"] - 0.08)
     uni = r["trials"]["uniform"]
@@ -160,6 +161,11 @@ def test_benchmark_budgets_ratio_is_against_the_best_all_uniform_setup() -> None
         (best["pulses"], best["reads"], best["cells"])
     imp = min((t for t in r["trials"]["importance"] if t["accuracy_val"] >= target), key=lambda t: t["pulses"])
     assert r["pulses_importance"] == imp["pulses"] and r["cells_importance"] == imp["cells"]
+    assert r["importance"] == {"replicas": imp["replicas"], "budget": imp["budget"]}
+    # the importance side sweeps its budgets at each replica count, as the uniform side tries each count
+    sweeps = [t for t in r["trials"]["importance"] if t["budget"] != "store default"]
+    assert [t["replicas"] for t in sweeps] == [1.0] * 3 + [1.5] * 3
+    assert len({t["cells"] for t in sweeps}) == 2
     assert r["pulse_ratio_vs_best_uniform"] == pytest.approx(best["pulses"] / imp["pulses"])
     assert r["read_ratio_vs_best_uniform"] == pytest.approx(best["reads"] / imp["reads"])
     assert r["cell_ratio_vs_best_uniform"] == pytest.approx(best["cells"] / imp["cells"])

@@ -7,9 +7,10 @@ validation split (``inputs.val``), against the reference's own validation accura
 ``margin_pp``; the test split is used once per reported figure, on ``repeats`` fresh
 programmings of each chosen setup.
 
-- ``importance``: what the store job does by default: replicas per output channel placed
-  by importance (``replicas`` per kept weight on average), and each weight cell's
-  (tolerance, cap) by importance (``allocation.allocate``), swept over pulse budgets.
+- ``importance``: what the store job does: replicas per output channel placed by
+  importance (each of ``replicas`` per kept weight on average, as the uniform side tries
+  each replica count), and each weight cell's (tolerance, cap) by importance
+  (``allocation.allocate``), swept over pulse budgets; plus the store job's default plan.
 - the all-uniform family: every kept weight the same integer number of replicas
   (``uniform_replicas``) and every weight cell the same (tolerance, cap) option, searched
   over every replica count × every calibrated option. Importance is used nowhere.
@@ -24,7 +25,7 @@ each averaging ``verify_read_averaging`` samples; the read-back after retention 
 counted), ``cells_X`` its cells (weights and reference cells). ``None`` where no setup
 reached the target. ``pulse_ratio_vs_best_uniform`` is best uniform pulses / importance
 pulses; ``pulse_ratio_vs_best_uniform_bound`` the same over the cheapest plan the options
-allow on the importance layout, in the noise model's expected pulses (no allocation of these
+allow on any of the importance layouts, in the noise model's expected pulses (no allocation of these
 options is expected to beat it; measured pulses scatter around the expectation, so a
 measured ratio can pass it).
 
@@ -58,7 +59,8 @@ NAIVE_CAPS = (5, 10, 20, 40, 80)
 
 
 def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp: float = 0.5, repeats: int = 5,
-        replicas: float = 1.5, uniform_replicas: Sequence[int] = (1, 2, 3, 4), naive: bool = True,
+        replicas: Sequence[float] = (1.0, 1.25, 1.5, 2.0), uniform_replicas: Sequence[int] = (1, 2, 3, 4),
+        naive: bool = True,
         curve_margins_pp: Sequence[float] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
         progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
     report = progress or (lambda *a: None)
@@ -66,7 +68,10 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     n = chip.geometry.n_cells
     with tempfile.TemporaryDirectory() as d, RunStore(f"{d}/s.sqlite") as store:
         noise = noise_model_for(chip, store, None, seed=seed)  # the chip's last free cells, as the store job
-    cfg = StoreConfig.from_options(model=model, sparsity=0.75, replicas_per_weight=replicas, seed=seed)
+    replicas = tuple(float(r) for r in replicas)
+    # the store job's default plan is one more importance point, at 1.5 replicas where swept
+    cfg = StoreConfig.from_options(model=model, sparsity=0.75, seed=seed,
+                                   replicas_per_weight=1.5 if 1.5 in replicas else replicas[0])
     inputs = load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, n, report)
     compressed, names = prep.compressed.model, inputs.names
@@ -74,8 +79,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
     target = ref_val - margin_pp / 100
     base = VerifyConfig.measured_with(noise)
     by_importance = _Layout(prep.layout, noise, cfg)
-    table, w = by_importance.table, by_importance.weights
-    opts = table.options
+    opts = by_importance.table.options
 
     def program(lay: _Layout, plan: allocation.Plan, vcfg: VerifyConfig, split: Any) -> dict[str, float]:
         """Mean pulses, verify reads and accuracy on ``split`` over ``repeats`` programmings of
@@ -108,13 +112,20 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
 
     setups: dict[str, list[tuple[dict[str, Any], _Layout, allocation.Plan, VerifyConfig]]] = {
         "importance": [], "uniform": [], "fixed_layout": [], "naive": []}
-    lo = table[w].minimum_pulses()
-    hi = float(table[w].pulses.max(axis=1).sum())
-    for budget in np.geomspace(lo * 1.02, hi, points):
-        plan = with_weights(by_importance, allocation.allocate(by_importance.importance[w], table[w], budget).choice)
-        setups["importance"].append(({"budget": float(budget)}, by_importance, plan, base))
+    floor = np.inf  # no allocation of the calibrated options on an importance layout spends less
+    for r in replicas:
+        lay = by_importance if r == cfg.layout.replicas_per_weight else _Layout(
+            encode(compressed, names, prep.compressed.masks, prep.importance, noise,
+                   replace(cfg.layout, replicas_per_weight=r), cfg.retention_s), noise, cfg)
+        w, table = lay.weights, lay.table
+        lo = table[w].minimum_pulses()
+        floor = min(floor, lo + float(table[~w].pulses[:, lay.tight].sum()))  # reference cells tight
+        for budget in np.geomspace(lo * 1.02, float(table[w].pulses.max(axis=1).sum()), points):
+            plan = with_weights(lay, allocation.allocate(lay.importance[w], table[w], budget).choice)
+            setups["importance"].append(({"replicas": r, "budget": float(budget)}, lay, plan, base))
     # the store job's own default plan (predicted loss within 5 % of the least reachable) as one more point
-    setups["importance"].append(({"budget": "store default"}, by_importance, prep.plan, base))
+    setups["importance"].append(({"replicas": cfg.layout.replicas_per_weight, "budget": "store default"},
+                                 by_importance, prep.plan, base))
     for r in uniform_replicas:
         c = replace(cfg.layout, code=replace(cfg.layout.code, redundancy=int(r)), replicas_per_weight=1.0)
         lay = _Layout(encode(compressed, names, prep.compressed.masks, prep.importance, noise, c, cfg.retention_s),
@@ -124,7 +135,8 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
                                       with_weights(lay, np.full(int(lay.weights.sum()), k)), base))
     for k, (tol, cap) in enumerate(opts):
         setups["fixed_layout"].append(({"tolerance_us": float(tol), "cap": int(cap)}, by_importance,
-                                       with_weights(by_importance, np.full(int(w.sum()), k)), base))
+                                       with_weights(by_importance, np.full(int(by_importance.weights.sum()), k)),
+                                       base))
     if naive:  # a fixed-step loop (constant SET amplitude, no programming curve, aimed at the target)
         fixed = naive_config(base)
         for cap in NAIVE_CAPS:
@@ -146,7 +158,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
 
     out: dict[str, Any] = {
         "benchmark": "budgets", "model": model, "seed": seed, "repeats": repeats, "margin_pp": margin_pp,
-        "replicas_per_weight": replicas, "uniform_replicas": [int(r) for r in uniform_replicas],
+        "replicas_per_weight": list(replicas), "uniform_replicas": [int(r) for r in uniform_replicas],
         "options": [[float(t), int(c)] for t, c in opts], "verify_read_averaging": int(base.n_avg),
         "accuracy_reference_val": ref_val, "accuracy_reference_test": inputs.accuracy_reference,
         # the compressed model before storage, and the best any programmed setup reached: the ceiling
@@ -164,9 +176,6 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
             out[f"accuracy_test_{key}"] = None
         done += 1
         report("budgets", done, total)
-    # no allocation of the calibrated options on the importance layout spends less than this
-    # (every weight cell on its cheapest option, reference cells tight)
-    floor = lo + float(table[~w].pulses[:, by_importance.tight].sum())
     out["pulses_minimum"] = int(round(floor))
     out["pulse_ratio_vs_best_uniform_bound"] = out["pulses_best_uniform"] / floor if out["pulses_best_uniform"] else None
     # the same comparison at wider bands (validation only; no test programmings for these)
@@ -198,6 +207,8 @@ def compare(trials: dict[str, list[dict[str, Any]]], target: float) -> dict[str,
             out[f"{f}_{key}"] = t[f] if t else None
         if name == "uniform":
             out["best_uniform"] = {k: t[k] for k in ("replicas", "tolerance_us", "cap")} if t else None
+        if name == "importance":
+            out["importance"] = {k: t[k] for k in ("replicas", "budget")} if t else None
 
     def ratio(figure: str, other: str) -> float | None:
         a, b = out[f"{figure}_{other}"], out[f"{figure}_importance"]

@@ -47,8 +47,9 @@ def build_parser() -> Parser:
                    help="emulator, wire: timing repeats (default 7); budgets: programmings per setup (default 5)")
     b.add_argument("--model", default="lenet5-fmnist", help="budgets: registry model (default lenet5-fmnist)")
     b.add_argument("--profile", default="pcm-realistic", help="emulator: device profile (preset name or file)")
-    b.add_argument("--replicas", type=float_in(1, 8), default=1.5, help="budgets: importance side, mean replicas per kept weight, "
-                                                                          "placed per output channel (default 1.5; the store job chooses its own per chip)")
+    b.add_argument("--replicas", type=float_list(1, 8), default=(1.0, 1.25, 1.5, 2.0), metavar="R,R,...",
+                   help="budgets: importance side, mean replicas per kept weight placed per output channel, each "
+                        "swept over pulse budgets (default 1,1.25,1.5,2; the store job chooses its own per chip)")
     b.add_argument("--devices", type=int_in(0, 1000), default=20,
                    help="devices: random devices besides every preset (default 20)")
     b.add_argument("--quick", action="store_true", help="devices: a small-cell version (4000 calibration cells)")

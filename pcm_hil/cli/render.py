@@ -89,7 +89,8 @@ def budgets(r: dict[str, Any]) -> str:
 
     rows = [[label, whole(r[f"pulses_{k}"]), whole(r[f"reads_{k}"]), r[f"cells_{k}"], r[f"accuracy_val_{k}"],
              r.get(f"accuracy_test_{k}", "")]
-            for label, k in ((f"importance ({r['replicas_per_weight']:g} replicas per weight by channel)", "importance"),
+            for label, k in ((f"importance ({r['importance']['replicas']:g} replicas per weight by channel)"
+                              if r.get("importance") else "importance", "importance"),
                              (uniform, "best_uniform"),
                              ("one option on the importance layout", "fixed_layout"), ("naive fixed-step loop", "naive"))]
     text = format_table(["setup (fewest pulses reaching the target)", "pulses", "verify reads", "cells", "val acc",
