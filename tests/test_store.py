@@ -299,6 +299,34 @@ def test_digital_medium_sizes_a_code_from_the_measured_error_rate() -> None:
         + 512 > 8191  # the largest t on GF(2^13)
 
 
+def test_medium_levels_have_equal_margins_at_the_best_tolerance(noise) -> None:
+    """The medium's levels span floor to top with the same margin at every boundary, in units
+    of the calibrated error after the retention time, at the calibrated tolerance that
+    makes that margin largest; the decoder's thresholds lean towards the tighter level."""
+    from pcm_hil.store_job.digital_medium import _equal_margins, decode, levels, pattern
+
+    g_hi, day, cap = 12.0, 86400.0, int(noise.max_pulses_)
+    lv, tol = levels(noise, g_hi, 2, day)
+    sd = np.sqrt(noise.sq_error_after(lv, tol, cap, day))
+    k = np.diff(lv) / (sd[:-1] + sd[1:])
+    assert lv[0] == noise.levels_us_[0] and lv[-1] == g_hi and np.all(np.diff(lv) > 0)
+    assert k.max() - k.min() < 0.02 * k.mean()  # equal margins, to the grid's step
+    grid = np.linspace(lv[0], g_hi, 4096)
+    margin = {t: _equal_margins(grid, np.sqrt(noise.sq_error_after(grid, t, cap, day)), 4)[0]
+              for t in noise.tolerances_us_}
+    assert len(set(margin.values())) > 1 and margin[tol] == max(margin.values())  # no tolerance separates more
+    # thresholds: where two levels with spreads 1 and 3 µS are equally likely (median 0 and 8: at 2)
+    cfg = MediumConfig(densities=(1,), cells_per_density=256, reference_cells_per_level=64)
+    pat = pattern(noise, g_hi, cfg, day)
+    rng = np.random.default_rng(0)
+    reads = np.where(pat.symbol == 0, rng.normal(0, 1, pat.symbol.size), rng.normal(8, 3, pat.symbol.size))
+    reads[pat.reference & (pat.symbol == 0)] = np.linspace(-1.35, 1.35, 64)  # spread 1 (MAD-normal)
+    reads[pat.reference & (pat.symbol == 1)] = 8 + np.linspace(-4.05, 4.05, 64)
+    data = ~pat.reference
+    reads[data] = np.where(pat.symbol[data] == 0, 1.9, 2.1)  # either side of the threshold at 2
+    assert decode(pat, reads, cfg)[0]["bit_errors"] == 0
+
+
 def test_bch_run_beyond_the_library_counts_blocks_over_t() -> None:
     rng = np.random.default_rng(3)
     n, t = 14800, 546

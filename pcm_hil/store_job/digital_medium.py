@@ -1,8 +1,11 @@
 """The digital medium measured on the same chip: what error-free digital storage costs there.
 
 Random data are programmed at 1, 2 and 3 bits per cell (Gray-coded levels across the
-calibrated window, reference cells per level), read after the same retention time as the
-stored model, and decoded with thresholds halfway between the reference cells' medians.
+calibrated window, placed so that every boundary has the same margin in units of the
+calibrated error after the retention time, at the tolerance that makes that margin
+largest; reference cells per level), read after the same retention time as the stored
+model, and decoded with thresholds between the reference cells' medians where
+neighbouring levels are equally likely (weighted by each level's robust spread).
 The raw bit-error rate of each density, with a one-sided 95 % upper bound (Clopper–
 Pearson, so a run with no errors is not taken as error-free), sizes a binary BCH code:
 for each block size (512–16,384 data bits) on each field GF(2^m), m = 13–15, that holds
@@ -69,21 +72,58 @@ class Pattern:
     max_pulses: np.ndarray
 
 
-def pattern(noise: NoiseModel, g_hi_us: float, cfg: MediumConfig) -> Pattern:
-    """Random data and reference cells for every density across the calibrated window."""
-    rng = np.random.default_rng(cfg.seed)
+def levels(noise: NoiseModel, g_hi_us: float, bits: int, retention_s: float) -> tuple[np.ndarray, float]:
+    """The 2^bits levels (µS) from the window's floor to ``g_hi_us`` with equal margins after
+    ``retention_s`` (adjacent levels k·(σ_i + σ_i+1) apart, σ the calibrated error after
+    retention, so every boundary errs alike), at the calibrated tolerance that makes k the
+    largest; and that tolerance (µS)."""
     g_lo = float(noise.levels_us_[0])
-    tols = np.asarray(noise.tolerances_us_, float)
+    grid = np.linspace(g_lo, g_hi_us, 4096)
+    best: tuple[float, np.ndarray, float] | None = None
+    for tol in np.asarray(noise.tolerances_us_, float):
+        sd = np.sqrt(noise.sq_error_after(grid, float(tol), int(noise.max_pulses_), retention_s))
+        k, lv = _equal_margins(grid, sd, 2 ** bits)
+        if best is None or k > best[0]:
+            best = (k, lv, float(tol))
+    assert best is not None
+    return best[1], best[2]
+
+
+def _equal_margins(grid: np.ndarray, sd: np.ndarray, n: int) -> tuple[float, np.ndarray]:
+    """The largest k (bisection) for which n levels, each k·(σ_i + σ_i+1) above the one below
+    from ``grid[0]``, fit on ``grid`` (σ = ``sd`` on it); the top level is the grid's top."""
+    def place(k: float) -> np.ndarray | None:
+        idx = [0]
+        for _ in range(n - 1):
+            i = idx[-1]
+            ok = np.flatnonzero(grid[i:] - grid[i] >= k * (sd[i] + sd[i:]))
+            if not ok.size:
+                return None
+            idx.append(i + int(ok[0]))
+        return np.asarray(idx)
+
+    lo, hi = 0.0, float((grid[-1] - grid[0]) / (2 * sd.min()))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if place(mid) is not None else (lo, mid)
+    idx = place(lo)
+    assert idx is not None
+    lv = grid[idx]
+    lv[-1] = grid[-1]
+    return lo, lv
+
+
+def pattern(noise: NoiseModel, g_hi_us: float, cfg: MediumConfig, retention_s: float) -> Pattern:
+    """Random data and reference cells for every density across the calibrated window, at
+    the levels and tolerance :func:`levels` chooses for the retention time."""
+    rng = np.random.default_rng(cfg.seed)
     parts = []
     for d in cfg.densities:
-        levels = np.linspace(g_lo, g_hi_us, 2 ** d)
-        spacing = levels[1] - levels[0]
-        ok = tols[tols <= spacing / 4]
-        tol = float(ok.max() if ok.size else tols.min())  # the loosest window that keeps levels apart
+        lv, tol = levels(noise, g_hi_us, d, retention_s)
         sym = np.concatenate([rng.integers(0, 2 ** d, cfg.cells_per_density),
                               np.repeat(np.arange(2 ** d), cfg.reference_cells_per_level)])
         ref = np.arange(sym.size) >= cfg.cells_per_density
-        t = levels[sym]
+        t = lv[sym]
         parts.append((np.full(sym.size, d), sym, ref, t, noise.aim(t, tol), np.full(sym.size, tol)))
     cols = [np.concatenate(c) for c in zip(*parts)]
     return Pattern(*cols, np.full(cols[0].size, int(noise.max_pulses_), np.int64))
@@ -101,8 +141,11 @@ def decode(pat: Pattern, reads_us: np.ndarray, cfg: MediumConfig) -> list[dict[s
     for d in cfg.densities:
         m = pat.density == d
         sym, ref, g = pat.symbol[m], pat.reference[m], reads_us[m]
-        med = np.array([np.median(g[ref & (sym == s)]) for s in range(2 ** d)])
-        thresholds = (med[1:] + med[:-1]) / 2
+        refs = [g[ref & (sym == s)] for s in range(2 ** d)]
+        med = np.array([np.median(r) for r in refs])
+        spread = np.array([stats.median_abs_deviation(r, scale="normal") for r in refs]) + 1e-9
+        # where neighbouring levels' reads are equally likely: the σ-weighted point between medians
+        thresholds = (med[:-1] * spread[1:] + med[1:] * spread[:-1]) / (spread[:-1] + spread[1:])
         got = np.searchsorted(thresholds, g[~ref])
         want = sym[~ref]
         errors = gray_bits(got, d) ^ gray_bits(want, d)
@@ -239,7 +282,7 @@ def choose(per_density: list[dict[str, Any]], cfg: MediumConfig) -> Medium:
 def predicted(noise: NoiseModel, g_hi_us: float, retention_s: float, cfg: MediumConfig, seed: int = 0) -> Medium:
     """The medium the evaluation stage would measure, drawn from the noise model before any
     pulse: the same test pattern, read after the retention time, decoded and sized the same way."""
-    pat = pattern(noise, g_hi_us, cfg)
+    pat = pattern(noise, g_hi_us, cfg, retention_s)
     reads, _ = simulate_reads(noise, pat.aims_us, pat.tolerance_us, pat.max_pulses, retention_s,
                               np.random.default_rng(seed))
     return choose(decode(pat, reads, cfg), cfg)

@@ -97,7 +97,7 @@ def evaluate(chip: Chip, noise: NoiseModel, model_cells: np.ndarray, cells: np.n
     n = layout.targets.size
     chip_of = cfg.chip_of()
     here = chip_of.count(0) - 1
-    pat = digital_medium.pattern(noise, g_hi_us, medium_cfg)
+    pat = digital_medium.pattern(noise, g_hi_us, medium_cfg, retention_s)
     need = here * n + pat.aims_us.size
     if cells.size < need:
         raise ValueError(f"the evaluation needs {need} cells, the run holds {cells.size} for it")
