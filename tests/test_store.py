@@ -302,8 +302,11 @@ def test_digital_medium_sizes_a_code_from_the_measured_error_rate() -> None:
 def test_medium_levels_have_equal_margins_at_the_best_tolerance(noise) -> None:
     """The medium's levels span floor to top with the same margin at every boundary, in units
     of the calibrated error after the retention time, at the calibrated tolerance that
-    makes that margin largest; the decoder's thresholds lean towards the tighter level."""
+    makes that margin largest; the decoder's thresholds go where the model's reads err least."""
     from pcm_hil.store_job.digital_medium import _equal_margins, decode, levels, pattern
+    from dataclasses import replace
+
+    from pcm_hil.store_job.readback import simulate_reads
 
     g_hi, day, cap = 12.0, 86400.0, int(noise.max_pulses_)
     lv, tol = levels(noise, g_hi, 2, day)
@@ -315,16 +318,24 @@ def test_medium_levels_have_equal_margins_at_the_best_tolerance(noise) -> None:
     margin = {t: _equal_margins(grid, np.sqrt(noise.sq_error_after(grid, t, cap, day)), 4)[0]
               for t in noise.tolerances_us_}
     assert len(set(margin.values())) > 1 and margin[tol] == max(margin.values())  # no tolerance separates more
-    # thresholds: where two levels with spreads 1 and 3 µS are equally likely (median 0 and 8: at 2)
-    cfg = MediumConfig(densities=(1,), cells_per_density=256, reference_cells_per_level=64)
+    # read thresholds: a fraction of the way between the reference cells' medians, where the
+    # calibrated model's reads err least; on fresh model draws they beat the midpoints
+    cfg = MediumConfig(densities=(2,), cells_per_density=16384, reference_cells_per_level=64)
     pat = pattern(noise, g_hi, cfg, day)
-    rng = np.random.default_rng(0)
-    reads = np.where(pat.symbol == 0, rng.normal(0, 1, pat.symbol.size), rng.normal(8, 3, pat.symbol.size))
-    reads[pat.reference & (pat.symbol == 0)] = np.linspace(-1.35, 1.35, 64)  # spread 1 (MAD-normal)
-    reads[pat.reference & (pat.symbol == 1)] = 8 + np.linspace(-4.05, 4.05, 64)
+    b = pat.boundaries[2]
+    assert b.shape == (3,) and np.all((b > 0.2) & (b < 0.8))
+    reads, _ = simulate_reads(noise, pat.aims_us, pat.tolerance_us, pat.max_pulses, day, np.random.default_rng(5))
+    midway = replace(pat, boundaries={2: np.full(3, 0.5)})
+    assert decode(pat, reads, cfg)[0]["bit_errors"] < decode(midway, reads, cfg)[0]["bit_errors"]
+    # the threshold sits at that fraction between the measured medians (0 and 8 µS here)
+    one = MediumConfig(densities=(1,), cells_per_density=256, reference_cells_per_level=64)
+    pat = replace(pattern(noise, g_hi, one, day), boundaries={1: np.array([0.25])})
+    reads = np.where(pat.symbol == 0, 0.0, 8.0)
     data = ~pat.reference
     reads[data] = np.where(pat.symbol[data] == 0, 1.9, 2.1)  # either side of the threshold at 2
-    assert decode(pat, reads, cfg)[0]["bit_errors"] == 0
+    assert decode(pat, reads, one)[0]["bit_errors"] == 0
+    reads[data] = np.where(pat.symbol[data] == 0, 2.1, 1.9)  # the wrong sides: every bit wrong
+    assert decode(pat, reads, one)[0]["bit_errors"] == data.sum()
 
 
 def test_bch_run_beyond_the_library_counts_blocks_over_t() -> None:
