@@ -26,7 +26,7 @@ GEOM = Geometry(1, 128, 128)  # the store tests' chip (conftest's calibration si
 BASE = dict(model="mlp-digits", importance_samples=300, programmings=2, medium_cells=256, digital_baseline=False)
 SPACE = SearchSpace(sparsities=(0.0, 0.5), codes=("sign", "offset"), replicas=(1.0, 1.5, 2.0),
                     budget_tolerances_us=(None,))
-FAST = dict(space=SPACE, min_draws=4, reject_after=4, max_draws=8, batch=4, final_draws=4)
+FAST = dict(space=SPACE, min_draws=4, reject_after=4, max_draws=8, batch=4, final_draws=4, final_max_draws=4)
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,15 @@ def test_cli_plan_json(tmp_path) -> None:
     for key in ("predicted_accuracy", "measured_accuracy_mean", "total_cells", "configuration"):
         assert out[key] is not None
     assert out["stored"] and out["measured_accuracy_ci95"][0] <= out["measured_accuracy_mean"]
+
+
+def test_the_prediction_draws_on_until_its_interval_is_tight(noise, inputs) -> None:
+    """A small test set scatters one draw by about ±0.5 pp: the final prediction draws more
+    than its minimum until the 95 % interval of its mean is within the half-width asked."""
+    one = SearchSpace(sparsities=(0.5,), codes=("sign",), replicas=(1.0,), budget_tolerances_us=(None,))
+    fast = {**FAST, "space": one, "final_max_draws": 12}
+    loose = plan_store(inputs, noise, BASE, PlanConfig(max_accuracy_drop=0.5, final_halfwidth=0.05, **fast)).as_dict()
+    tight = plan_store(inputs, noise, BASE, PlanConfig(max_accuracy_drop=0.5, final_halfwidth=1e-4, **fast)).as_dict()
+    assert loose["predicted_draws"] == 4 and tight["predicted_draws"] == 12
+    lo, hi = tight["predicted_accuracy_ci95"]
+    assert hi - lo < loose["predicted_accuracy_ci95"][1] - loose["predicted_accuracy_ci95"][0]

@@ -98,7 +98,9 @@ class PlanConfig:
     reject_after: int = 4       # draws before a candidate may be rejected (a clear miss costs less)
     max_draws: int = 24         # draws at most per candidate (then accepted only if its bound clears)
     batch: int = 4              # draws between two looks
-    final_draws: int = 24       # draws of the chosen configuration on the test set (the reported prediction)
+    final_draws: int = 24       # draws at least of the chosen configuration on the test set (the reported prediction)
+    final_max_draws: int = 240  # ... and at most, drawing on until its 95 % interval is ±final_halfwidth
+    final_halfwidth: float = 0.001  # (fraction: 0.001 = ±0.1 pp; a small test set scatters a draw by ±0.5 pp)
     confidence: float = 0.95
     seed: int = 0
 
@@ -107,12 +109,18 @@ class PlanConfig:
             raise ValueError(f"max_accuracy_drop must be in [0, 0.5] (a fraction; 0.005 = 0.5 pp), "
                              f"got {self.max_accuracy_drop!r}")
         for name, lo, hi in (("min_draws", 2, 1000), ("reject_after", 2, 1000), ("max_draws", 2, 1000),
-                             ("batch", 1, 1000), ("final_draws", 2, 1000)):
+                             ("batch", 1, 1000), ("final_draws", 2, 1000), ("final_max_draws", 2, 10000)):
             v = getattr(self, name)
             if type(v) is not int or not lo <= v <= hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
         if self.min_draws > self.max_draws:
             raise ValueError(f"min_draws ({self.min_draws}) must not exceed max_draws ({self.max_draws})")
+        if self.final_draws > self.final_max_draws:
+            raise ValueError(f"final_draws ({self.final_draws}) must not exceed final_max_draws "
+                             f"({self.final_max_draws})")
+        if not 0 < self.final_halfwidth <= 0.05:
+            raise ValueError(f"final_halfwidth must be in (0, 0.05] (a fraction; 0.001 = ±0.1 pp), "
+                             f"got {self.final_halfwidth!r}")
         if not 0.5 <= self.confidence < 1:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
 
@@ -287,18 +295,19 @@ def plan_store(inputs: Inputs, noise: NoiseModel, base: dict[str, Any], cfg: Pla
         progress("plan: prediction", 0, cfg.final_draws)
         rng = np.random.default_rng(cfg.seed + 1)
         test_accs, val_accs, flag_bits = [], [], []
-        for d in range(cfg.final_draws):
+        while len(test_accs) < cfg.final_draws or (
+                len(test_accs) < cfg.final_max_draws and np.ptp(_interval95(test_accs)) / 2 > cfg.final_halfwidth):
             acc_test, acc_val, verified = _draw(noise, inputs, b, rng, test=True)
             test_accs.append(acc_test)
             val_accs.append(acc_val)
             flag_bits.append(side_info.coded_bits(verified[~b.layout.reference]))
-            progress("plan: prediction", d + 1, cfg.final_draws)
+            progress("plan: prediction", len(test_accs), max(cfg.final_draws, len(test_accs)))
         options = dict(cand.options)
         configuration = knobs(cand.options)
         lo_val, _ = _bounds(cand.val_accuracies, cfg.confidence)
         predicted = {
             "predicted_accuracy": float(np.mean(test_accs)), "predicted_accuracy_ci95": _interval95(test_accs),
-            "predicted_accuracy_sd": float(np.std(test_accs, ddof=1)),
+            "predicted_accuracy_sd": float(np.std(test_accs, ddof=1)), "predicted_draws": len(test_accs),
             "predicted_accuracy_val": float(np.mean(cand.val_accuracies)), "predicted_accuracy_val_lower": lo_val,
             "predicted_accuracy_val_final": float(np.mean(val_accs)),
             "total_cells": cand.total_cells, "analog_cells": cand.analog_cells,
