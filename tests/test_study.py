@@ -171,6 +171,29 @@ def test_cli_and_lab_script_run_the_same_code_and_estimate_first(tmp_path, capsy
     assert capsys.readouterr().err == out.err
 
 
+def test_a_smaller_grid_for_a_slow_model(tmp_path, capsys) -> None:
+    """--settings, --retentions and --no-ablations cut the grid to what a slow model can afford."""
+    import json
+
+    args = ["study", "--models", "resnet20-fmnist32", "--estimate-only", "--json", "--run-dir", str(tmp_path / "s")]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out)["estimate"]["points"]
+    assert main(args + ["--settings", "r1.25-s75,r2-s75", "--retentions", "day", "--no-ablations"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["estimate"]["points"] == 2 * 1 * 2 < full  # settings × retention × chip seeds
+    assert [s["name"] for s in r["config"]["settings"]] == ["r1.25-s75", "r2-s75"]
+    assert r["config"]["retentions_s"] == [DAY_S] and r["config"]["ablation_base"] == ""
+    # the ablations, kept, start from a setting of the smaller grid at a retention it has
+    assert main(args + ["--settings", "r1.5-s75", "--retentions", "year"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["config"]["ablation_base"] == "r1.5-s75" and r["config"]["ablation_retention_s"] == 365 * DAY_S
+    assert r["estimate"]["points"] == 2 + 2 * 8
+    for bad in (["--settings", "r9-s75"], ["--retentions", "week"], ["--settings", "r2-s75,r2-s75"]):
+        assert main(args + bad) == 2
+        assert "among" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_study_point_stores_as_the_main_job_does_but_for_what_its_setting_names() -> None:
     """A point with every strategy on is the ``pcm-hil store`` command line's config with its
     replicas and sparsity (the study once ran with the coded mask where the store job put

@@ -11,7 +11,7 @@ import sys
 from typing import Any, Callable
 
 from .backends import backend_for
-from .grid import MODELS, StudyConfig
+from .grid import DAY_S, FULL_SETTINGS, HOUR_S, MODELS, YEAR_S, StudyConfig
 from .report import build
 from .sweep import estimate_seconds, run_study
 
@@ -34,6 +34,26 @@ def _models(text: str) -> tuple[str, ...]:
     return names
 
 
+RETENTIONS = {"hour": HOUR_S, "day": DAY_S, "year": YEAR_S}
+
+
+def _names(text: str, known: list[str], what: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{what} are comma-separated, each once, among {', '.join(known)}; "
+                                         f"got {text!r}")
+    return names
+
+
+def _settings(text: str) -> tuple[str, ...]:
+    return _names(text, [s.name for s in FULL_SETTINGS], "settings")
+
+
+def _retentions(text: str) -> tuple[str, ...]:
+    return _names(text, list(RETENTIONS), "retention times")
+
+
 def study_arguments() -> argparse.ArgumentParser:
     """The study's options, for the command line and the lab script alike."""
     p = argparse.ArgumentParser(add_help=False)
@@ -41,6 +61,12 @@ def study_arguments() -> argparse.ArgumentParser:
                    help="a few minutes: mlp-digits, 1 day, 2 chip seeds, 2 programmings (a labelled sample)")
     p.add_argument("--models", type=_models, default=None,
                    help=f"comma-separated models (default: the study's three; --quick: mlp-digits); among {', '.join(MODELS)}")
+    p.add_argument("--settings", type=_settings, default=None,
+                   help="comma-separated analog settings of the curve (default all: "
+                        f"{','.join(s.name for s in FULL_SETTINGS)}); a smaller grid for a slow model")
+    p.add_argument("--retentions", type=_retentions, default=None,
+                   help="comma-separated retention times among hour, day, year (default all three)")
+    p.add_argument("--no-ablations", action="store_true", help="skip the ablations (each strategy off in turn)")
     p.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default: the number of cores)")
     p.add_argument("--address", default=None,
                    help="run the points on the Ray cluster at this address (e.g. ray://HEAD:10001; needs pip install ray)")
@@ -59,6 +85,15 @@ def config_of(args: argparse.Namespace) -> StudyConfig:
 
     cfg = StudyConfig.quick_preset(args.models) if args.quick else \
         (StudyConfig(models=args.models) if args.models else StudyConfig())
+    if args.settings:
+        cfg = replace(cfg, settings=tuple(s for s in FULL_SETTINGS if s.name in args.settings),
+                      ablation_base=cfg.ablation_base if cfg.ablation_base in args.settings else args.settings[0])
+    if args.retentions:
+        kept = tuple(RETENTIONS[r] for r in args.retentions)
+        cfg = replace(cfg, retentions_s=kept, ablation_retention_s=cfg.ablation_retention_s
+                      if cfg.ablation_retention_s in kept else kept[0])
+    if args.no_ablations:
+        cfg = replace(cfg, ablation_base="")
     return replace(cfg, digital_baseline=not args.no_digital)
 
 
