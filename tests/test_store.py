@@ -303,9 +303,9 @@ def test_medium_levels_have_equal_margins_at_the_best_tolerance(noise) -> None:
     """The medium's levels span floor to top with the same margin at every boundary, in units
     of the calibrated error after the retention time, at the calibrated tolerance that
     makes that margin largest; the decoder's thresholds go where the model's reads err least."""
-    from pcm_hil.store_job.digital_medium import _equal_margins, decode, levels, pattern
     from dataclasses import replace
 
+    from pcm_hil.store_job.digital_medium import _equal_margins, decode, levels, pattern
     from pcm_hil.store_job.readback import simulate_reads
 
     g_hi, day, cap = 12.0, 86400.0, int(noise.max_pulses_)

@@ -90,8 +90,8 @@ class Point:
 
 # the curve: replicas per kept weight and sparsity, every strategy on
 FULL_SETTINGS = (Setting("r1-s75", 1.0, 0.75), Setting("r1.25-s75", 1.25, 0.75), Setting("r1.5-s75", 1.5, 0.75),
-                 Setting("r2-s75", 2.0, 0.75),
-                 Setting("r3-s75", 3.0, 0.75), Setting("r2-s50", 2.0, 0.5), Setting("r2-s90", 2.0, 0.9))
+                 Setting("r2-s75", 2.0, 0.75), Setting("r3-s75", 3.0, 0.75), Setting("r2-s50", 2.0, 0.5),
+                 Setting("r2-s90", 2.0, 0.9))
 QUICK_SETTINGS = (Setting("r1-s50", 1.0, 0.5), Setting("r2-s50", 2.0, 0.5), Setting("r2-s75", 2.0, 0.75))
 
 
