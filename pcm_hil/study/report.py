@@ -376,6 +376,11 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
       "of each chip is calibrated once, on the last cells of its own copy, and used by every point on that chip. "
       "The model is compressed once per (model, sparsity) and the digital baselines' pruned starts once per "
       "(model, sparsity), cached by the SHA-256 of weights, data and settings.\n")
+    for m in (m for m in cfg.models if m in cfg.reduced and not cfg.quick):
+        settings, rets = cfg.curve_of(m)
+        w(f"Reduced grid: {m} runs {', '.join(s.name for s in settings)} after "
+          f"{', '.join(retention_name(r) for r in rets)} only, without ablations (too slow for the whole grid on "
+          "2 cores: its fine-tunes alone take about 3 h).\n")
     if not_run:
         w("Not run (no switch in the store job): " + "; ".join(f"{n['strategy']} ({n['why']})" for n in not_run)
           + ".\n")
