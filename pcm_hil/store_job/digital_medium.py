@@ -177,6 +177,7 @@ def decode(pat: Pattern, reads_us: np.ndarray, cfg: MediumConfig) -> list[dict[s
         upper = float(stats.beta.ppf(0.95, k + 1, n_bits - k))  # one-sided Clopper–Pearson
         out.append({"bits_per_cell": d, "bits": n_bits, "bit_errors": k, "raw_ber": k / n_bits,
                     "raw_ber_upper95": upper, "symbol_errors": int((got != want).sum()),
+                    "reference_medians_us": med.tolist(), "read_thresholds_us": thresholds.tolist(),
                     "_errors": errors.ravel()})
     return out
 
