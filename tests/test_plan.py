@@ -116,6 +116,7 @@ def test_stuck_cells_hold_their_value_through_the_retention_time(noise) -> None:
     (["--max-accuracy-drop", "1", "--replicas", "0.5"], "[1, 8]"),
     (["--max-accuracy-drop", "1", "--budget-tolerances", "0"], "(0, 10] µS or 'default'"),
     (["--max-accuracy-drop", "1", "--max-draws", "2"], "[4, 1000]"),
+    (["--max-accuracy-drop", "1", "--final-max-draws", "1"], "[2, 10000]"),
     ([], "--max-accuracy-drop"),
 ])
 def test_bad_plan_options_are_refused_before_any_pulse(tmp_path, capsys, args, says) -> None:
@@ -134,13 +135,15 @@ def test_an_unknown_model_is_refused_before_any_pulse(tmp_path, capsys) -> None:
 def test_cli_plan_json(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "pcm_hil.cli", "plan", "--model", "mlp-digits", "--json",
                         "--max-accuracy-drop", "3", "--sparsities", "0,0.5", "--replicas", "1,1.5",
-                        "--budget-tolerances", "default", "--no-digital-baseline", "--run-dir", str(tmp_path)],
+                        "--budget-tolerances", "default", "--final-max-draws", "30", "--no-digital-baseline",
+                        "--run-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     for key in ("predicted_accuracy", "measured_accuracy_mean", "total_cells", "configuration"):
         assert out[key] is not None
     assert out["stored"] and out["measured_accuracy_ci95"][0] <= out["measured_accuracy_mean"]
+    assert 24 <= out["predicted_draws"] <= 30  # at least --final-draws, at most --final-max-draws
 
 
 def test_the_prediction_draws_on_until_its_interval_is_tight(noise, inputs) -> None:

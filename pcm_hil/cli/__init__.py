@@ -177,7 +177,10 @@ def build_parser() -> Parser:
                     help="noise-model draws at most per candidate (default 24)")
     pl.add_argument("--final-draws", type=int_in(2, 1000), default=24,
                     help="draws at least of the chosen configuration that give the predicted test accuracy; more "
-                         "follow, up to 240, until its 95 %% interval is within ±0.1 pp (default 24)")
+                         "follow, up to --final-max-draws, until its 95 %% interval is within ±0.1 pp (default 24)")
+    pl.add_argument("--final-max-draws", type=int_in(2, 10000), default=240,
+                    help="draws at most of the chosen configuration (default 240; fewer for a slow model, whose "
+                         "interval is then stated as it is)")
     pl.add_argument("--retention", type=SECONDS_UP_TO_10_YEARS, default=86400.0,
                     help="seconds between programming and read-back")
     pl.add_argument("--programmings", type=int_in(1, 100), default=5,

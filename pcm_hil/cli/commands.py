@@ -202,7 +202,7 @@ def plan(args: argparse.Namespace) -> int:
                         replicas_per=args.replicas_per, budget_tolerances_us=args.budget_tolerances)
     cfg = PlanConfig(max_accuracy_drop=args.max_accuracy_drop / 100, space=space, max_draws=args.max_draws,
                      min_draws=min(8, args.max_draws), final_draws=args.final_draws,
-                     final_max_draws=max(240, args.final_draws), seed=args.seed)
+                     final_max_draws=max(args.final_max_draws, args.final_draws), seed=args.seed)
     base = dict(model=own_model_name(args.model), retention_s=args.retention, programmings=args.programmings,
                 chips=evaluation_chips(args),
                 medium_cells=args.medium_cells, digital_baseline=not args.no_digital_baseline, seed=args.seed,
