@@ -12,11 +12,12 @@ validation split; below the cheapest option that passes, the best starts are tri
 with quantization-aware fine-tuning (straight-through rounding), down in bits while they
 pass. Last, the cheapest passing option gets per-layer mixed precision: one tensor at a
 time loses a bit, the one that saves the most cells while validation still passes, until
-none can. Its test accuracy is reported beside.
+none can. The test accuracy of the option chosen is measured once and reported beside.
 """
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -108,18 +109,25 @@ def quantized(network: nn.Module, names: list[str], bits: int | dict[str, int], 
     total = 0
     with torch.no_grad():
         for n in names:
-            b = bits[n] if isinstance(bits, dict) else bits
-            levels, step = quantize_levels(p[n].numpy(), b, clip=clip)
-            step = step.astype(np.float16).astype(np.float64)
-            p[n].copy_(torch.from_numpy((levels * step).astype(np.float32)))
-            symbols = levels + 2 ** (b - 1) - 1
-            value_bits = coded_bits(symbols)
-            if masks is not None:  # at 2 bits many kept weights round to 0 and the zeros' code can win
-                keep = masks[n]
-                mask_code = mask_bits(keep) if nm is None else min(mask_bits(keep), nm_mask_bits(keep, *nm))
-                value_bits = min(value_bits, mask_code + coded_bits(symbols[keep]))
-            total += value_bits + digital_parameters.PARAMETER_BITS * step.size  # values, scales per channel
+            values, tensor_bits = _tensor_code(p[n].numpy(), bits[n] if isinstance(bits, dict) else bits, clip,
+                                               None if masks is None else masks[n], nm)
+            p[n].copy_(torch.from_numpy(values))
+            total += tensor_bits
     return m, total
+
+
+def _tensor_code(w: np.ndarray, bits: int, clip: float, keep: np.ndarray | None, nm: tuple[int, int] | None
+                 ) -> tuple[np.ndarray, int]:
+    """One tensor of :func:`quantized`: its stored values and the bits they take (values,
+    mask where it pays, fp16 scales per output channel)."""
+    levels, step = quantize_levels(w, bits, clip=clip)
+    step = step.astype(np.float16).astype(np.float64)
+    symbols = levels + 2 ** (bits - 1) - 1
+    value_bits = coded_bits(symbols)
+    if keep is not None:  # at 2 bits many kept weights round to 0 and the zeros' code can win
+        mask_code = mask_bits(keep) if nm is None else min(mask_bits(keep), nm_mask_bits(keep, *nm))
+        value_bits = min(value_bits, mask_code + coded_bits(symbols[keep]))
+    return (levels * step).astype(np.float32), value_bits + digital_parameters.PARAMETER_BITS * step.size
 
 
 def fake_quantizer(bits: int, clip: float) -> Perturb:
@@ -191,6 +199,7 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
     tried: list[DigitalOption] = []
 
     origin: dict[int, tuple[Start, nn.Module]] = {}  # id of a tried option -> its start, the network it quantized
+    passed: dict[int, nn.Module] = {}  # id of a passing option -> its quantized network
 
     def option(start: Start, net: nn.Module, bits: int | dict[str, int], training: str,
                clips: tuple[float, ...] = cfg.clips) -> DigitalOption:
@@ -208,7 +217,7 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
                                       medium.cells(total), layer_bits), m)
         opt, m = best
         if opt.accuracy_val >= target_val:
-            opt.accuracy_test = accuracy(m, inputs.test.x, inputs.test.y)
+            passed[id(opt)] = m
         tried.append(opt)
         origin[id(opt)] = start, net
         return opt
@@ -231,19 +240,33 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
         cheapest = min(ok, key=lambda o: o.cells)
         _lower_layers(cheapest, *origin[id(cheapest)], names, target_val, option)
         ok = [o for o in tried if o.accuracy_val >= target_val]
-    return (min(ok, key=lambda o: o.cells) if ok else None), tried
+    if not ok:
+        return None, tried
+    chosen = min(ok, key=lambda o: o.cells)
+    chosen.accuracy_test = accuracy(passed[id(chosen)], inputs.test.x, inputs.test.y)  # the test set, once
+    return chosen, tried
 
 
 def _lower_layers(first: DigitalOption, start: Start, net: nn.Module, names: list[str], target_val: float,
                   option: Any) -> None:
-    """Greedy per-layer precision from a passing option: each round tries every tensor one bit
-    lower (at the option's clip) and keeps the passing one that saves the most cells."""
+    """Greedy per-layer precision from a passing option: each round lowers by one bit (at the
+    option's clip) the tensor that saves the most bits while validation still passes, until
+    none can. A round tries the tensors in order of the bits they save (counted without a
+    forward pass) and stops at the first that passes: the choice of trying every tensor, in
+    far fewer evaluations (ResNet-20's 21 tensors took hours on 2 cores)."""
+    weights = {n: w.detach().numpy() for n, w in digital_parameters.as_stored(copy.deepcopy(net), names)
+               .named_parameters()}
+
+    @functools.cache
+    def cost(n: str, b: int) -> int:
+        return _tensor_code(weights[n], b, first.clip, None if start.masks is None else start.masks[n], start.nm)[1]
+
     bits = {n: first.bits for n in names}
     while True:
-        passing = [(o, n) for n in names if bits[n] > 2
-                   for o in [option(start, net, {**bits, n: bits[n] - 1}, first.training, (first.clip,))]
-                   if o.accuracy_val >= target_val]
-        if not passing:
+        order = sorted((n for n in names if bits[n] > 2), key=lambda n: cost(n, bits[n] - 1) - cost(n, bits[n]))
+        for n in order:
+            if option(start, net, {**bits, n: bits[n] - 1}, first.training, (first.clip,)).accuracy_val >= target_val:
+                bits[n] -= 1
+                break
+        else:
             return
-        _, n = min(passing, key=lambda p: p[0].cells)
-        bits[n] -= 1
