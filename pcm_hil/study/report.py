@@ -380,7 +380,7 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
         settings, rets = cfg.curve_of(m)
         w(f"Reduced grid: {m} runs {', '.join(s.name for s in settings)} after "
           f"{', '.join(retention_name(r) for r in rets)} only, without ablations (too slow for the whole grid on "
-          "2 cores: its fine-tunes alone take about 3 h).\n")
+          "2 cores: its fine-tunes alone take about 1 h on 2 workers).\n")
     if not_run:
         w("Not run (no switch in the store job): " + "; ".join(f"{n['strategy']} ({n['why']})" for n in not_run)
           + ".\n")
