@@ -254,12 +254,11 @@ def _lower_layers(first: DigitalOption, start: Start, net: nn.Module, names: lis
     none can. A round tries the tensors in order of the bits they save (counted without a
     forward pass) and stops at the first that passes: the choice of trying every tensor, in
     far fewer evaluations (ResNet-20's 21 tensors took hours on 2 cores)."""
-    weights = {n: w.detach().numpy() for n, w in digital_parameters.as_stored(copy.deepcopy(net), names)
-               .named_parameters()}
+    weights = {n: w.detach().numpy() for n, w in net.named_parameters()}
 
     @functools.cache
     def cost(n: str, b: int) -> int:
-        return _tensor_code(weights[n], b, first.clip, None if start.masks is None else start.masks[n], start.nm)[1]
+        return _tensor_code(weights[n], b, first.clip, start.masks[n], start.nm)[1]
 
     bits = {n: first.bits for n in names}
     while True:

@@ -151,7 +151,7 @@ class StudyConfig:
         if not self.models:
             raise ValueError("the study needs at least one model")
         for m in self.models:
-            if not self.curve_of(m)[0] or not self.curve_of(m)[1]:
+            if not all(self.curve_of(m)):
                 names, rets = self.reduced[m]
                 raise ValueError(f"{m} runs a reduced grid ({', '.join(names)} after "
                                  f"{', '.join(retention_name(r) for r in rets)}); the settings and retention times "
