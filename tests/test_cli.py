@@ -139,10 +139,11 @@ def test_calibrate_run_validate_and_export(tmp_path, run) -> None:
 def test_benchmark_budgets_ratio_is_against_the_best_all_uniform_setup() -> None:
     from pcm_hil.benchmarks import budgets
     from pcm_hil.cli import render
+    from pcm_hil.store_job.inputs import NetworkConfig, load_inputs
 
     # mlp-digits: 140 validation digits, and its 75 %-pruned model sits ~5 pp below the reference
     # there, so a 0.5 pp band is out of everyone's reach; an 8 pp band lets both sides in
-    r = budgets.run(model="mlp-digits", points=3, repeats=1, margin_pp=8.0, replicas=(1.0, 1.5),
+    r = budgets.run(model="mlp-digits", points=3, repeats=1, margin_pp=8.0, sparsity=0.7, replicas=(1.0, 1.5),
                     uniform_replicas=(1, 2, 3), naive=False)
     target = r["accuracy_target_val"]
     assert target == pytest.approx(r["accuracy_reference_val"] - 0.08)
@@ -151,6 +152,11 @@ def test_benchmark_budgets_ratio_is_against_the_best_all_uniform_setup() -> None
     assert sorted((t["replicas"], t["tolerance_us"], t["cap"]) for t in uni) == \
         sorted((k, tol, cap) for k in (1, 2, 3) for tol, cap in r["options"])
     assert len({t["cells"] for t in uni}) == 3  # more replicas, more cells
+    # each more replica is one more cell per kept weight: 30 % of the weights at the sparsity asked for
+    cells = {t["replicas"]: t["cells"] for t in uni}
+    inputs = load_inputs(NetworkConfig("mlp-digits"))
+    n_weights = sum(p.numel() for n, p in inputs.network.named_parameters() if n in inputs.names)
+    assert r["sparsity"] == 0.7 and cells[2] - cells[1] == cells[3] - cells[2] == pytest.approx(0.3 * n_weights, rel=0.01)
     ok = [t for t in uni if t["accuracy_val"] >= target]
     assert len(ok) > 1, "too few uniform setups reached the band to tell the best from another one"
     best = min(ok, key=lambda t: t["pulses"])

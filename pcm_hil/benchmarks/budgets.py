@@ -1,6 +1,6 @@
 """Pulses needed to stay within 0.5 pp of the reference: importance against the best all-uniform setup.
 
-The model is prepared once (pruning, fine-tuning, Fisher importance, codes); then every
+The model is prepared once (pruning to ``sparsity``, fine-tuning, Fisher importance, codes); then every
 setup is programmed ``repeats`` times on the same cells of the emulated chip, read after
 the retention time, drift-compensated, decoded and scored. Settings are chosen on the
 validation split (``inputs.val``), against the reference's own validation accuracy minus
@@ -59,7 +59,8 @@ NAIVE_CAPS = (5, 10, 20, 40, 80)
 
 
 def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp: float = 0.5, repeats: int = 5,
-        replicas: Sequence[float] = (1.0, 1.25, 1.5, 2.0), uniform_replicas: Sequence[int] = (1, 2, 3, 4),
+        sparsity: float = 0.75, replicas: Sequence[float] = (1.0, 1.25, 1.5, 2.0),
+        uniform_replicas: Sequence[int] = (1, 2, 3, 4),
         naive: bool = True,
         curve_margins_pp: Sequence[float] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
         progress: Callable[[str, float, float], None] | None = None) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
         noise = noise_model_for(chip, store, None, seed=seed)  # the chip's last free cells, as the store job
     replicas = tuple(float(r) for r in replicas)
     # the store job's default plan is one more importance point, at 1.5 replicas where swept
-    cfg = StoreConfig.from_options(model=model, sparsity=0.75, seed=seed,
+    cfg = StoreConfig.from_options(model=model, sparsity=sparsity, seed=seed,
                                    replicas_per_weight=1.5 if 1.5 in replicas else replicas[0])
     inputs = load_inputs(cfg.network)
     prep = prepare(inputs, noise, cfg, n, report)
@@ -158,6 +159,7 @@ def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp
 
     out: dict[str, Any] = {
         "benchmark": "budgets", "model": model, "seed": seed, "repeats": repeats, "margin_pp": margin_pp,
+        "sparsity": sparsity,
         "replicas_per_weight": list(replicas), "uniform_replicas": [int(r) for r in uniform_replicas],
         "options": [[float(t), int(c)] for t, c in opts], "verify_read_averaging": int(base.n_avg),
         "accuracy_reference_val": ref_val, "accuracy_reference_test": inputs.accuracy_reference,

@@ -50,6 +50,8 @@ def build_parser() -> Parser:
     b.add_argument("--replicas", type=float_list(1, 8), default=(1.0, 1.25, 1.5, 2.0), metavar="R,R,...",
                    help="budgets: importance side, mean replicas per kept weight placed per output channel, each "
                         "swept over pulse budgets (default 1,1.25,1.5,2; the store job chooses its own per chip)")
+    b.add_argument("--sparsity", type=float_in(0, 0.999), default=0.75,
+                   help="budgets: magnitude pruning of the stored model (default 0.75, the store job's)")
     b.add_argument("--devices", type=int_in(0, 1000), default=20,
                    help="devices: random devices besides every preset (default 20)")
     b.add_argument("--quick", action="store_true", help="devices: a small-cell version (4000 calibration cells)")

@@ -68,8 +68,8 @@ def benchmark(args: argparse.Namespace) -> int:
             r = bench.run(n_devices=args.devices, quick=args.quick, seed=args.seed, store=args.store, progress=bar)
     else:
         with _bars(args) as bar:
-            r = bench.run(model=args.model, seed=args.seed, replicas=args.replicas, repeats=args.repeats or 5,
-                          progress=bar)
+            r = bench.run(model=args.model, seed=args.seed, sparsity=args.sparsity, replicas=args.replicas,
+                          repeats=args.repeats or 5, progress=bar)
     _emit(args, r, lambda: render.benchmark(args.what, r))
     return 0
 
