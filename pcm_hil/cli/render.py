@@ -95,7 +95,8 @@ def budgets(r: dict[str, Any]) -> str:
                              ("one option on the importance layout", "fixed_layout"), ("naive fixed-step loop", "naive"))]
     text = format_table(["setup (fewest pulses reaching the target)", "pulses", "verify reads", "cells", "val acc",
                          "test acc"], rows,
-                        title=f"budgets, {r['model']} ({r['sparsity']:.0%} pruned), target {r['accuracy_target_val']:.2%} on validation "
+                        title=f"budgets, {r['model']} ({r['sparsity']:.0%} pruned), "
+                              f"target {r['accuracy_target_val']:.2%} on validation "
                               f"(reference {r['accuracy_reference_val']:.2%} − {r['margin_pp']:g} pp), "
                               f"mean of {r['repeats']} programmings")
     ratios = [["best uniform / importance, pulses", r["pulse_ratio_vs_best_uniform"]],
