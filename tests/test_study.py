@@ -94,6 +94,14 @@ def test_the_report_holds_the_tables_with_intervals(sweep, tmp_path) -> None:
     assert Path(figures["plots"][0]).stat().st_size > 10_000
     iso = figures["models"]["mlp-digits"]["1 day"]["iso_accuracy"]
     assert len(iso) == 1 and iso[0]["note"]
+    # the summary: one row per model and retention, before the models' sections
+    row = re.search(r"\| mlp-digits \| 1 day \| 1 \| (.*) \| (.*) \| \d+\.\d\d % \(r1-s50\) \| \d+\.\d\d % \|", text)
+    assert row and text.index("## Summary") < row.start() < text.index("## mlp-digits")
+    assert "What each lever bought" not in text  # no lever record beside this report
+    (tmp_path / "levers.md").write_text("| lever | measured | kept? |\n|---|---|---|\n| x | +1 pp | yes |\n")
+    build(first.rows, TINY, run_dir, out, "pcm-hil study --test")
+    text = out.read_text()
+    assert "## What each lever bought" in text and "| x | +1 pp | yes |" in text
 
 
 def test_compression_is_a_cache_hit_the_second_time_and_a_miss_when_the_config_changes(tmp_path, noise) -> None:

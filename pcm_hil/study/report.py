@@ -26,6 +26,8 @@ from ..store_job.evaluation import interval95
 from .capacity import capacities
 from .grid import StudyConfig, point_from_dict, retention_name
 
+LEVERS = "levers.md"  # the hand-kept record of what each lever bought, beside the report; copied into it
+
 
 @dataclass
 class AnalogPoint:
@@ -153,6 +155,23 @@ def _ratio(x: float | None) -> str:
     return f"**{x:.2f}×** ({'analog wins' if x > 1 else 'analog loses' if x < 1 else 'tie'})"
 
 
+def _summary_row(model: str, retention_s: float, curve: list[AnalogPoint], iso: list[dict[str, Any]],
+                 searched: bool, reference: float) -> str:
+    """One line of the summary: the best and worst ratio over ``iso`` and the best stored accuracy of ``curve``
+    (``searched``: whether the digital competitor was searched at all)."""
+    rated = sorted((i for i in iso if i["ratio"] is not None), key=lambda i: i["ratio"])
+
+    def ratio(i: dict[str, Any] | None) -> str:
+        if i is None:
+            return "— (no digital option reaches it)" if searched else "— (digital search off)"
+        return f"{_ratio(i['ratio'])} ({i['setting']})"
+
+    top = max(curve, key=lambda a: a.accuracy_test_mean)
+    return (f"| {model} | {retention_name(retention_s)} | {len(curve)} | {ratio(rated[-1] if rated else None)} | "
+            f"{ratio(rated[0] if rated else None)} | {_pct(top.accuracy_test_mean)} ({top.setting}) | "
+            f"{_pct(reference)} |")
+
+
 def _plot(model: str, per_ret: dict[float, tuple[list[AnalogPoint], list[DigitalPoint]]], path: Path) -> None:
     import matplotlib
 
@@ -248,6 +267,8 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
       "cells at the same accuracy: above 1 analog storage needs fewer cells (wins), below 1 it loses. Digital "
       "options are chosen and compared on the validation split (held out of the training data); the store job "
       "measures the test accuracy only of the option it chose at each point (— elsewhere).\n")
+    at_summary = len(L)  # the summary goes here once every model is measured
+    summary: list[str] = []
     for m in models:
         mrows = [r for r in rows if r["point"]["model"] == m]
         w(f"\n## {m}\n")
@@ -319,6 +340,7 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
             for a in curve:
                 w(f"| {a.setting} | {'—' if a.bits_per_cell_stored is None else f'{a.bits_per_cell_stored:.2f}'} | "
                   f"{a.medium_bits_per_cell:.2f} | {'—' if cap is None else f'{cap:.2f}'} |")
+            summary.append(_summary_row(m, ret, curve, iso, bool(dig), rec0["accuracy_reference"]))
             mfig[retention_name(ret)] = {"analog": [asdict(a) for a in ana], "digital": [asdict(d) for d in dig],
                                          "iso_accuracy": iso}
         abl = [a for ret in per_ret for a in per_ret[ret][0] if a.ablation is not None and ret == cfg.ablation_retention_s]
@@ -348,6 +370,19 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
             mfig["ablation"] = [asdict(a) for a in abl]
         _plot(m, per_ret, plot_dir / f"{m}.png")
         figures["models"][m] = mfig
+    L[at_summary:at_summary] = [
+        "\n## Summary\n",
+        "Per model and retention time: the analog settings of the curve, the best and worst iso-accuracy ratio "
+        "(digital cells / analog cells at the analog setting's validation mean, the digital front interpolated) "
+        "and the best stored test accuracy. Above 1 analog storage wins.\n",
+        "| model | read after | settings | best ratio (setting) | worst ratio (setting) | best stored accuracy, test "
+        "(setting) | reference, test |", "|---|---|---|---|---|---|---|", *summary]
+    levers = out.parent / LEVERS
+    if levers.exists():
+        w("\n## What each lever bought\n")
+        w(f"The hand-kept record from [`{LEVERS}`]({LEVERS}), copied here as it stands (measured session by "
+          "session, not by this command; the ablations above measure the kept strategies again).\n")
+        w(levers.read_text(encoding="utf-8").strip() + "\n")
     w("\n## Capacity of the calibrated channel\n")
     w("Method: input = the programmed level x on 64 levels spanning the calibrated range; read after the "
       "retention time y ~ N(x, E[e²](x)), E[e²] from the chip's noise model at one program-and-verify setting "
