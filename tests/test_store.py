@@ -746,6 +746,46 @@ def test_mixed_precision_competitor_is_never_costlier_and_still_passes() -> None
     assert sum(not np.isnan(o.accuracy_test) for o in tried) == 1
 
 
+def test_the_competitors_evaluations_are_read_back_from_the_model_cache(tmp_path) -> None:
+    """A study's points search the same digital options: with a model cache the second search
+    computes no option again and chooses the same competitor (its test accuracy measured
+    again, once); a changed network or read-back setting is a miss, never a stale hit."""
+    import copy
+    from dataclasses import replace
+
+    from pcm_hil.models import accuracy
+    from pcm_hil.store_job import model_cache
+    from pcm_hil.store_job.baselines import BaselineConfig, _strongest_digital
+    from pcm_hil.store_job.compression import CompressionConfig
+    from pcm_hil.store_job.digital_medium import Medium
+    from pcm_hil.store_job.readback import ReadbackConfig
+
+    inp = load_inputs(NetworkConfig(name="mlp-digits"))
+    medium = Medium(1, 0.0, 0.0, "none", 1, 1, 1.0, 0, 0, [])
+    target = accuracy(inp.network, inp.val.x, inp.val.y) - 0.03
+    cfg = BaselineConfig(sparsities=(0.0,), clips=(1.0, 0.85), qat_epochs=0)
+
+    def search(network=inp.network, readback=ReadbackConfig()):
+        return _strongest_digital(inp, network, None, medium, target, CompressionConfig(), readback, cfg)
+
+    with model_cache.using(tmp_path):
+        first, tried = search()
+        computed, reused = model_cache.stats.figures_computed, model_cache.stats.figures_reused
+        assert computed >= len(tried)  # (the search itself asks for some options twice: reused)
+        second, again = search()
+        assert model_cache.stats.figures_computed == computed
+        assert model_cache.stats.figures_reused == 2 * reused + computed
+        assert repr(second) == repr(first) and list(map(repr, again)) == list(map(repr, tried))  # (nan != nan)
+        assert 0 < first.accuracy_test <= 1
+        search(readback=replace(ReadbackConfig(), seed=1))
+        assert model_cache.stats.figures_computed == 2 * computed
+        other = copy.deepcopy(inp.network)
+        with torch.no_grad():
+            next(other.parameters()).mul_(0.5)
+        search(network=other)
+        assert model_cache.stats.figures_computed > 2 * computed
+
+
 def test_drift_compensation_can_be_switched_off_for_the_ablation() -> None:
     """Reads that all drifted by the same factor come back on target with the reference
     cells' correction, and as read with it switched off (``--no-drift-compensation``)."""

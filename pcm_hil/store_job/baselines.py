@@ -30,6 +30,7 @@ from . import digital_parameters
 from .compression import CompressionConfig, Perturb, nm_mask_bits, quantize_levels
 from .digital_medium import Medium, slc_ecc_cells
 from .inputs import Inputs
+from . import model_cache
 from .model_cache import cached_prune, cached_prune_nm, cached_quantization_aware
 from .readback import ReadbackConfig, bn_recalibrated
 from .side_info import coded_bits, mask_bits
@@ -199,7 +200,22 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
     tried: list[DigitalOption] = []
 
     origin: dict[int, tuple[Start, nn.Module]] = {}  # id of a tried option -> its start, the network it quantized
-    passed: dict[int, nn.Module] = {}  # id of a passing option -> its quantized network
+    bn_inputs = model_cache.key(nn.Module(), [], inputs.train.x, inputs.train.y, asdict(readback))  # BN re-estimation
+
+    def stored(start: Start, net: nn.Module, bits: int | dict[str, int], clip: float) -> tuple[nn.Module, int]:
+        m, value_bits = quantized(net, names, bits, clip, start.masks, start.nm)
+        return bn_recalibrated(m, inputs.train, readback), value_bits  # the analog model's read-time re-estimation
+
+    def evaluated(start: Start, net: nn.Module, bits: int | dict[str, int], clip: float) -> dict[str, float]:
+        """Validation accuracy and value bits of ``net`` stored at ``bits`` and ``clip``; a study's
+        points evaluate the same options, so they come from the model cache when it has them."""
+        def compute() -> dict[str, float]:
+            m, value_bits = stored(start, net, bits, clip)
+            return {"accuracy_val": accuracy(m, inputs.val.x, inputs.val.y), "value_bits": value_bits}
+
+        settings = {"stage": "digital option", "bits": bits, "clip": clip, "masks": model_cache.masks_digest(
+            start.masks), "nm": start.nm, "bn_inputs": bn_inputs, "code": _evaluation_code()}
+        return model_cache.cached_figures(net, names, inputs.val.x, inputs.val.y, settings, compute)
 
     def option(start: Start, net: nn.Module, bits: int | dict[str, int], training: str,
                clips: tuple[float, ...] = cfg.clips) -> DigitalOption:
@@ -207,20 +223,16 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
         best = None
         layer_bits = dict(bits) if isinstance(bits, dict) else None
         for clip in clips:
-            m, value_bits = quantized(net, names, bits, clip, start.masks, start.nm)
-            bn_recalibrated(m, inputs.train, readback)  # the same read-time re-estimation as the analog model
-            acc_val = accuracy(m, inputs.val.x, inputs.val.y)
-            if best is None or acc_val > best[0].accuracy_val:
-                total = value_bits + other_bits
+            fig = evaluated(start, net, bits, clip)
+            if best is None or fig["accuracy_val"] > best.accuracy_val:
+                total = int(fig["value_bits"]) + other_bits
                 top = max(layer_bits.values()) if layer_bits else bits
-                best = (DigitalOption(start.name, top, start.sparsity, training, clip, acc_val, float("nan"), total,
-                                      medium.cells(total), layer_bits), m)
-        opt, m = best
-        if opt.accuracy_val >= target_val:
-            passed[id(opt)] = m
-        tried.append(opt)
-        origin[id(opt)] = start, net
-        return opt
+                best = DigitalOption(start.name, top, start.sparsity, training, clip, fig["accuracy_val"],
+                                     float("nan"), total, medium.cells(total), layer_bits)
+        assert best is not None
+        tried.append(best)
+        origin[id(best)] = start, net
+        return best
 
     passing: list[tuple[DigitalOption, Start]] = []
     for start in starts:
@@ -243,8 +255,18 @@ def _strongest_digital(inputs: Inputs, compressed: nn.Module, masks: dict[str, n
     if not ok:
         return None, tried
     chosen = min(ok, key=lambda o: o.cells)
-    chosen.accuracy_test = accuracy(passed[id(chosen)], inputs.test.x, inputs.test.y)  # the test set, once
+    m, _ = stored(*origin[id(chosen)], chosen.layer_bits or chosen.bits, chosen.clip)
+    chosen.accuracy_test = accuracy(m, inputs.test.x, inputs.test.y)  # the test set, once
     return chosen, tried
+
+
+def _evaluation_code() -> str:
+    """The digest of the code behind a digital option's figures (part of their cache key)."""
+    from ..models import recalibrate_batchnorm
+    from . import side_info
+
+    return model_cache.code_digest(quantized, _tensor_code, quantize_levels, side_info, nm_mask_bits,
+                                   digital_parameters, bn_recalibrated, recalibrate_batchnorm, accuracy)
 
 
 def _lower_layers(first: DigitalOption, start: Start, net: nn.Module, names: list[str], target_val: float,

@@ -31,7 +31,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -52,6 +52,8 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     shipped: int = 0  # of the hits, those from the shipped layer
+    figures_reused: int = 0  # small figures (:func:`cached_figures`) read back instead of computed
+    figures_computed: int = 0
 
 
 stats = CacheStats()
@@ -69,7 +71,7 @@ def use(directory: str | Path | None) -> None:
             raise ValueError(f"{directory} is the shipped cache, which is read-only: regenerate it with "
                              "python scripts/ship_cache.py")
         _directory.mkdir(parents=True, exist_ok=True)
-    stats.hits = stats.misses = stats.shipped = 0
+    stats.hits = stats.misses = stats.shipped = stats.figures_reused = stats.figures_computed = 0
 
 
 @contextmanager
@@ -273,3 +275,26 @@ def cached_quantization_aware(network: nn.Module, masks: dict[str, np.ndarray], 
     settings = quantization_aware_settings(masks, bits, clip, epochs, seed)
     model, _ = _cached(network, list(masks), x, y, settings, compute)
     return model
+
+
+def cached_figures(network: nn.Module, names: list[str], x: np.ndarray, y: np.ndarray, settings: dict[str, Any],
+                   compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Figures ``compute`` measures on ``network`` with data (x, y) (a validation accuracy, a bit
+    count), kept as ``<key>.json`` in the writable directory so that the next store job on the
+    same model reads them back (the digital competitor's search evaluates the same options at
+    every point of a study); computed afresh when the cache is off. ``settings`` must name
+    everything else the figures depend on, the code that computes them included."""
+    d = directory()
+    if d is None:
+        return compute()
+    path = d / f"{key(network, names, x, y, settings)}.json"
+    if path.exists():
+        stats.figures_reused += 1
+        return json.loads(path.read_text())
+    stats.figures_computed += 1
+    figures = compute()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f"{path.stem}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(figures))
+    tmp.replace(path)  # atomic, as for models
+    return figures
