@@ -227,6 +227,9 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, backend: Backend, progress:
                         seen.add((p.model, "prune", s))
                         warm.append(WarmTask(p, cache_dir, s))
         first = [ChipTask(p, str(chip_dir(run_dir, p))) for p in chips.values()] + warm
+        # the longest first (a ResNet-20 fine-tune takes 20 min, a LeNet one 2), so that no worker idles at the end
+        first.sort(key=lambda t: -(SECONDS_CALIBRATION.get(t.point.geometry, 60.0) if isinstance(t, ChipTask)
+                                   else SECONDS_WARMUP.get(t.point.model, 600.0)))
         report("chips and compression", 0, len(first))
         for n, (i, out, err) in enumerate(backend.run(run_task, first), 1):
             task = first[i]
