@@ -149,10 +149,11 @@ def _cells(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f}"
 
 
-def _ratio(x: float | None) -> str:
+def _ratio(x: float | None, setting: str = "") -> str:
     if x is None:
         return "—"
-    return f"**{x:.2f}×** ({'analog wins' if x > 1 else 'analog loses' if x < 1 else 'tie'})"
+    verdict = "analog wins" if x > 1 else "analog loses" if x < 1 else "tie"
+    return f"**{x:.2f}×** ({setting + ': ' if setting else ''}{verdict})"
 
 
 def _summary_row(model: str, retention_s: float, curve: list[AnalogPoint], iso: list[dict[str, Any]],
@@ -164,7 +165,7 @@ def _summary_row(model: str, retention_s: float, curve: list[AnalogPoint], iso: 
     def ratio(i: dict[str, Any] | None) -> str:
         if i is None:
             return "— (no digital option reaches it)" if searched else "— (digital search off)"
-        return f"{_ratio(i['ratio'])} ({i['setting']})"
+        return _ratio(i["ratio"], i["setting"])
 
     top = max(curve, key=lambda a: a.accuracy_test_mean)
     return (f"| {model} | {retention_name(retention_s)} | {len(curve)} | {ratio(rated[-1] if rated else None)} | "
@@ -375,7 +376,7 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
         "Per model and retention time: the analog settings of the curve, the best and worst iso-accuracy ratio "
         "(digital cells / analog cells at the analog setting's validation mean, the digital front interpolated) "
         "and the best stored test accuracy. Above 1 analog storage wins.\n",
-        "| model | read after | settings | best ratio (setting) | worst ratio (setting) | best stored accuracy, test "
+        "| model | read after | settings | best ratio | worst ratio | best stored accuracy, test "
         "(setting) | reference, test |", "|---|---|---|---|---|---|---|", *summary]
     levers = out.parent / LEVERS
     if levers.exists():
