@@ -237,3 +237,15 @@ def test_a_study_point_stores_as_the_main_job_does_but_for_what_its_setting_name
         changed = [(stage, k) for stage in a if isinstance(a[stage], dict)
                    for k in a[stage] if a[stage][k] != b[stage][k]]
         assert 1 <= len(changed) <= 2, (s.name, changed)  # replicas-by-importance: redundancy and replicas
+
+
+def test_an_ablation_the_store_job_declined_is_not_reported_as_measured() -> None:
+    """The store job keeps the coded mask where it takes fewer cells than the mask in the cells;
+    the ablation asking for it is then reported as declined (with why), not as a +0.00 pp row."""
+    from pcm_hil.study.report import _declined
+
+    why = "the coded mask takes fewer cells on the predicted medium (2 bit/cell): 33,491 against 47,525 in the cells"
+    asked = {"mask_in_cells": True}
+    assert _declined(asked, [{"mask_in_cells": {"on": False, "why": why}}] * 2) == why
+    assert _declined(asked, [{"mask_in_cells": {"on": True}}, {"mask_in_cells": {"on": False, "why": why}}]) is None
+    assert _declined({"mask_in_cells": False}, [{"mask_in_cells": {"on": False}}]) is None

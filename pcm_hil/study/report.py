@@ -54,6 +54,7 @@ class AnalogPoint:
     medium_bits_per_cell: float               # data bits per cell of the measured digital medium
     pulses: float
     seconds: float
+    declined: str | None = None               # why the store job did not apply what the setting asked (each chip)
 
 
 @dataclass
@@ -95,8 +96,18 @@ def analog_points(rows: list[dict[str, Any]]) -> list[AnalogPoint]:
             float(np.mean([rec["accuracy_stored_uncompensated"] for rec in recs])),
             float(np.mean(stored_bits)) if stored_bits else None,
             float(np.mean([1.0 / rec["digital_medium"]["cells_per_bit"] for rec in recs])),
-            float(np.mean([rec["pulses"] for rec in recs])), float(np.mean([r["seconds"] for r in rs]))))
+            float(np.mean([rec["pulses"] for rec in recs])), float(np.mean([r["seconds"] for r in rs])),
+            _declined(s, recs)))
     return out
+
+
+def _declined(setting: dict[str, Any], recs: list[dict[str, Any]]) -> str | None:
+    """Why the store job kept the coded mask on every chip where the setting asked for the mask in the
+    cells (it places the mask in the cells only where that takes fewer cells); None if it applied it."""
+    whys = [rec.get("mask_in_cells", {}).get("why") for rec in recs]
+    if setting.get("mask_in_cells") and all(whys):
+        return "; ".join(dict.fromkeys(whys))
+    return None
 
 
 def digital_points(rows: list[dict[str, Any]]) -> list[DigitalPoint]:
@@ -356,6 +367,9 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
                 w(f"| none (all on: {base.setting}) | {_pct(base.accuracy_test_mean)} ({_ci(base.accuracy_test_ci95)})"
                   f" | — | {_cells(base.total_cells)} | — | {_ratio(base.ratio_vs_best_digital)} |")
             for a in abl:
+                if a.declined:
+                    w(f"| {a.ablation} | not applied: the store job declined it ({a.declined}) | | | | |")
+                    continue
                 d_acc = "—" if base is None else f"{100 * (a.accuracy_test_mean - base.accuracy_test_mean):+.2f} pp"
                 d_cells = "—" if base is None else f"{a.total_cells - base.total_cells:+,.0f}"
                 w(f"| {a.ablation} | {_pct(a.accuracy_test_mean)} ({_ci(a.accuracy_test_ci95)}) | {d_acc} | "
