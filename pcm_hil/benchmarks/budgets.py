@@ -44,6 +44,7 @@ import numpy as np
 
 from pcm_hil_noisemodel import NoiseModel
 
+from . import BUDGETS_SPARSITY
 from ..app import noise_model_for
 from ..emulator import EmulatedChip
 from ..models import accuracy
@@ -59,7 +60,7 @@ NAIVE_CAPS = (5, 10, 20, 40, 80)
 
 
 def run(model: str = "lenet5-fmnist", seed: int = 0, points: int = 12, margin_pp: float = 0.5, repeats: int = 5,
-        sparsity: float = 0.75, replicas: Sequence[float] = (1.0, 1.25, 1.5, 2.0),
+        sparsity: float = BUDGETS_SPARSITY, replicas: Sequence[float] = (1.0, 1.25, 1.5, 2.0),
         uniform_replicas: Sequence[int] = (1, 2, 3, 4),
         naive: bool = True,
         curve_margins_pp: Sequence[float] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0),
