@@ -186,7 +186,7 @@ def test_a_smaller_grid_for_a_slow_model(tmp_path, capsys) -> None:
 
     args = ["study", "--models", "lenet5-fmnist", "--estimate-only", "--json", "--run-dir", str(tmp_path / "s")]
     assert main(args) == 0
-    assert json.loads(capsys.readouterr().out)["estimate"]["points"] == 7 * 3 * 2 + 8 * 2  # curve, ablations
+    assert json.loads(capsys.readouterr().out)["estimate"]["points"] == 8 * 3 * 2 + 8 * 2  # curve, ablations
     assert main(args + ["--settings", "r1.25-s75,r2-s75", "--retentions", "day", "--no-ablations"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["estimate"]["points"] == 2 * 1 * 2  # settings × retention × chip seeds
@@ -200,12 +200,13 @@ def test_a_smaller_grid_for_a_slow_model(tmp_path, capsys) -> None:
     for bad in (["--settings", "r9-s75"], ["--retentions", "week"], ["--settings", "r2-s75,r2-s75"]):
         assert main(args + bad) == 2
         assert "among" in capsys.readouterr().err
-    # the default study: ResNet-20 at 3 settings after 1 day on 2 chips, no ablations
+    # the default study: ResNet-20 at 4 settings after 1 day on 2 chips, no ablations
     points = StudyConfig().points()
     resnet = [p for p in points if p.model == "resnet20-fmnist32"]
-    assert sorted({p.setting.name for p in resnet}) == ["r1.25-s75", "r2-s75", "r2-s90"] and len(resnet) == 6
+    assert sorted({p.setting.name for p in resnet}) == ["r1.25-s75", "r1.25-s90", "r2-s75", "r2-s90"]
+    assert len(resnet) == 8
     assert {p.retention_s for p in resnet} == {DAY_S} and all(p.setting.ablation is None for p in resnet)
-    assert len([p for p in points if p.model == "lenet5-fmnist"]) == 7 * 3 * 2 + 8 * 2
+    assert len([p for p in points if p.model == "lenet5-fmnist"]) == 8 * 3 * 2 + 8 * 2
     assert main(["study", "--models", "resnet20-fmnist32", "--retentions", "year", "--estimate-only",
                  "--run-dir", str(tmp_path / "s")]) == 2
     assert "reduced grid" in capsys.readouterr().err

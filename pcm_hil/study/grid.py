@@ -28,7 +28,7 @@ DEFAULT_GEOMETRY = (4, 512, 512)
 # these retention times, no ablations; stated in the report. ResNet-20 prunes well (its digital competitor's best
 # start is 90 % pruned), so its grid reaches 90 % too
 REDUCED_GRID_OF: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
-    "resnet20-fmnist32": (("r1.25-s75", "r2-s75", "r2-s90"), (86400.0,))}
+    "resnet20-fmnist32": (("r1.25-s75", "r2-s75", "r2-s90", "r1.25-s90"), (86400.0,))}
 
 
 def retention_name(seconds: float) -> str:
@@ -96,7 +96,7 @@ class Point:
 # the curve: replicas per kept weight and sparsity, every strategy on
 FULL_SETTINGS = (Setting("r1-s75", 1.0, 0.75), Setting("r1.25-s75", 1.25, 0.75), Setting("r1.5-s75", 1.5, 0.75),
                  Setting("r2-s75", 2.0, 0.75), Setting("r3-s75", 3.0, 0.75), Setting("r2-s50", 2.0, 0.5),
-                 Setting("r2-s90", 2.0, 0.9))
+                 Setting("r2-s90", 2.0, 0.9), Setting("r1.25-s90", 1.25, 0.9))
 QUICK_SETTINGS = (Setting("r1-s50", 1.0, 0.5), Setting("r2-s50", 2.0, 0.5), Setting("r2-s75", 2.0, 0.75))
 
 
