@@ -36,8 +36,8 @@ POINT_KIND, SCHEMA = "study_point", 1
 
 # wall seconds per point and slot at 5 programmings, measured with `--jobs 2` on the 2-core development
 # machine (shared with two other jobs): mlp-digits and lenet5-mnist5k measured (digital search on);
-# lenet5-fmnist 22 s a point alone with its fine-tunes cached (session 15; 250 s before the competitor's
-# starts were cached); resnet20-fmnist32 measured in session 14 at 2,060-2,150 s (most of it the
+# lenet5-fmnist 22 s a point alone with its fine-tunes cached (session 15; 250 s was measured beside two other
+# jobs in an earlier round); resnet20-fmnist32 measured in session 14 at 2,060-2,150 s (most of it the
 # competitor's search). Refined from the points already in the run directory.
 SECONDS_PER_POINT = {"mlp-digits": 15.0, "lenet5-mnist5k": 35.0, "lenet5-fmnist": 30.0, "resnet20-fmnist32": 2100.0}
 # compressing once: the analog start and 4 pruned digital starts (slot seconds; ResNet-20: 63 min on 2 workers)
