@@ -18,7 +18,7 @@ from pcm_hil.store_job.compression import CompressionConfig
 from pcm_hil.store_job.inputs import NetworkConfig, load_inputs
 from pcm_hil.study import LocalRay, ProcessBackend, RayBackend, StudyConfig, finished_points, run_study
 from pcm_hil.study.capacity import blahut_arimoto, channel_capacity
-from pcm_hil.study.grid import DAY_S, Setting
+from pcm_hil.study.grid import DAY_S, HOUR_S, YEAR_S, Setting
 from pcm_hil.study.report import build
 
 TINY = replace(StudyConfig.quick_preset(), settings=(Setting("r1-s50", 1.0, 0.5),), ablation_base="",
@@ -200,14 +200,15 @@ def test_a_smaller_grid_for_a_slow_model(tmp_path, capsys) -> None:
     for bad in (["--settings", "r9-s75"], ["--retentions", "week"], ["--settings", "r2-s75,r2-s75"]):
         assert main(args + bad) == 2
         assert "among" in capsys.readouterr().err
-    # the default study: ResNet-20 at 4 settings after 1 day on 2 chips, no ablations
+    # the default study: ResNet-20 at 4 settings after 1 hour, 1 day and 1 year on 2 chips, no ablations
     points = StudyConfig().points()
     resnet = [p for p in points if p.model == "resnet20-fmnist32"]
     assert sorted({p.setting.name for p in resnet}) == ["r1.25-s75", "r1.25-s90", "r2-s75", "r2-s90"]
-    assert len(resnet) == 8
-    assert {p.retention_s for p in resnet} == {DAY_S} and all(p.setting.ablation is None for p in resnet)
+    assert len(resnet) == 4 * 3 * 2
+    assert {p.retention_s for p in resnet} == {HOUR_S, DAY_S, YEAR_S}
+    assert all(p.setting.ablation is None for p in resnet)
     assert len([p for p in points if p.model == "lenet5-fmnist"]) == 8 * 3 * 2 + 8 * 2
-    assert main(["study", "--models", "resnet20-fmnist32", "--retentions", "year", "--estimate-only",
+    assert main(["study", "--models", "resnet20-fmnist32", "--settings", "r1-s75,r3-s75", "--estimate-only",
                  "--run-dir", str(tmp_path / "s")]) == 2
     assert "reduced grid" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()

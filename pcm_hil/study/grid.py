@@ -28,7 +28,7 @@ DEFAULT_GEOMETRY = (4, 512, 512)
 # these retention times, no ablations; stated in the report. ResNet-20 prunes well (its digital competitor's best
 # start is 90 % pruned), so its grid reaches 90 % too
 REDUCED_GRID_OF: dict[str, tuple[tuple[str, ...], tuple[float, ...]]] = {
-    "resnet20-fmnist32": (("r1.25-s75", "r2-s75", "r2-s90", "r1.25-s90"), (86400.0,))}
+    "resnet20-fmnist32": (("r1.25-s75", "r2-s75", "r2-s90", "r1.25-s90"), (HOUR_S, DAY_S, YEAR_S))}
 
 
 def retention_name(seconds: float) -> str:
