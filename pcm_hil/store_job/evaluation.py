@@ -118,7 +118,7 @@ def evaluate(chip: Chip, noise: NoiseModel, model_cells: np.ndarray, cells: np.n
     masks = [stored_mask] if stored_mask is not None else None
     for r, conv in copies:
         back = evaluate_reads(r, model, inputs.names, layout, code, conv, inputs.train, inputs.test, readback,
-                              inputs.val)
+                              inputs.val, diagnostics=False)
         acc_test.append(back.figures["accuracy_stored"])
         acc_val.append(back.figures["accuracy_stored_val"])
         if masks is not None:

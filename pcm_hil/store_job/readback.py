@@ -91,23 +91,28 @@ class ReadBack:
 
 def evaluate_reads(reads: np.ndarray, model: nn.Module, names: list[str], layout: Layout, code: CodeConfig,
                    trusted: np.ndarray | None, train: Split, test: Split, cfg: ReadbackConfig,
-                   val: Split | None = None) -> ReadBack:
+                   val: Split | None = None, diagnostics: bool = True) -> ReadBack:
     """Compensate, decode and score reads of every cell of ``layout`` (µS, layout order), on
-    the test set (and on the validation split ``val``, which chooses settings)."""
+    the test set (and on the validation split ``val``, which chooses settings). With
+    ``diagnostics``, also what each decoding step bought (accuracy without drift
+    compensation, without the verify flags, without BN re-estimation): three more test
+    passes, which the repeat programmings of an evaluation skip."""
     ref = layout.reference
     corrected, comp = compensated(reads, layout, cfg)
     decoded = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, trusted, reads)
-    raw = decode_model(model, names, layout.encoded, code, reads, layout.tensor_of, trusted)
-    every = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, raw=reads)
     out: dict[str, Any] = {}
     if cfg.bn_samples and batchnorms(decoded):
-        out["accuracy_stored_without_bn_recalibration"] = accuracy(decoded, test.x, test.y)
+        if diagnostics:
+            out["accuracy_stored_without_bn_recalibration"] = accuracy(decoded, test.x, test.y)
         bn_recalibrated(decoded, train, cfg)
     out["accuracy_stored"] = accuracy(decoded, test.x, test.y)
     if val is not None:
         out["accuracy_stored_val"] = accuracy(decoded, val.x, val.y)
-    out["accuracy_stored_uncompensated"] = accuracy(raw, test.x, test.y)
-    out["accuracy_stored_all_replicas"] = accuracy(every, test.x, test.y)
+    if diagnostics:
+        raw = decode_model(model, names, layout.encoded, code, reads, layout.tensor_of, trusted)
+        every = decode_model(model, names, layout.encoded, code, corrected, layout.tensor_of, raw=reads)
+        out["accuracy_stored_uncompensated"] = accuracy(raw, test.x, test.y)
+        out["accuracy_stored_all_replicas"] = accuracy(every, test.x, test.y)
     out["drift_compensation"] = comp
     if any(e.mask_in_cells for e in layout.encoded):
         out["mask_decoding"] = mask_decoding(layout, reads, trusted)
