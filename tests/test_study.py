@@ -98,10 +98,27 @@ def test_the_report_holds_the_tables_with_intervals(sweep, tmp_path) -> None:
     row = re.search(r"\| mlp-digits \| 1 day \| 1 \| (.*) \| (.*) \| \d+\.\d\d % \(r1-s50\) \| \d+\.\d\d % \|", text)
     assert row and text.index("## Summary") < row.start() < text.index("## mlp-digits")
     assert "What each lever bought" not in text  # no lever record beside this report
+    assert "Incomplete" not in text and figures["points_missing"] == 0
     (tmp_path / "levers.md").write_text("| lever | measured | kept? |\n|---|---|---|\n| x | +1 pp | yes |\n")
     build(first.rows, TINY, run_dir, out, "pcm-hil study --test")
     text = out.read_text()
     assert "## What each lever bought" in text and "| x | +1 pp | yes |" in text
+
+
+@pytest.mark.slow
+def test_a_report_of_an_unfinished_study_names_what_is_missing(sweep, tmp_path, capsys) -> None:
+    """A third chip seed adds one point per setting that the run directory does not hold: the
+    report is written from what is there and says so at the top."""
+    run_dir, first, _ = sweep
+    out = tmp_path / "results.md"
+    figures = build(first.rows, replace(TINY, chip_seeds=(0, 1, 2)), run_dir, out, "pcm-hil study --test")
+    assert figures["points_missing"] == 1
+    assert "**Incomplete: 1 of 3 points not yet run** (mlp-digits after 1 day: 1)" in out.read_text()
+    # --report-only runs nothing: without finished points it says so and writes no report
+    empty = tmp_path / "empty"
+    assert main(["study", "--report-only", "--run-dir", str(empty), "--out", str(tmp_path / "r.md")]) == 2
+    assert "no finished point" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists() and not empty.exists()
 
 
 def test_compression_is_a_cache_hit_the_second_time_and_a_miss_when_the_config_changes(tmp_path, noise) -> None:

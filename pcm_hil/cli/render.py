@@ -274,7 +274,8 @@ def study(r: dict[str, Any]) -> str:
     est = r["estimate"]
     if "report" not in r:
         return f"{est['points']} points, {est['points_left']} left; estimated {est['seconds'] / 3600:.2f} h ({est['basis']})"
-    lines = [f"study: {r['points']} points ({r['computed']} run now, {r['reused']} reused, {len(r['failed'])} failed), "
+    lines = [f"study: {r['points']} points ({r['computed']} run now, {r['reused']} reused, {len(r['failed'])} failed"
+             f"{', ' + str(r['report']['points_missing']) + ' not yet run' if r['report']['points_missing'] else ''}), "
              f"{r['chips_calibrated']} chips calibrated, model cache {r['cache']['hits']} hits / "
              f"{r['cache']['misses']} misses, {r['seconds']:.0f} s; run directory {r['run_dir']}"]
     for model, per in r["report"]["models"].items():

@@ -245,6 +245,16 @@ def capacity_table(noise: dict[str, NoiseModel], retentions: list[float]) -> lis
     return out
 
 
+def not_yet_run(rows: list[dict[str, Any]], cfg: StudyConfig) -> dict[tuple[str, float], int]:
+    """(model, retention s) → points of ``cfg`` without a row, in grid order."""
+    have = {point_from_dict(r["point"]).key() for r in rows}
+    out: dict[tuple[str, float], int] = {}
+    for p in cfg.points():
+        if p.key() not in have:
+            out[p.model, p.retention_s] = out.get((p.model, p.retention_s), 0) + 1
+    return out
+
+
 def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out: str | Path,
           command: str, not_run: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Write ``out`` (markdown) and ``<out without .md>/<model>.png``; return the figures as a dict."""
@@ -279,6 +289,12 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
       "cells at the same accuracy: above 1 analog storage needs fewer cells (wins), below 1 it loses. Digital "
       "options are chosen and compared on the validation split (held out of the training data); the store job "
       "measures the test accuracy only of the option it chose at each point (— elsewhere).\n")
+    missing = not_yet_run(rows, cfg)
+    if missing:
+        w(f"> **Incomplete: {sum(missing.values())} of {len(cfg.points())} points not yet run** ("
+          + "; ".join(f"{m} after {retention_name(r)}: {n}" for (m, r), n in missing.items())
+          + "). Their curves and ratios below are missing or partial; the same command runs them.\n")
+    figures["points_missing"] = sum(missing.values())
     at_summary = len(L)  # the summary goes here once every model is measured
     summary: list[str] = []
     for m in models:
@@ -437,7 +453,8 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
     w("\n## Reproduce\n")
     w("```bash\npcm-hil study --run-dir runs/study --out docs/results.md            # the full study (hours)\n"
       "pcm-hil study --quick --run-dir runs/study-quick --out docs/results.md  # this sample's size (minutes)\n"
-      "pcm-hil study --address ray://HEAD:10001 ...                        # the same on a Ray cluster\n```\n"
+      "pcm-hil study --address ray://HEAD:10001 ...                        # the same on a Ray cluster\n"
+      "pcm-hil study --report-only --run-dir runs/study                   # this report from the finished points\n```\n"
       "A second run reuses every finished point of the run directory and only rebuilds this file.\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(L) + "\n", encoding="utf-8")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from .backends import backend_for
 from .grid import DAY_S, FULL_SETTINGS, HOUR_S, MODELS, YEAR_S, StudyConfig
 from .report import build
-from .sweep import estimate_seconds, run_study
+from .sweep import StudyResult, estimate_seconds, finished_points, run_study
 
 
 def _positive_int(text: str) -> int:
@@ -77,6 +77,9 @@ def study_arguments() -> argparse.ArgumentParser:
     p.add_argument("--no-digital", action="store_true",
                    help="skip the digital competitor's search (no ratios; much faster)")
     p.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the points finished in --run-dir and run nothing (it names the "
+                        "points not yet run)")
     return p
 
 
@@ -111,7 +114,7 @@ def run(args: argparse.Namespace, command: str, say: Callable[[str], None] | Non
     cfg = config_of(args)
     env = {"PYTHONHASHSEED": "0"}
     slots = args.jobs or os.cpu_count() or 1
-    backend = backend_for(args.jobs, args.address, env) if not args.estimate_only else None
+    backend = backend_for(args.jobs, args.address, env) if not (args.estimate_only or args.report_only) else None
     if backend is not None:
         slots = backend.slots
     est = estimate_seconds(cfg, args.run_dir, slots)
@@ -119,6 +122,15 @@ def run(args: argparse.Namespace, command: str, say: Callable[[str], None] | Non
     say(f"study: {est['points']} points ({est['points_left']} left) on {where}; estimated {_hms(est['seconds'])} "
         f"({est['basis']})")
     summary: dict[str, Any] = {"estimate": est, "config": cfg.as_dict()}
+    if args.report_only:
+        done = finished_points(args.run_dir)
+        rows = [done[p.key()] for p in cfg.points() if p.key() in done]
+        if not rows:
+            raise ValueError(f"--report-only: no finished point of this study in {args.run_dir} "
+                             "(run the study there first)")
+        summary.update(StudyResult(cfg, rows, reused=len(rows), run_dir=str(args.run_dir)).summary())
+        summary["report"] = build(rows, cfg, args.run_dir, args.out, command, cfg.ablation_settings()[1])
+        return summary
     if backend is None:
         return summary
     try:
