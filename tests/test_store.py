@@ -383,6 +383,13 @@ def test_store_and_load_end_to_end(tmp_path, noise) -> None:
     lo, hi = r["accuracy_stored_ci95"]
     assert lo <= r["accuracy_stored_mean"] <= hi and r["accuracy_stored_programmings"][0] == r["accuracy_stored"]
     assert r["yield"] > 0.9
+    # the noise model's prediction, per replica budget: more replicas, more cells and no lower
+    # accuracy; at this run's budget (2) within 2 pp of the measured mean (measured: 0.3 pp)
+    curve = {c["replicas_per_weight"]: c for c in r["accuracy_curve"]}
+    assert list(curve) == [1.0, 1.25, 1.5, 2.0, 3.0]
+    assert np.all(np.diff([c["cells_per_weight"] for c in curve.values()]) > 0)
+    assert curve[3.0]["accuracy_predicted"] >= curve[1.0]["accuracy_predicted"]
+    assert abs(curve[2.0]["accuracy_predicted"] - r["accuracy_stored_mean"]) < 0.02
     # the loop went for each cell's bias-compensated aim, and loose windows land on target on average
     lay, prog = store.read(r["run_id"], "layout"), store.read(r["run_id"], "programmed")
     conv = prog["converged"].to_numpy(bool)

@@ -37,6 +37,7 @@ class EvaluationConfig:
 
     programmings: int = 5  # realizations of the layout the stored accuracy is averaged over (≥ 1)
     chips: int = 1  # chips they are spread over, round robin (> 1: the emulator's sibling chips)
+    accuracy_curve: bool = True  # also predict accuracy against cells per weight from the noise model (no chip)
 
     def __post_init__(self) -> None:
         if type(self.programmings) is not int or not 1 <= self.programmings <= 100:

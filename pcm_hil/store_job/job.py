@@ -99,7 +99,8 @@ class StoreConfig:
         "bn_samples": ("readback", "bn_samples"), "drift_compensation": ("readback", "drift_compensation"),
         "digital_baseline": ("baselines", "search"), "digital_nm": ("baselines", "nm_patterns"),
         "programmings": ("evaluation", "programmings"),
-        "chips": ("evaluation", "chips"), "medium_cells": ("medium", "cells_per_density"),
+        "chips": ("evaluation", "chips"), "accuracy_curve": ("evaluation", "accuracy_curve"),
+        "medium_cells": ("medium", "cells_per_density"),
     }
 
     @classmethod
@@ -362,9 +363,10 @@ def _program_and_read(chip: Chip, noise: NoiseModel, store: RunStore, cfg: Store
         record.update(baselines.costs(inputs, prep.compressed.model, prep.compressed.masks, int(cells.size), side,
                                       medium, record["accuracy_stored_val_mean"], cfg.compression, cfg.readback,
                                       cfg.baselines))
-        report("accuracy curve", 0, 1)
-        record["accuracy_curve"] = accuracy_curve(inputs, prep.compressed, prep.importance, noise, cfg.layout,
-                                                  cfg.readback, cfg.retention_s, medium, seed=cfg.seed)
+        if cfg.evaluation.accuracy_curve:
+            report("accuracy curve", 0, 1)
+            record["accuracy_curve"] = accuracy_curve(inputs, prep.compressed, prep.importance, noise, cfg.layout,
+                                                      cfg.readback, cfg.retention_s, medium, seed=cfg.seed)
         record["seconds"] = time.monotonic() - t_start
         chip.sync()
         record["chip_state"] = str(store.chip_file(chip.chip_id()))
