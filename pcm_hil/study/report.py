@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -248,11 +249,7 @@ def capacity_table(noise: dict[str, NoiseModel], retentions: list[float]) -> lis
 def not_yet_run(rows: list[dict[str, Any]], cfg: StudyConfig) -> dict[tuple[str, float], int]:
     """(model, retention s) → points of ``cfg`` without a row, in grid order."""
     have = {point_from_dict(r["point"]).key() for r in rows}
-    out: dict[tuple[str, float], int] = {}
-    for p in cfg.points():
-        if p.key() not in have:
-            out[p.model, p.retention_s] = out.get((p.model, p.retention_s), 0) + 1
-    return out
+    return dict(Counter((p.model, p.retention_s) for p in cfg.points() if p.key() not in have))
 
 
 def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out: str | Path,
