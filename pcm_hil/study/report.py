@@ -61,8 +61,10 @@ class AnalogPoint:
 @dataclass
 class DigitalPoint:
     start: str
-    bits: int
+    bits: int             # the widest tensor's bits (all of them, without per-layer precision)
     sparsity: float
+    training: str         # post-training or quantization-aware
+    per_layer: bool       # per-layer precision (bits is the widest layer's)
     cells: float
     accuracy_val: float
     accuracy_test: float  # NaN: not measured (the store job measures test only for the option it chose)
@@ -112,18 +114,21 @@ def _declined(setting: dict[str, Any], recs: list[dict[str, Any]]) -> str | None
 
 
 def digital_points(rows: list[dict[str, Any]]) -> list[DigitalPoint]:
-    """Every digital option the store jobs tried, merged across points; the Pareto front
-    (fewest cells for a validation accuracy) marked."""
-    merged: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
+    """Every digital option the store jobs tried, merged across points (the same option on
+    another chip or retention time: the same network, its cells on that point's medium); the
+    Pareto front (fewest cells for a validation accuracy) marked. Options differ by start,
+    sparsity, training and bits (per tensor, with per-layer precision): a quantization-aware
+    option is not averaged with the post-training one of the same width."""
+    merged: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         for o in r["record"].get("digital_options_tried", []):
-            if o.get("layer_bits"):
-                continue  # per-layer widths differ between points: the front is drawn from uniform precision
-            merged.setdefault((o["start"], int(o["bits"]), float(o["sparsity"])), []).append(o)
+            layers = tuple(sorted((o.get("layer_bits") or {}).items()))
+            merged.setdefault((o["start"], int(o["bits"]), float(o["sparsity"]), o["training"], layers), []).append(o)
     out = []
-    for (start, bits, sparsity), os_ in merged.items():
+    for (start, bits, sparsity, training, layers), os_ in merged.items():
         tests = [_f(o["accuracy_test"]) for o in os_ if not math.isnan(_f(o["accuracy_test"]))]
-        out.append(DigitalPoint(start, bits, sparsity, float(np.mean([o["cells"] for o in os_])),
+        out.append(DigitalPoint(start, bits, sparsity, training, bool(layers),
+                                float(np.mean([o["cells"] for o in os_])),
                                 float(np.mean([o["accuracy_val"] for o in os_])),
                                 float(np.mean(tests)) if tests else float("nan")))
     out.sort(key=lambda d: (d.cells, -d.accuracy_val))
@@ -324,11 +329,12 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
                   f"{_ratio(a.ratio_vs_best_digital)} |")
             w("\nDigital options tried (every one; ◆ = on the Pareto front of cells against validation accuracy):\n")
             if dig:
-                w("| start | bits | sparsity | cells | validation | test |")
-                w("|---|---|---|---|---|---|")
+                w("| start | training | bits | sparsity | cells | validation | test |")
+                w("|---|---|---|---|---|---|---|")
                 for d in dig:
-                    w(f"| {'◆ ' if d.pareto else ''}{d.start} | {d.bits} | {d.sparsity:.0%} | {_cells(d.cells)} | "
-                      f"{_pct(d.accuracy_val)} | {_pct(d.accuracy_test)} |")
+                    bits = f"≤ {d.bits} per layer" if d.per_layer else str(d.bits)
+                    w(f"| {'◆ ' if d.pareto else ''}{d.start} | {d.training} | {bits} | {d.sparsity:.0%} | "
+                      f"{_cells(d.cells)} | {_pct(d.accuracy_val)} | {_pct(d.accuracy_test)} |")
             else:
                 w("_None: the digital search was off for these points._")
             w("\nIso-accuracy ratio at the accuracy of each analog setting (validation mean; digital cells "
