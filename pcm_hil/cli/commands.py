@@ -267,7 +267,7 @@ def study(args: argparse.Namespace) -> int:
 
     from ..study.run import run
 
-    words = ["--quick"] * args.quick + [w for opt in ("models", "run_dir", "out") for w in
+    words = ["--quick"] * args.quick + ["--report-only"] * args.report_only + [w for opt in ("models", "run_dir", "out") for w in
                                          ([f"--{opt.replace('_', '-')}", ",".join(getattr(args, opt))
                                            if opt == "models" else str(getattr(args, opt))]
                                           if getattr(args, opt) is not None else [])]
