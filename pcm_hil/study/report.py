@@ -332,11 +332,14 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
                   f"{_cells(a.side_cells)}) | {a.total_cells / a.weights:.2f} | {_cells(a.best_digital_cells)} "
                   f"({_pct(a.best_digital_test)}) | "
                   f"{_ratio(a.ratio_vs_best_digital)} |")
-            w("\nDigital options tried (every one; ◆ = on the Pareto front of cells against validation accuracy):\n")
+            hidden = sum(d.per_layer and not d.pareto for d in dig)
+            w("\nDigital options tried (◆ = on the Pareto front of cells against validation accuracy; every option "
+              f"of one width, and the per-layer ones on the front: {hidden} more per-layer options, steps of the "
+              "per-layer search off the front, are not listed):\n")
             if dig:
                 w("| start | training | bits | sparsity | cells | validation | test |")
                 w("|---|---|---|---|---|---|---|")
-                for d in dig:
+                for d in (d for d in dig if d.pareto or not d.per_layer):
                     bits = f"≤ {d.bits} per layer" if d.per_layer else str(d.bits)
                     w(f"| {'◆ ' if d.pareto else ''}{d.start} | {d.training} | {bits} | {d.sparsity:.0%} | "
                       f"{_cells(d.cells)} | {_pct(d.accuracy_val)} | {_pct(d.accuracy_test)} |")
