@@ -267,10 +267,11 @@ def study(args: argparse.Namespace) -> int:
 
     from ..study.run import run
 
-    words = ["--quick"] * args.quick + ["--report-only"] * args.report_only + [w for opt in ("models", "run_dir", "out") for w in
-                                         ([f"--{opt.replace('_', '-')}", ",".join(getattr(args, opt))
-                                           if opt == "models" else str(getattr(args, opt))]
-                                          if getattr(args, opt) is not None else [])]
+    words = ["--quick"] * args.quick + ["--report-only"] * args.report_only
+    for opt in ("models", "run_dir", "out"):
+        value = getattr(args, opt)
+        if value is not None:
+            words += [f"--{opt.replace('_', '-')}", ",".join(value) if opt == "models" else str(value)]
     r = run(args, shlex.join(["pcm-hil", "study", *words]), bars=not args.json and sys.stderr.isatty())
     _emit(args, r, lambda: render.study(r))
     return 1 if r.get("failed") else 0
