@@ -99,6 +99,7 @@ def test_the_report_holds_the_tables_with_intervals(sweep, tmp_path) -> None:
     row = re.search(r"\| mlp-digits \| 1 day \| 1 \| (.*) \| (.*) \| \d+\.\d\d % \(r1-s50\) \| \d+\.\d\d % \|", text)
     assert row and text.index("## Summary") < row.start() < text.index("## mlp-digits")
     assert "What each lever bought" not in text  # no lever record beside this report
+    assert "best ratio, front lowered" in text and "mlp-digits" in figures["validation_optimism"]
     assert "Incomplete" not in text and figures["points_missing"] == 0
     (tmp_path / "levers.md").write_text("| lever | measured | kept? |\n|---|---|---|\n| x | +1 pp | yes |\n")
     build(first.rows, TINY, run_dir, out, "pcm-hil study --test")
@@ -126,6 +127,26 @@ def test_the_digital_front_keeps_quantization_aware_and_per_layer_options_apart(
         ("quantization-aware", True, 900.0, 0.905, True), ("post-training", False, 1000.0, 0.880, False),
         ("quantization-aware", False, 1005.0, 0.906, True)]
     assert digital_cells_at(front, 0.905)[0] == 900.0
+
+
+def test_the_validation_optimism_of_the_chosen_digital_models_is_measured() -> None:
+    """A digital model picked as the best of many on one validation split reads better there than on test;
+    the report measures by how much more than the analog store does and lowers the front by it."""
+    from pcm_hil.study.report import digital_cells_at, digital_points, validation_optimism
+
+    def row(val, test, analog_val, analog_tests):
+        return {"record": {"best_digital": {"accuracy_val": val, "accuracy_test": test},
+                           "accuracy_stored_val_mean": analog_val, "accuracy_stored_programmings": analog_tests}}
+
+    rows = [row(0.90, 0.88, 0.90, [0.895, 0.905]), row(0.91, 0.90, 0.905, [0.90, 0.90]),
+            {"record": {"best_digital": None}}]
+    assert validation_optimism(rows) == pytest.approx([0.02, 0.005])
+    opts = [{"start": "s", "bits": b, "sparsity": 0.5, "training": "post-training", "accuracy_val": a,
+             "accuracy_test": None, "cells": c} for b, a, c in ((2, 0.88, 100.0), (4, 0.92, 200.0))]
+    front = digital_points([{"record": {"digital_options_tried": opts}}])
+    # lowered by 1 pp, the front needs the option it would score at 0.90 + 0.01 on validation
+    assert digital_cells_at(front, 0.90 + 0.01)[0] == pytest.approx(175.0)
+    assert digital_cells_at(front, 0.915 + 0.01)[0] is None
 
 
 @pytest.mark.slow
