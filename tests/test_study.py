@@ -3,8 +3,8 @@ recomputing, fine-tunes each model once (the model cache), the Ray dispatch path
 the report holds its tables with intervals, and Ray missing is one clear error line."""
 from __future__ import annotations
 
-import importlib.util
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from pcm_hil.cli import main
 from pcm_hil.store_job import StoreConfig, model_cache, prepare
 from pcm_hil.store_job.compression import CompressionConfig
 from pcm_hil.store_job.inputs import NetworkConfig, load_inputs
-from pcm_hil.study import LocalRay, ProcessBackend, RayBackend, StudyConfig, finished_points, run_study
+from pcm_hil.study import ProcessBackend, RayBackend, StudyConfig, finished_points, run_study
 from pcm_hil.study.capacity import blahut_arimoto, channel_capacity
 from pcm_hil.study.grid import DAY_S, HOUR_S, YEAR_S, Setting
 from pcm_hil.study.report import build
@@ -28,9 +28,9 @@ TINY = replace(StudyConfig.quick_preset(), settings=(Setting("r1-s50", 1.0, 0.5)
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """The tiny grid (mlp-digits, 1 setting, 1 day, 2 chips, 2 programmings, digital search on),
-    first through the Ray dispatch path (on the local stand-in), then again on the process pool."""
+    first on a real local Ray instance (``--address local``), then again on the process pool."""
     run_dir = tmp_path_factory.mktemp("study")
-    ray = RayBackend("local", ray=LocalRay(2))
+    ray = RayBackend("local")
     try:
         first = run_study(TINY, run_dir, ray)
     finally:
@@ -217,8 +217,8 @@ def test_capacity_falls_with_retention(noise) -> None:
     assert 0.5 < year < hour < np.log2(64)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="Ray is installed here")
-def test_address_without_ray_is_one_clear_error_line(tmp_path, capsys) -> None:
+def test_address_without_ray_is_one_clear_error_line(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # a machine without Ray: ``import ray`` fails
     rc = main(["study", "--quick", "--address", "ray://127.0.0.1:10001", "--run-dir", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert rc == 2

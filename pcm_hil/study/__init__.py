@@ -5,9 +5,9 @@ models, analog settings, retention times and chips, and written up as ``docs/res
 resumable, results in the run store), ``capacity`` (the calibrated channel's capacity),
 ``report`` (tables, Pareto plots, the markdown).
 """
-from .backends import Backend, LocalRay, ProcessBackend, RayBackend, backend_for
+from .backends import Backend, ProcessBackend, RayBackend, backend_for
 from .grid import Point, Setting, StudyConfig
 from .sweep import StudyResult, estimate_seconds, finished_points, run_study
 
-__all__ = ["Backend", "LocalRay", "Point", "ProcessBackend", "RayBackend", "Setting", "StudyConfig", "StudyResult",
+__all__ = ["Backend", "Point", "ProcessBackend", "RayBackend", "Setting", "StudyConfig", "StudyResult",
            "backend_for", "estimate_seconds", "finished_points", "run_study"]

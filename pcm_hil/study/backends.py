@@ -2,9 +2,8 @@
 
 Both implement :class:`Backend`: ``run(fn, tasks)`` yields ``(index, result, error)`` as
 tasks finish, in any order. :class:`RayBackend` talks to Ray only through the few calls it
-needs (``init``, ``remote``, ``wait``, ``get``, ``shutdown``), so the same dispatch runs
-against :class:`LocalRay`, a stand-in over a local process pool, in the tests. Ray is
-imported only when ``--address`` is given.
+needs (``init``, ``remote``, ``wait``, ``get``, ``shutdown``); the tests run it on a real
+local Ray instance (``--address local``). Ray is imported only when ``--address`` is given.
 """
 from __future__ import annotations
 
@@ -78,16 +77,14 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str, ray: Any = None, env: dict[str, str] | None = None) -> None:
-        if ray is None:
-            try:
-                import ray  # noqa: F811  (optional: only for --address)
-            except ImportError:
-                raise ValueError(RAY_MISSING) from None
+    def __init__(self, address: str, env: dict[str, str] | None = None) -> None:
+        try:
+            import ray  # optional: only for --address
+        except ImportError:
+            raise ValueError(RAY_MISSING) from None
         self._ray = ray
         ray.init(address=address, ignore_reinit_error=True, runtime_env={"env_vars": dict(env or {})})
-        resources = getattr(ray, "cluster_resources", lambda: {})()
-        self.slots = int(resources.get("CPU", 1)) or 1
+        self.slots = int(ray.cluster_resources().get("CPU", 1)) or 1
 
     def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Outcome]:
         remote = self._ray.remote(num_cpus=1)(fn)
@@ -103,49 +100,6 @@ class RayBackend:
 
     def close(self) -> None:
         self._ray.shutdown()
-
-
-class LocalRay:
-    """The part of Ray's API :class:`RayBackend` uses, over a local process pool: the Ray
-    dispatch path, exercised without a cluster."""
-
-    def __init__(self, jobs: int = 2) -> None:
-        self.jobs, self._pool, self.address = jobs, None, None
-
-    def init(self, address: str | None = None, ignore_reinit_error: bool = False,
-             runtime_env: dict[str, Any] | None = None) -> None:
-        self.address = address
-        self._pool = _pool(self.jobs, (runtime_env or {}).get("env_vars", {}))
-
-    def cluster_resources(self) -> dict[str, float]:
-        return {"CPU": float(self.jobs)}
-
-    def remote(self, **options: Any) -> Callable[[Callable[[Any], Any]], Any]:
-        pool = self._pool
-
-        class _Remote:
-            def __init__(self, fn: Callable[[Any], Any]) -> None:
-                self.fn = fn
-
-            def remote(self, *args: Any) -> cf.Future:
-                assert pool is not None, "init() first"
-                return pool.submit(self.fn, *args)
-
-        return _Remote
-
-    @staticmethod
-    def wait(refs: list[cf.Future], num_returns: int = 1) -> tuple[list[cf.Future], list[cf.Future]]:
-        done, _ = cf.wait(refs, return_when=cf.FIRST_COMPLETED)
-        first = [r for r in refs if r in done][:num_returns]
-        return first, [r for r in refs if r not in first]
-
-    @staticmethod
-    def get(ref: cf.Future) -> Any:
-        return ref.result()
-
-    def shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def backend_for(jobs: int | None, address: str | None, env: dict[str, str] | None = None) -> Backend:

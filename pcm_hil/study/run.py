@@ -69,7 +69,8 @@ def study_arguments() -> argparse.ArgumentParser:
     p.add_argument("--no-ablations", action="store_true", help="skip the ablations (each strategy off in turn)")
     p.add_argument("--jobs", type=_positive_int, default=None, help="worker processes (default: the number of cores)")
     p.add_argument("--address", default=None,
-                   help="run the points on the Ray cluster at this address (e.g. ray://HEAD:10001; needs pip install ray)")
+                   help="run the points on the Ray cluster at this address (ray://HEAD:10001, HEAD:6379, or local: a Ray instance "
+                        "started on this machine; needs pip install ray)")
     p.add_argument("--run-dir", default="runs/study",
                    help="the study's run directory: index, chips, points, model cache (default runs/study); "
                         "finished points there are reused")
