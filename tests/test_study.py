@@ -16,7 +16,7 @@ from pcm_hil.cli import main
 from pcm_hil.store_job import StoreConfig, model_cache, prepare
 from pcm_hil.store_job.compression import CompressionConfig
 from pcm_hil.store_job.inputs import NetworkConfig, load_inputs
-from pcm_hil.study import ProcessBackend, RayBackend, StudyConfig, finished_points, run_study
+from pcm_hil.study import ProcessBackend, RayBackend, StudyConfig, estimate_seconds, finished_points, run_study
 from pcm_hil.study.capacity import blahut_arimoto, channel_capacity
 from pcm_hil.study.grid import DAY_S, HOUR_S, YEAR_S, Setting
 from pcm_hil.study.report import build
@@ -64,6 +64,21 @@ def test_a_second_run_recomputes_nothing(sweep) -> None:
     assert (second.computed, second.reused, second.calibrated) == (0, 2, 0)
     assert second.cache == {"hits": 0, "misses": 0}  # nothing compressed either
     assert [r["record"]["run_id"] for r in second.rows] == [r["record"]["run_id"] for r in first.rows]
+
+
+@pytest.mark.slow
+def test_a_point_of_a_model_retrained_since_is_not_finished(sweep, monkeypatch) -> None:
+    """Points are keyed by their settings; the checkpoint they loaded is in the row, and a model
+    retrained since (a new SHA-256 in the manifest) makes its points run again, not reused."""
+    import pcm_hil.models
+
+    run_dir, first, _ = sweep
+    shipped = pcm_hil.models.manifest()
+    assert {r["checkpoint"] for r in first.rows} == {shipped["mlp-digits"]["sha256"]}
+    retrained = {**shipped, "mlp-digits": {**shipped["mlp-digits"], "sha256": "0" * 64}}
+    monkeypatch.setattr(pcm_hil.models, "manifest", lambda: retrained)
+    assert finished_points(run_dir) == {}
+    assert estimate_seconds(TINY, run_dir, 2)["points_left"] == 2
 
 
 @pytest.mark.slow

@@ -149,18 +149,33 @@ class StudyResult:
                 "run_dir": self.run_dir}
 
 
+def checkpoint_of(model: str) -> str | None:
+    """SHA-256 of the shipped checkpoint a point of ``model`` loads (None for a model without one)."""
+    from ..models import manifest
+
+    return manifest().get(model, {}).get("sha256")
+
+
 def finished_points(run_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Key → {"point", "record", "seconds"} of every finished point in the study's index."""
+    """Key → {"point", "record", "seconds", "checkpoint"} of every finished point in the study's index
+    whose model checkpoint is the shipped one now: a point of a model retrained since is not finished
+    (rows from before the checkpoint was recorded, session 17, are taken as current)."""
     path = Path(run_dir) / app.STORE_FILE
     if not path.exists():
         return {}
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
+    current: dict[str, str | None] = {}  # model → its checkpoint now
     with app.open_store(run_dir) as index:
         runs = index.runs()
         for run_id in runs.loc[(runs["kind"] == POINT_KIND) & (runs["status"] == "done"), "run_id"]:
             info = index.run(run_id)
             res = info["result"] or {}
-            if res.get("schema") == SCHEMA:
+            if res.get("schema") != SCHEMA:
+                continue
+            model = res["point"]["model"]
+            if model not in current:
+                current[model] = checkpoint_of(model)
+            if res.get("checkpoint", current[model]) == current[model]:
                 out[info["settings"]["study_point"]] = res
     return out
 
@@ -258,7 +273,7 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, backend: Backend, progress:
                                           "error": f"{type(err).__name__}: {err}"})
                 else:
                     row = {"schema": SCHEMA, "point": asdict(p), "record": out["record"], "seconds": out["seconds"],
-                           "directory": out["directory"]}
+                           "directory": out["directory"], "checkpoint": checkpoint_of(p.model)}
                     index.finish(run_id, result=row)
                     done[p.key()] = json.loads(json.dumps(row, default=_jsonable))
                     result.computed += 1
