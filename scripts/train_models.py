@@ -26,7 +26,7 @@ def train(name: str, epochs: int | None, seed: int, batch: int = 128) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     full_train, test_set = datasets.load(s.dataset)
-    train_set, val_set = datasets.hold_out(full_train)  # the validation split stays unseen in training
+    train_set, val_set = datasets.hold_out(full_train, s.dataset)  # the validation split stays unseen in training
     model = s.build()
     epochs = epochs or s.epochs
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)

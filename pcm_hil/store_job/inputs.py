@@ -52,7 +52,8 @@ def load_inputs(cfg: NetworkConfig) -> Inputs:
         if not torch.isfinite(params[n]).all():
             raise ValueError(f"model weights {n} hold NaN or infinite values")
     full_train, test = _dataset(cfg)
-    train, val = datasets.hold_out(full_train)
+    own_data = bool(cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists())
+    train, val = datasets.hold_out(full_train, "" if own_data else spec(cfg.name).dataset)
     try:
         acc = accuracy(model, test.x, test.y)
     except RuntimeError as exc:  # shapes or dtypes the network does not take

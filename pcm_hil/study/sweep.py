@@ -158,8 +158,7 @@ def checkpoint_of(model: str) -> str | None:
 
 def finished_points(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Key → {"point", "record", "seconds", "checkpoint"} of every finished point in the study's index
-    whose model checkpoint is the shipped one now: a point of a model retrained since is not finished
-    (rows from before the checkpoint was recorded, session 17, are taken as current)."""
+    whose model checkpoint is the shipped one now: a point of a model retrained since is not finished."""
     path = Path(run_dir) / app.STORE_FILE
     if not path.exists():
         return {}
@@ -175,7 +174,7 @@ def finished_points(run_dir: str | Path) -> dict[str, dict[str, Any]]:
             model = res["point"]["model"]
             if model not in current:
                 current[model] = checkpoint_of(model)
-            if res.get("checkpoint", current[model]) == current[model]:
+            if res.get("checkpoint") == current[model]:
                 out[info["settings"]["study_point"]] = res
     return out
 
