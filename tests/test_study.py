@@ -70,13 +70,14 @@ def test_a_second_run_recomputes_nothing(sweep) -> None:
 def test_a_point_of_a_model_retrained_since_is_not_finished(sweep, monkeypatch) -> None:
     """Points are keyed by their settings; the checkpoint they loaded is in the row, and a model
     retrained since (a new SHA-256 in the manifest) makes its points run again, not reused."""
-    import pcm_hil.models
+    import pcm_hil.store_job.inputs
+    from pcm_hil.models import manifest
 
     run_dir, first, _ = sweep
-    shipped = pcm_hil.models.manifest()
+    shipped = manifest()
     assert {r["checkpoint"] for r in first.rows} == {shipped["mlp-digits"]["sha256"]}
     retrained = {**shipped, "mlp-digits": {**shipped["mlp-digits"], "sha256": "0" * 64}}
-    monkeypatch.setattr(pcm_hil.models, "manifest", lambda: retrained)
+    monkeypatch.setattr(pcm_hil.store_job.inputs, "manifest", lambda: retrained)
     assert finished_points(run_dir) == {}
     assert estimate_seconds(TINY, run_dir, 2)["points_left"] == 2
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import datasets
-from ..models import accuracy, load_model, spec
+from ..models import accuracy, load_model, manifest, spec
 from .compression import analog_parameters
 
 
@@ -23,6 +23,11 @@ class NetworkConfig:
     name: str = "lenet5-fmnist"
     checkpoint: str | None = None
     data_dir: str | None = None
+
+
+def shipped_checkpoint(name: str) -> str | None:
+    """SHA-256 of the checkpoint the registry network ``name`` ships with (None for your own architecture)."""
+    return manifest().get(name, {}).get("sha256")
 
 
 @dataclass

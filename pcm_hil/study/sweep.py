@@ -27,7 +27,7 @@ import numpy as np
 from .. import app
 from ..chip import Geometry
 from ..store_job import model_cache
-from ..store_job.inputs import load_inputs
+from ..store_job.inputs import load_inputs, shipped_checkpoint
 from .backends import Backend
 from .grid import Point, StudyConfig, compression_key
 
@@ -149,13 +149,6 @@ class StudyResult:
                 "run_dir": self.run_dir}
 
 
-def checkpoint_of(model: str) -> str | None:
-    """SHA-256 of the shipped checkpoint a point of ``model`` loads (None for a model without one)."""
-    from ..models import manifest
-
-    return manifest().get(model, {}).get("sha256")
-
-
 def finished_points(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Key → {"point", "record", "seconds", "checkpoint"} of every finished point in the study's index
     whose model checkpoint is the shipped one now: a point of a model retrained since is not finished."""
@@ -173,7 +166,7 @@ def finished_points(run_dir: str | Path) -> dict[str, dict[str, Any]]:
                 continue
             model = res["point"]["model"]
             if model not in current:
-                current[model] = checkpoint_of(model)
+                current[model] = shipped_checkpoint(model)
             if res.get("checkpoint") == current[model]:
                 out[info["settings"]["study_point"]] = res
     return out
@@ -272,7 +265,7 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, backend: Backend, progress:
                                           "error": f"{type(err).__name__}: {err}"})
                 else:
                     row = {"schema": SCHEMA, "point": asdict(p), "record": out["record"], "seconds": out["seconds"],
-                           "directory": out["directory"], "checkpoint": checkpoint_of(p.model)}
+                           "directory": out["directory"], "checkpoint": shipped_checkpoint(p.model)}
                     index.finish(run_id, result=row)
                     done[p.key()] = json.loads(json.dumps(row, default=_jsonable))
                     result.computed += 1
