@@ -24,6 +24,7 @@ import numpy as np
 from pcm_hil_noisemodel import NoiseModel
 
 from ..store_job.evaluation import interval95
+from ..store_job.inputs import shipped
 from .capacity import capacities
 from .grid import StudyConfig, point_from_dict, retention_name
 
@@ -337,8 +338,9 @@ def build(rows: list[dict[str, Any]], cfg: StudyConfig, run_dir: str | Path, out
         w(f"\n## {m}\n")
         rec0 = mrows[0]["record"]
         mfig: dict[str, Any] = {}
-        w(f"Reference accuracy {_pct(rec0['accuracy_reference'])} (test); {rec0['weights']:,} weights stored in "
-          f"cells.\n")
+        trained_on = shipped(m).get("trained_on")
+        w(f"Reference accuracy {_pct(rec0['accuracy_reference'])} (test)"
+          f"{f', trained on {trained_on}' if trained_on else ''}; {rec0['weights']:,} weights stored in cells.\n")
         w(f"![{m}: cells versus accuracy]({plot_dir.name}/{m}.png)\n")
         optimism = validation_optimism(mrows)
         shift = float(np.mean(optimism)) if optimism else 0.0

@@ -27,7 +27,7 @@ import numpy as np
 from .. import app
 from ..chip import Geometry
 from ..store_job import model_cache
-from ..store_job.inputs import load_inputs, shipped_checkpoint
+from ..store_job.inputs import load_inputs, shipped
 from .backends import Backend
 from .grid import Point, StudyConfig, compression_key
 
@@ -166,7 +166,7 @@ def finished_points(run_dir: str | Path) -> dict[str, dict[str, Any]]:
                 continue
             model = res["point"]["model"]
             if model not in current:
-                current[model] = shipped_checkpoint(model)
+                current[model] = shipped(model).get("sha256")
             if res.get("checkpoint") == current[model]:
                 out[info["settings"]["study_point"]] = res
     return out
@@ -265,7 +265,7 @@ def run_study(cfg: StudyConfig, run_dir: str | Path, backend: Backend, progress:
                                           "error": f"{type(err).__name__}: {err}"})
                 else:
                     row = {"schema": SCHEMA, "point": asdict(p), "record": out["record"], "seconds": out["seconds"],
-                           "directory": out["directory"], "checkpoint": shipped_checkpoint(p.model)}
+                           "directory": out["directory"], "checkpoint": shipped(p.model).get("sha256")}
                     index.finish(run_id, result=row)
                     done[p.key()] = json.loads(json.dumps(row, default=_jsonable))
                     result.computed += 1
