@@ -50,7 +50,7 @@ def load_inputs(cfg: NetworkConfig) -> Inputs:
         raise ValueError(f"--data-dir {cfg.data_dir} is not a directory (accepted: a directory with x_test.npy and "
                          "y_test.npy, or the dataset's own files)")
     model = load_model(cfg.name, cfg.checkpoint)
-    if not spec(cfg.name).dataset and not (cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists()):
+    if not spec(cfg.name).dataset and not _own_data(cfg):
         raise ValueError(f"{cfg.name} is your own architecture: give --data-dir with x_test.npy and y_test.npy "
                          "(and x_train.npy, y_train.npy for fine-tuning and importance)")
     names = analog_parameters(model)
@@ -59,8 +59,7 @@ def load_inputs(cfg: NetworkConfig) -> Inputs:
         if not torch.isfinite(params[n]).all():
             raise ValueError(f"model weights {n} hold NaN or infinite values")
     full_train, test = _dataset(cfg)
-    own_data = bool(cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists())
-    train, val = datasets.hold_out(full_train, "" if own_data else spec(cfg.name).dataset)
+    train, val = datasets.hold_out(full_train, "" if _own_data(cfg) else spec(cfg.name).dataset)
     try:
         acc = accuracy(model, test.x, test.y)
     except RuntimeError as exc:  # shapes or dtypes the network does not take
@@ -68,8 +67,13 @@ def load_inputs(cfg: NetworkConfig) -> Inputs:
     return Inputs(model, names, train, val, test, acc)
 
 
+def _own_data(cfg: NetworkConfig) -> bool:
+    """Whether the data come from the user's arrays in ``data_dir`` (not the network's registry dataset)."""
+    return bool(cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists())
+
+
 def _dataset(cfg: NetworkConfig) -> tuple[datasets.Split, datasets.Split]:
-    if cfg.data_dir and Path(cfg.data_dir, "x_test.npy").exists():
+    if _own_data(cfg):
         d = Path(cfg.data_dir)
 
         def load(name: str) -> np.ndarray:

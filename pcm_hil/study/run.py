@@ -119,7 +119,8 @@ def run(args: argparse.Namespace, command: str, say: Callable[[str], None] | Non
     if backend is not None:
         slots = backend.slots
     est = estimate_seconds(cfg, args.run_dir, slots)
-    where = "Ray at " + args.address if args.address else f"{slots} worker processes"
+    where = ("nothing (report only)" if args.report_only else "Ray at " + args.address if args.address
+             else f"{slots} worker processes")
     say(f"study: {est['points']} points ({est['points_left']} left) on {where}; estimated {_hms(est['seconds'])} "
         f"({est['basis']})")
     summary: dict[str, Any] = {"estimate": est, "config": cfg.as_dict()}
